@@ -1,0 +1,33 @@
+"""Production-like example: the whole stack on one host, docker layout, every component on.
+
+    rsdeploy check -i inventories/example_docker.py --secrets inventories/secrets.example.yml
+"""
+
+stack = {
+    "layout": "docker",
+    "version": "v1.0.0",
+    "domain": "scheduler.example.org",
+    "extra_domains": ["www.scheduler.example.org"],
+    "tls": {"mode": "certbot", "email": "ops@example.org"},
+    "app": {
+        "delivery": "pull",
+        "registry": "registry.example.org:5000/residency",
+        "registry_username": "deploy",
+    },
+    "backend": {"log_level": "INFO", "celery_log_level": "INFO", "workers": 4},
+    "alertmanager": {
+        "email": {
+            "to": ["oncall@example.org"],
+            "sender": "alerts@example.org",
+            "smtp_host": "smtp.example.org",
+            "smtp_username": "alerts@example.org",
+        },
+        "slack": {"channel": "#rs-alerts"},
+        "pagerduty": {},
+    },
+}
+
+residency_prod = (
+    [("rs1.example.org", {"ssh_user": "deploy", "address": "10.0.0.11"})],
+    stack,
+)

@@ -1,0 +1,93 @@
+"""The ``rsdeploy`` command line.
+
+    rsdeploy render -i INVENTORY [--host NAME] --out DIR
+    rsdeploy check  -i INVENTORY [--host NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from rsdeploy.errors import UserError
+
+
+def _inventory_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--inventory", required=True, help="pyinfra inventory file")
+    parser.add_argument("--secrets", help="YAML secrets file (default: $RS_SECRETS_FILE, RS_* vars)")
+    parser.add_argument("--host", action="append", help="only this inventory host (repeatable)")
+
+
+def _selected(args) -> dict:
+    from rsdeploy.settings import load_inventory
+
+    hosts = load_inventory(args.inventory, args.secrets)
+    if args.host:
+        unknown = [h for h in args.host if h not in hosts]
+        if unknown:
+            raise UserError(f"{args.inventory}: no host {unknown[0]} (hosts: {', '.join(hosts)})")
+        hosts = {name: hs for name, hs in hosts.items() if name in args.host}
+    return hosts
+
+
+def cmd_render(args) -> int:
+    """Render every file for every selected host into OUT/<host>/<absolute path>."""
+    from rsdeploy.render import render_host, write_tree
+
+    out = Path(args.out)
+    for name, hs in _selected(args).items():
+        written = write_tree(render_host(hs), out / name)
+        print(f"{name}: {len(written)} files under {out / name}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    """Validate settings, render, and run the real validators; exit 0 only if all pass."""
+    from rsdeploy.render import render_host, write_tree
+    from rsdeploy.validate import check_host
+
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="rsdeploy-check-") as tmp:
+        for name, hs in _selected(args).items():
+            files = render_host(hs)
+            write_tree(files, Path(tmp) / name)
+            for v in check_host(hs, files, Path(tmp) / name):
+                print(f"{'PASS' if v.ok else 'FAIL'}  {name}  {v.path}  [{v.tool}]")
+                if not v.ok:
+                    failed += 1
+                    for line in v.detail.splitlines()[:20]:
+                        print(f"      {line}")
+    print(f"{'all files pass' if not failed else f'{failed} check(s) failed'}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    render = sub.add_parser("render", help="render every config file, touching no host")
+    _inventory_args(render)
+    render.add_argument("--out", required=True, help="output directory")
+    render.set_defaults(func=cmd_render)
+
+    check = sub.add_parser("check", help="validate settings and rendered files with real tools")
+    _inventory_args(check)
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"rsdeploy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

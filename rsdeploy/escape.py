@@ -1,0 +1,80 @@
+"""Quote a value for the file format it lands in, so any character reaches the target intact.
+
+Every filter here is registered in the Jinja environment under its own name. Templates must
+pass every operator-supplied value through the filter of their target format.
+"""
+
+import json
+import shlex
+from urllib.parse import quote
+
+
+def yaml_str(value) -> str:
+    """A YAML double-quoted scalar (JSON string syntax is a subset of it).
+
+    Example: ``password: {{ secrets.db_password | yaml_str }}``
+    """
+    return json.dumps(str(value))
+
+
+def compose_str(value) -> str:
+    """A YAML scalar for a Compose file: ``$`` doubled so Compose does not interpolate it.
+
+    Example: ``image: {{ s.backend.image | compose_str }}``
+    """
+    return yaml_str(str(value).replace("$", "$$"))
+
+
+def json_value(value) -> str:
+    """Any JSON value (string, number, list, mapping). Example: ``{{ s.celery.queues | json_value }}``"""
+    return json.dumps(value)
+
+
+def shell(value) -> str:
+    """One POSIX shell word. Example: ``pg_isready -U {{ s.postgres.user | shell }}``"""
+    return shlex.quote(str(value))
+
+
+def url_part(value) -> str:
+    """A percent-encoded URL component (user or password inside a URL).
+
+    Example: ``postgresql://{{ user | url_part }}:{{ pw | url_part }}@db:5432/app``
+    """
+    return quote(str(value), safe="")
+
+
+def compose_env(value) -> str:
+    """A value in a Docker Compose v2 ``env_file`` (KEY=<this>).
+
+    Single quotes are literal there (no escapes, no interpolation); values holding a single
+    quote or a newline are double-quoted with backslash escapes and ``$`` escaped.
+    """
+    text = str(value)
+    if "'" not in text and "\n" not in text:
+        return f"'{text}'"
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
+    )
+    return f'"{escaped}"'
+
+
+def systemd_env(value) -> str:
+    """A value in a systemd ``EnvironmentFile`` (KEY=<this>).
+
+    Double-quoted with backslash escapes for backslash, double quote, backtick, ``$`` and newline.
+    """
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+    return '"' + escaped.replace("\n", "\\n") + '"'
+
+
+def systemd_arg(value) -> str:
+    """One argument on a unit's ``ExecStart=`` line: quoted, with ``%`` specifiers and ``$`` escaped."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{text}"'
+
+
+FILTERS = {
+    f.__name__: f
+    for f in (yaml_str, compose_str, json_value, shell, url_part, compose_env, systemd_env, systemd_arg)
+}

@@ -1,0 +1,37 @@
+"""Shared fixtures: example inventories loaded through the real settings loader, rendered trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rsdeploy import REPO_ROOT
+from rsdeploy.render import render_host, write_tree
+from rsdeploy.settings import load_inventory
+
+INVENTORIES = REPO_ROOT / "inventories"
+EXAMPLE_SECRETS = str(INVENTORIES / "secrets.example.yml")
+EXAMPLES = ["example_docker", "example_systemd", "example_multi"]
+
+
+def load_example(name: str, env: dict[str, str] | None = None):
+    """Every host of ``inventories/<name>.py`` with the dummy secrets (and RS_* from ``env``)."""
+    return load_inventory(str(INVENTORIES / f"{name}.py"), EXAMPLE_SECRETS, env=env or {})
+
+
+def render_example(name: str, root: Path, env: dict[str, str] | None = None):
+    """Render every host of an example into ``root/<host>/``; returns {host: (hs, files)}."""
+    out = {}
+    for host, hs in load_example(name, env).items():
+        files = render_host(hs)
+        write_tree(files, root / host)
+        out[host] = (hs, files)
+    return out
+
+
+@pytest.fixture(scope="session", params=EXAMPLES)
+def example(request, tmp_path_factory):
+    """Each example inventory rendered once per session: (name, root, {host: (hs, files)})."""
+    root = tmp_path_factory.mktemp(request.param)
+    return request.param, root, render_example(request.param, root)
