@@ -29,6 +29,22 @@ class Settings(Section):
     redis_exporter: Exporter = Exporter(image="oliver006/redis_exporter:v1.74.0", port=9121)  # Redis
 
 
+def node_exporter_listen(hs: HostSettings) -> str:
+    """``host:port`` node-exporter listens on; it runs in the host's network namespace.
+
+    Alone on one host it listens only where local Prometheus reaches it (the Compose network's
+    gateway in the docker layout, loopback in the systemd layout); in a multi-host stack on the
+    host's private address, so the monitoring host can scrape it.
+    Example: ``node_exporter_listen(hs)`` -> ``"172.30.0.1:9100"``
+    """
+    from roles.compose import gateway
+
+    port = hs.stack.exporters.node_exporter.port
+    if not hs.has_role("monitoring"):
+        return f"{hs.address}:{port}"
+    return f"{gateway(hs) if hs.stack.layout == 'docker' else '127.0.0.1'}:{port}"
+
+
 def applies(hs: HostSettings) -> bool:
     return hs.monitoring_enabled("prometheus")
 
