@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and rendered files with real tools")
     _inventory_args(check)
     check.set_defaults(func=cmd_check)
+
+    # Further command groups register themselves here, one line each:
     return parser
 
 
