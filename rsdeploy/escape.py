@@ -46,16 +46,15 @@ def url_part(value) -> str:
 def compose_env(value) -> str:
     """A value in a Docker Compose v2 ``env_file`` (KEY=<this>).
 
-    Single quotes are literal there (no escapes, no interpolation); values holding a single
-    quote or a newline are double-quoted with backslash escapes and ``$`` escaped.
+    Always double-quoted: backslash, double quote, ``$`` (else ``${VAR}`` interpolates), newline
+    and carriage return are backslash-escaped. Single quotes are not literal there (``\\'``
+    escapes the quote), so they cannot carry every value.
     """
     text = str(value)
-    if "'" not in text and "\n" not in text:
-        return f"'{text}'"
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
-    )
-    return f'"{escaped}"'
+    for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("$", "\\$"), ("\n", "\\n"),
+                          ("\r", "\\r")):
+        text = text.replace(char, escaped)
+    return f'"{text}"'
 
 
 def systemd_env(value) -> str:

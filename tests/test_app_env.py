@@ -1,0 +1,137 @@
+"""app.env: what the backend, worker and beat read, and proof that Compose reads it back intact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from pydantic import ValidationError
+
+from roles import backend
+from rsdeploy.errors import SettingsError
+from rsdeploy.render import write_tree
+from rsdeploy.settings import load_inventory
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
+
+COMPOSE = "/work/venv/bin/docker-compose"
+
+#: Secrets with every character that breaks a naive env file: quotes, $, ${VAR}, #, spaces,
+#: backslashes (also trailing, and before a quote), tabs, CR/LF newlines, non-ASCII.
+NASTY = {
+    "RS_DB_PASSWORD": "db 'pw' \"q\" $x ${HOME} #c \\n \\",
+    "RS_REDIS_PASSWORD": "redis\\'pw $$ `id` #1\nsecond line\r\n\tend\\",
+    "RS_SECRET_KEY": "key-0123456789-ÄÖÜ-😈 '${HOME}' \"$USER\" # \\\\ \\$PATH \\\"x",
+    "RS_WEBHOOK_SECRET": "hook\nline2 = x\n#not-a-comment\nKEY=injected 0123456789",
+}
+
+
+def app_env(files):
+    return next(f for f in files if f.path.endswith("/app.env"))
+
+
+def compose_environment(env_file: Path) -> dict[str, str]:
+    """The environment Docker Compose v2 builds from ``env_file`` (``config`` doubles each ``$``)."""
+    (env_file.parent / "compose.yml").write_text(
+        "services:\n  probe:\n    image: probe\n    env_file: app.env\n")
+    out = subprocess.run([COMPOSE, "config", "--format", "json"], cwd=env_file.parent,
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    environment = json.loads(out)["services"]["probe"]["environment"]
+    return {key: value.replace("$$", "$") for key, value in environment.items()}
+
+
+def test_compose_reads_app_env_byte_for_byte_with_hostile_secrets(tmp_path):
+    hs = load_example("example_docker", env=NASTY)["rs1.example.org"]
+    files = backend.render(hs)
+    write_tree(files, tmp_path)
+    env_file = tmp_path / app_env(files).path.lstrip("/")
+
+    parsed = compose_environment(env_file)
+
+    assert parsed == backend.app_environment(hs)
+    assert parsed["REDIS_PASSWORD"] == NASTY["RS_REDIS_PASSWORD"]
+    assert parsed["SECRET_KEY"] == NASTY["RS_SECRET_KEY"]
+    assert parsed["WEBHOOK_SECRET"] == NASTY["RS_WEBHOOK_SECRET"]
+    assert "KEY" not in parsed  # a newline in a secret does not start a new variable
+    assert unquote(urlsplit(parsed["DATABASE_URL"]).password) == NASTY["RS_DB_PASSWORD"]
+    assert unquote(urlsplit(parsed["REDIS_URL"]).password) == NASTY["RS_REDIS_PASSWORD"]
+
+
+def test_app_env_is_a_root_only_secret_restarting_its_readers(example):
+    _, _, hosts = example
+    for hs, files in hosts.values():
+        if not hs.has_role("app"):
+            assert not any(f.path.endswith("/app.env") for f in files)
+            continue
+        f = app_env(files)
+        assert (f.mode, f.owner, f.secret) == ("600", "root", True)
+        if hs.stack.layout == "docker":
+            assert f.path == "/opt/residency-scheduler/app.env"
+            assert set(f.restarts) == {"backend", "celery-worker", "celery-beat", "migrate"}
+        else:
+            assert f.path == "/etc/residency-scheduler/app.env"
+            assert set(f.restarts) == {"residency-backend.service", "residency-celery-worker.service",
+                                       "residency-celery-beat.service"}
+
+
+def test_app_environment_follows_the_app_contract(example):
+    _, _, hosts = example
+    for hs, _ in hosts.values():
+        if not hs.has_role("app"):
+            continue
+        env = backend.app_environment(hs)
+        db = urlsplit(env["DATABASE_URL"])
+        assert (db.scheme, db.username, db.path) == ("postgresql", "scheduler", "/residency_scheduler")
+        assert unquote(db.password) == hs.secrets.db_password
+        assert (db.hostname, db.port) == (hs.endpoint("db"), 5432)
+        redis = urlsplit(env["REDIS_URL"])
+        assert (redis.scheme, redis.hostname, redis.port, redis.path) == (
+            "redis", hs.endpoint("redis"), 6379, "/0")
+        assert env["CELERY_BROKER_URL"] == env["CELERY_RESULT_BACKEND"] == env["REDIS_URL"]
+        assert env["REDIS_PASSWORD"] == hs.secrets.redis_password
+        assert env["SECRET_KEY"] == hs.secrets.secret_key
+        assert env["DEBUG"] == "false"
+        assert json.loads(env["CORS_ORIGINS"]) == [f"https://{d}" for d in hs.stack.domains]
+        assert env["APP_VERSION"] == hs.stack.version
+        assert env["RATE_LIMIT_ENABLED"] == "true"
+        assert ("PROMETHEUS_MULTIPROC_DIR" in env) == (hs.stack.backend.workers > 1)
+        assert "WEBHOOK_SECRET" not in env  # the example secrets have none
+
+
+def test_multi_host_app_dials_the_db_host_address():
+    hs = load_example("example_multi")["app1.example.org"]
+    env = backend.app_environment(hs)
+    assert urlsplit(env["DATABASE_URL"]).hostname == "10.0.0.21"
+    assert urlsplit(env["REDIS_URL"]).hostname == "10.0.0.21"
+
+
+def test_extra_env_is_added_and_sorted():
+    hs = _systemd_with_backend({"extra_env": {"TELEMETRY_ENABLED": "false", "A_FLAG": "1"}})
+    env = backend.app_environment(hs)
+    assert env["TELEMETRY_ENABLED"] == "false" and env["A_FLAG"] == "1"
+    assert list(env) == sorted(env)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"DEBUG": "true"}, "DEBUG is set by rsdeploy itself"),
+    ({"SECRET_KEY": "x" * 40}, "SECRET_KEY is set by rsdeploy itself"),
+    ({"BAD-NAME": "x"}, "is not an environment variable name"),
+    ({"NUL": "a\0b"}, "NUL character"),
+])
+def test_extra_env_rejects_managed_names_and_unrepresentable_values(extra, message):
+    with pytest.raises(SettingsError, match=message) as raised:
+        _systemd_with_backend({"extra_env": extra})
+    assert "backend.extra_env" in str(raised.value)
+
+
+def test_extra_env_validator_lives_on_the_section():
+    with pytest.raises(ValidationError):
+        backend.Settings(extra_env={"REDIS_URL": "redis://elsewhere"})
+
+
+def _systemd_with_backend(section: dict):
+    hosts = load_inventory(str(INVENTORIES / "example_systemd.py"), EXAMPLE_SECRETS, env={},
+                           override_data={"backend": section})
+    return hosts["rs1.example.org"]
