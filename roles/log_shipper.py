@@ -1,11 +1,16 @@
 """The log shipper on every host: Grafana Alloy (default) or Promtail (legacy).
 
 Promtail reached end-of-life on 2026-03-02; keep ``kind: promtail`` only for sites pinned to
-Loki <= 3.6. Ships Docker container logs, the journal and /var/log/residency-scheduler to Loki.
+Loki <= 3.6. Ships Docker container logs (docker layout), the systemd journal and
+``paths.log_dir/*.log`` to the monitoring host's Loki, labelled with host and environment.
+
+Docker layout: the shipper container needs, read-only, the Docker socket, ``/var/log/journal``,
+``/run/log/journal``, ``/etc/machine-id`` and ``paths.log_dir`` at the same paths as on the host.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Literal
 
 from rsdeploy.types import Image, Port, Resources, Section
@@ -13,6 +18,9 @@ from rsdeploy.types import Image, Port, Resources, Section
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
+
+#: The Docker Engine API as the shipper reaches it (socket mounted at the same path).
+DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 class Settings(Section):
@@ -28,5 +36,54 @@ def applies(hs: HostSettings) -> bool:
     return hs.stack.log_shipper.kind != "none" and hs.monitoring_enabled("loki")
 
 
+def alloy_str(value) -> str:
+    """An Alloy syntax string literal (double-quoted) holding ``value`` exactly.
+
+    JSON's escapes (``\\"``, ``\\\\``, ``\\n``, ``\\uXXXX``) are a subset of Alloy's; non-ASCII
+    characters stay literal, since Alloy rejects the surrogate pairs JSON uses beyond U+FFFF.
+    Example: ``alloy_str('a "b"')`` -> ``'"a \\\\"b\\\\""'``
+    """
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def service_name(hs: HostSettings) -> str:
+    """The Compose service / systemd unit of the shipper. Example: ``"alloy"``"""
+    return hs.stack.log_shipper.kind
+
+
+def config_path(hs: HostSettings) -> str:
+    """Where the shipper's config lives on the host.
+
+    Example: ``config_path(hs)`` -> ``"/etc/alloy/config.alloy"``
+    """
+    name = "config.alloy" if hs.stack.log_shipper.kind == "alloy" else "config.yml"
+    if hs.stack.layout == "docker":
+        return f"{hs.stack.paths.base_dir}/config/{service_name(hs)}/{name}"
+    return f"/etc/{service_name(hs)}/{name}"
+
+
+def _context(hs: HostSettings) -> dict:
+    """Values both shippers' templates share."""
+    from roles.loki import push_url
+
+    return {
+        "push_url": push_url(hs),
+        "docker": hs.stack.layout == "docker",
+        "docker_host": DOCKER_HOST,
+        "log_glob": f"{hs.stack.paths.log_dir}/*.log",
+    }
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    from rsdeploy.render import RenderedFile, template
+
+    if hs.stack.log_shipper.kind == "alloy":
+        content = template("alloy/config.alloy.j2", hs, alloy_str=alloy_str, **_context(hs))
+    else:
+        content = template(
+            "promtail/config.yml.j2", hs,
+            listen_address="0.0.0.0" if hs.stack.layout == "docker" else "127.0.0.1",
+            positions_file="/var/lib/promtail/positions.yaml",
+            **_context(hs),
+        )
+    return [RenderedFile(config_path(hs), content, "log_shipper", restarts=(service_name(hs),))]

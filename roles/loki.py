@@ -1,8 +1,15 @@
-"""Loki 3.x single binary: stores the stack's logs on the filesystem (role ``monitoring``)."""
+"""Loki 3.x single binary: stores the stack's logs on the filesystem (role ``monitoring``).
+
+Docker layout: ``base/config/loki/config.yml`` mounted at ``/etc/loki/config.yml``, data on a
+volume at ``/loki``. Systemd layout: ``/etc/loki/config.yml`` (as Grafana's package uses), data
+under ``/var/lib/loki``.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from pydantic import Field
 
 from rsdeploy.types import Duration, Image, Port, Resources, Section
 
@@ -10,12 +17,19 @@ if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
 
+#: The first day of the tsdb/v13 schema period; never change it once Loki has stored data.
+SCHEMA_FROM = "2024-04-01"
+#: Where Loki keeps chunks, index and the compactor's state, per layout.
+DATA_DIRS = {"docker": "/loki", "systemd": "/var/lib/loki"}
+
 
 class Settings(Section):
     enabled: bool = True  # run Loki on the monitoring host
     image: Image = "grafana/loki:3.5.7"  # docker layout: Loki image (pin 3.x)
     port: Port = 3100  # HTTP port (bound to loopback or the private address, never public)
     retention: Duration = "744h"  # delete logs older than this (compactor retention)
+    ingestion_rate_mb: int = Field(default=8, ge=1, le=1024)  # per-stack push rate limit, MB/s
+    ingestion_burst_mb: int = Field(default=16, ge=1, le=4096)  # burst above that rate, MB
     resources: Resources = Resources(memory="512m", cpus=0.5)  # limits for the loki service
 
 
@@ -23,5 +37,49 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.loki.enabled
 
 
+def config_path(hs: HostSettings) -> str:
+    """Where Loki's config file lives on the host.
+
+    Example: ``config_path(hs)`` -> ``"/opt/residency-scheduler/config/loki/config.yml"``
+    """
+    if hs.stack.layout == "docker":
+        return f"{hs.stack.paths.base_dir}/config/loki/config.yml"
+    return "/etc/loki/config.yml"
+
+
+def listen_address(hs: HostSettings) -> str:
+    """The address Loki's HTTP server binds to.
+
+    In a container every interface (Compose publishes the port on the private address only);
+    natively loopback, or the host's private address when other hosts ship logs to it.
+    Example: ``listen_address(hs)`` -> ``"127.0.0.1"``
+    """
+    if hs.stack.layout == "docker":
+        return "0.0.0.0"
+    return hs.address if len(hs.topology.hosts) > 1 else "127.0.0.1"
+
+
+def push_url(hs: HostSettings) -> str:
+    """The URL a log shipper on host ``hs`` pushes to: the monitoring host's Loki.
+
+    Example: ``push_url(hs)`` -> ``"http://10.0.0.24:3100/loki/api/v1/push"``
+    """
+    return f"{base_url(hs)}/loki/api/v1/push"
+
+
+def base_url(hs: HostSettings) -> str:
+    """Loki's HTTP root as processes on host ``hs`` reach it. Example: ``"http://loki:3100"``"""
+    loki = hs.monitoring_host().loki
+    return f"http://{hs.endpoint('loki')}:{loki.port}"
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    from rsdeploy.render import RenderedFile, template
+
+    content = template(
+        "loki/config.yml.j2", hs,
+        data_dir=DATA_DIRS[hs.stack.layout],
+        listen_address=listen_address(hs),
+        schema_from=SCHEMA_FROM,
+    )
+    return [RenderedFile(config_path(hs), content, "loki", restarts=("loki",))]
