@@ -60,11 +60,14 @@ def compose_env(value) -> str:
 def systemd_env(value) -> str:
     """A value in a systemd ``EnvironmentFile`` (KEY=<this>).
 
-    Double-quoted with backslash escapes for backslash, double quote, backtick, ``$`` and newline.
+    Double-quoted with backslash escapes for backslash, double quote, backtick and ``$``.
+    Newlines stay literal: inside double quotes systemd keeps them, while ``\\n`` would arrive
+    as a backslash and an ``n`` (checked with systemd 252).
     """
     text = str(value)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
-    return '"' + escaped.replace("\n", "\\n") + '"'
+    for char in ("\\", '"', "`", "$"):
+        text = text.replace(char, "\\" + char)
+    return f'"{text}"'
 
 
 def systemd_arg(value) -> str:
