@@ -4,13 +4,29 @@ unattended security upgrades, the firewall and the stack's directories.
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+
+from rsdeploy import apply
+from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import Name, Port, Section
+from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
+
+#: Every host gets these: `ss` for verification, curl for health checks, nftables for the firewall.
+BASE_PACKAGES = [
+    "iproute2", "curl", "ca-certificates", "gnupg", "sudo", "nftables", "systemd-timesyncd",
+    "unattended-upgrades", "logrotate", "python3",
+]
+CA_DIR = "/usr/local/share/ca-certificates/rsdeploy"
+FIREWALL_FILE = "/etc/rsdeploy/firewall.nft"
+FIREWALL_UNIT = "rsdeploy-firewall.service"
 
 
 class Settings(Section):
@@ -26,5 +42,116 @@ def applies(hs: HostSettings) -> bool:
     return True
 
 
+def firewall_peers(hs: HostSettings) -> list[str]:
+    """IPv4 addresses of the stack's other hosts, allowed through this host's firewall."""
+    return sorted(
+        h.address for h in hs.topology.hosts
+        if h.name != hs.name and isinstance(_ip(h.address), ipaddress.IPv4Address)
+    )
+
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    out = [
+        RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs)),
+                     "base", restarts=(FIREWALL_UNIT,)),
+        RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}", static("base/rsdeploy-firewall.service"),
+                     "base", restarts=(FIREWALL_UNIT,)),
+        RenderedFile("/etc/sudoers.d/rsdeploy-deploy", template("base/sudoers-deploy.j2", hs),
+                     "base", mode="440"),
+    ]
+    if hs.stack.base.unattended_upgrades:
+        out.append(RenderedFile("/etc/apt/apt.conf.d/20auto-upgrades", static("base/20auto-upgrades"),
+                                "base"))
+    out += [
+        RenderedFile(f"{CA_DIR}/{name}.crt", pem, "base", restarts=("update-ca-certificates",))
+        for name, pem in hs.trusted_ca_certificates().items()
+    ]
+    return out
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """nft's own check mode on the firewall, visudo on the sudoers drop-in."""
+    firewall = tree / FIREWALL_FILE.lstrip("/")
+    sudoers = tree / "etc/sudoers.d/rsdeploy-deploy"
+    return [
+        run_tool(["nft", "-c", "-f", str(firewall)], FIREWALL_FILE, "nft -c"),
+        run_tool(["visudo", "-c", "-q", "-f", str(sudoers)], "/etc/sudoers.d/rsdeploy-deploy",
+                 "visudo -c"),
+    ]
+
+
+# --- deploy -----------------------------------------------------------------------------------
+
+
+@deploy("Bootstrap the host")
+def bootstrap(hs: HostSettings) -> None:
+    """Everything a bare Debian/Ubuntu host needs before the stack. Example: ``bootstrap(hs)``"""
+    install_packages(hs)
+    rendered = render(hs)
+    changed = apply.changed_by_service(rendered, apply.upload(hs, rendered))
+    trust_ca_certificates(changed.get("update-ca-certificates"))
+    enable_time_sync(hs)
+    create_deploy_user(hs)
+    enable_firewall(changed[FIREWALL_UNIT])
+    create_directories(hs)
+
+
+@deploy("Install base packages")
+def install_packages(hs: HostSettings) -> None:
+    apt.packages(
+        name="Install base packages",
+        packages=BASE_PACKAGES + hs.stack.base.extra_packages,
+        update=True, cache_time=3600, no_recommends=True,
+    )
+
+
+@deploy("Trust extra CA certificates")
+def trust_ca_certificates(changed) -> None:
+    if changed is not None:
+        server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"],
+                     _if=changed)
+
+
+@deploy("Enable time sync")
+def enable_time_sync(hs: HostSettings) -> None:
+    files.link(
+        name=f"Set the time zone to {hs.stack.base.timezone}",
+        path="/etc/localtime", target=f"/usr/share/zoneinfo/{hs.stack.base.timezone}",
+    )
+    systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd.service",
+                    enabled=True)
+
+
+@deploy("Create the deploy user")
+def create_deploy_user(hs: HostSettings) -> None:
+    server.user(
+        name=f"Create deploy user {hs.stack.base.deploy_user}",
+        user=hs.stack.base.deploy_user, shell="/bin/bash", create_home=True,
+        groups=["sudo"], public_keys=hs.stack.base.deploy_user_keys or None,
+    )
+
+
+@deploy("Enable the firewall")
+def enable_firewall(changed) -> None:
+    systemd.service(name="Enable and start the firewall", service=FIREWALL_UNIT,
+                    running=True, enabled=True, daemon_reload=True)
+    systemd.service(name="Reload the changed firewall rules", service=FIREWALL_UNIT,
+                    reloaded=True, daemon_reload=True, _if=changed)
+
+
+@deploy("Create the stack's directories")
+def create_directories(hs: HostSettings) -> None:
+    paths = hs.stack.paths
+    for path, mode in ((paths.base_dir, "755"), (paths.data_dir, "755"), (paths.log_dir, "755"),
+                       (paths.config_dir, "750")):
+        files.directory(name=f"Create {path}", path=path, mode=mode, user="root", group="root")
+    login = apply.login_user()
+    files.directory(name="Create the private staging directory", path=apply.staging_dir(hs),
+                    mode="700", user=login, group=login)

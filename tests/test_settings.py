@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rsdeploy.cli import main
+from rsdeploy.secrets import load_secrets
 from tests.conftest import EXAMPLE_SECRETS, load_example
 
 GOOD_STACK = {
@@ -121,8 +122,9 @@ def test_two_hosts_claiming_one_role(tmp_path, capsys):
 def test_hosts_of_one_stack_must_share_layout(tmp_path, capsys):
     path = tmp_path / "mixed.py"
     path.write_text(f"stack = {GOOD_STACK!r}\n"
-                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'web']}),"
-                    " ('b', {'roles': ['monitoring'], 'layout': 'systemd'})], stack)\n")
+                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'web'], 'address': '10.0.0.1'}),"
+                    " ('b', {'roles': ['monitoring'], 'layout': 'systemd', 'address': '10.0.0.2'})],"
+                    " stack)\n")
     code, err = run_check(capsys, path)
     assert code == 2 and "host b: layout: 'systemd' differs from host a's 'docker'" in err
 
@@ -194,8 +196,7 @@ def test_world_readable_secrets_file_warns(tmp_path, capsys):
     secrets = tmp_path / "secrets.yml"
     secrets.write_text(Path(EXAMPLE_SECRETS).read_text())
     secrets.chmod(0o644)
-    main(["render", "-i", "inventories/example_docker.py", "--secrets", str(secrets),
-          "--out", str(tmp_path / "out")])
+    load_secrets(str(secrets), env={})
     assert "readable by others (chmod 600 it)" in capsys.readouterr().err
 
 
@@ -233,3 +234,12 @@ def test_multi_host_endpoints_follow_the_topology():
     assert hosts["web1.example.org"].endpoint("backend") == "10.0.0.22"
     systemd = next(iter(load_example("example_systemd").values()))
     assert systemd.endpoint("db") == "127.0.0.1"
+
+
+def test_multi_host_stack_needs_ip_addresses(tmp_path, capsys):
+    path = tmp_path / "multi.py"
+    path.write_text(f"stack = {GOOD_STACK!r}\n"
+                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'web'], "
+                    "'address': '10.0.0.1'}), ('b', {'roles': ['monitoring']})], stack)\n")
+    code, err = run_check(capsys, path)
+    assert code == 2 and "host b: address: 'b' is not an IP address" in err

@@ -1,0 +1,151 @@
+"""Glue between rendered files and pyinfra: the current host's settings, uploads that report
+whether they changed anything, and restarts gated on those changes.
+
+Deploy scripts and role ``@deploy`` functions use this module; nothing else in the core imports
+pyinfra's operation machinery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from io import StringIO
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files
+from pyinfra.operations.util import any_changed
+
+from rsdeploy.errors import SettingsError
+from rsdeploy.facts import FileOwnership
+from rsdeploy.render import RenderedFile
+from rsdeploy.secrets import load_secrets
+
+if TYPE_CHECKING:
+    from rsdeploy.settings import HostSettings
+
+#: Set by the rsdeploy CLI for the pyinfra process: the inventory file, for relative paths and
+#: messages (plain ``pyinfra`` runs fall back to "inventory").
+INVENTORY_ENV = "RS_INVENTORY"
+
+_loaded: dict[int, dict[str, HostSettings]] = {}
+
+
+def current() -> HostSettings:
+    """The validated settings of the host pyinfra is preparing operations for.
+
+    Every host of the inventory is validated once per run (topology needs all of them).
+    Example (in a deploy file): ``hs = apply.current()``
+    """
+    from pyinfra import inventory
+
+    from rsdeploy.settings import settings_for_inventory  # settings imports the roles, which import us
+
+    key = id(inventory)
+    if key not in _loaded:
+        try:
+            secrets, sources = load_secrets()
+            _loaded[key] = settings_for_inventory(
+                inventory, os.environ.get(INVENTORY_ENV, "inventory"), secrets, sources
+            )
+        except SettingsError as exc:
+            raise PyinfraError(f"rsdeploy: {exc}") from None
+    return _loaded[key][host.name]
+
+
+def login_user() -> str:
+    """The user pyinfra logs in as on the current host (owner of the staging directory)."""
+    from pyinfra.facts.server import User
+
+    return host.get_fact(User)
+
+
+def staging_dir(hs: HostSettings) -> str:
+    """A private (0700) directory on the host where secret files are staged before install."""
+    return f"{hs.stack.paths.data_dir}/.staging"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@operation()
+def secret_file(content: str, dest: str, user: str, group: str, staging: str):
+    """
+    Install a secret file with mode 600, never readable by others, never shown in diffs.
+
+    + content: the file's text
+    + dest: absolute path on the host
+    + user: owner (name or numeric id)
+    + group: group (name or numeric id)
+    + staging: a 0700 directory owned by the SSH user (see ``staging_dir``)
+
+    The text is uploaded into the private staging directory, then installed under ``umask 077``
+    and renamed into place, so no other user can read it at any moment.
+
+    **Example:**
+
+    .. code:: python
+
+        secret_file(name="Install the Redis password", content=pw, dest="/x/secrets/redis",
+                    user="999", group="999", staging="/var/lib/residency-scheduler/.staging")
+    """
+    remote = host.get_fact(FileOwnership, path=dest)
+    if remote is None or host.get_fact(Sha256File, path=dest) != _sha256(content):
+        staged = f"{staging}/{_sha256(dest)[:16]}"
+        yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=staged + ".part")
+        yield StringCommand(
+            "umask 077 && mkdir -p", str(Path(dest).parent),
+            "&& install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
+            "&& mv -f", f"{dest}.rsdeploy-new", dest, "&& rm -f", staged,
+        )
+        return
+    owner_ok = str(user) in (remote["uid"], remote["user"]) and str(group) in (
+        remote["gid"], remote["group"])
+    if remote["mode"] == "600" and owner_ok:
+        host.noop(f"secret {dest} is up to date")
+        return
+    yield StringCommand("chmod 600", dest, "&& chown", f"{user}:{group}", dest)
+
+
+def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, object]:
+    """Upload rendered files; returns each path's OperationMeta for change-gated reactions.
+
+    Example: ``metas = apply.upload(hs, nginx.render(hs))``
+    """
+    metas = {}
+    for f in rendered:
+        if f.secret:
+            metas[f.path] = secret_file(
+                name=f"Install secret {f.path}", content=f.content, dest=f.path,
+                user=f.owner, group=f.group, staging=staging_dir(hs),
+            )
+        else:
+            metas[f.path] = files.put(
+                name=f"Upload {f.path}", src=StringIO(f.content), dest=f.path,
+                user=f.owner, group=f.group, mode=f.mode,
+            )
+    return metas
+
+
+def changed_by_service(rendered: Iterable[RenderedFile], metas: dict) -> dict[str, object]:
+    """For each service, a callable true at run time if any file it reads was changed.
+
+    Example: ``for svc, changed in apply.changed_by_service(files, metas).items(): ...``
+    """
+    readers: dict[str, list] = {}
+    for f in rendered:
+        for service in f.restarts:
+            readers.setdefault(service, []).append(metas[f.path])
+    return {service: any_changed(*found) for service, found in sorted(readers.items())}
+
+
+def fail(message: str) -> None:
+    """Stop this host's deploy with a clear message (used for facts that rule out a deploy)."""
+    raise OperationError(message)
