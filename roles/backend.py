@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from rsdeploy.escape import url_part
 from rsdeploy.render import RenderedFile, template
-from rsdeploy.types import LogLevel, Port, Resources, Section
+from rsdeploy.types import LogLevel, Port, Resources, Section, Size
+from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rsdeploy.settings import HostSettings
 
 CELERY_QUEUES = ["default", "resilience", "notifications", "metrics", "exports", "security"]
@@ -159,5 +163,173 @@ def app_env_file(hs: HostSettings) -> RenderedFile:
                         restarts=APP_ENV_READERS[layout])
 
 
+# --- systemd layout ----------------------------------------------------------------------------
+
+UNIT_DIR = "/etc/systemd/system"
+#: The Celery beat schedule lives in /var/lib/<this> (systemd StateDirectory=).
+BEAT_STATE_DIR = "residency-celery-beat"
+#: Seconds a warm Celery shutdown may take before the pool children are killed.
+WORKER_STOP_TIMEOUT = 300
+#: Same-host services the app units start after (Debian unit names), by role.
+LOCAL_DEPENDENCIES = {"db": "postgresql.service", "redis": "redis-server.service"}
+_UNIT_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
+               "gb": 1024**3}
+
+
+def release_dir(hs: HostSettings) -> str:
+    """The running release: ``<base_dir>/current`` -> ``<base_dir>/releases/<tag>``.
+
+    Each release carries its own virtualenv (``venv/``) beside ``backend/`` and ``frontend/``,
+    so switching the symlink switches code and dependencies together (and rolls both back).
+    """
+    return f"{hs.stack.paths.base_dir}/current"
+
+
+def memory_bytes(size: Size) -> int:
+    """A Docker-style size (``512m``, ``1g``; binary units) in bytes. Example: ``memory_bytes("1g")``"""
+    digits = size.rstrip("bBkKmMgG")
+    return int(digits) * _SIZE_UNITS[size[len(digits):].lower()]
+
+
+def cpu_quota(resources: Resources) -> str:
+    """systemd ``CPUQuota=`` for a share in cores. Example: ``cpu_quota(Resources(cpus=0.5))`` -> ``"50%"``"""
+    return f"{round(resources.cpus * 100)}%"
+
+
+def listen_address(hs: HostSettings, *consumer_roles: str) -> str:
+    """Loopback when every host that connects (``consumer_roles``) is this one, else the
+    host's stack address. Example: ``listen_address(hs, "web", "monitoring")``
+    """
+    remote = [r for r in consumer_roles
+              if (carrier := hs.topology.one(r)) is not None and carrier.name != hs.name]
+    return hs.address if remote else "127.0.0.1"
+
+
+def unit_safe_path(path: str) -> str:
+    """Refuse a path that unit files cannot carry unquoted (spaces, ``%``, quotes, ``$``)."""
+    if not _UNIT_SAFE_PATH.match(path):
+        raise ValueError(f"{path!r}: systemd-layout paths may only hold letters, digits and /._+-")
+    return path
+
+
+@dataclass(frozen=True)
+class AppUnit:
+    """What one app unit template needs (see templates/systemd/_app_unit.j2)."""
+
+    name: str
+    description: str
+    exec_start: list[str]
+    resources: Resources
+    resources_key: str
+    type: str = "exec"
+    stop_timeout: int = 30
+    state_dir: str = BEAT_STATE_DIR
+    user: str = APP_USER
+    uid: int = APP_UID
+    env_file: str = ""
+    workdir: str = ""
+    log_dir: str = ""
+    multiproc_dir: str | None = None
+    after: tuple[str, ...] = ()
+
+    @property
+    def memory_max(self) -> int:
+        return memory_bytes(self.resources.memory)
+
+    @property
+    def cpu_quota(self) -> str:
+        return cpu_quota(self.resources)
+
+
+def app_units(hs: HostSettings) -> list[AppUnit]:
+    """The four app units of the systemd layout, sharing env file, release and sandbox."""
+    b, release = hs.stack.backend, release_dir(hs)
+    venv = f"{release}/venv/bin"
+    celery = [f"{venv}/celery", "-A", "app.core.celery_app"]
+    shared = dict(
+        env_file=unit_safe_path(app_env_path(hs)),
+        workdir=unit_safe_path(f"{release}/backend"),
+        log_dir=unit_safe_path(hs.stack.paths.log_dir),
+        multiproc_dir=app_environment(hs).get("PROMETHEUS_MULTIPROC_DIR"),
+        after=tuple(unit for role, unit in LOCAL_DEPENDENCIES.items() if hs.has_role(role)),
+    )
+    uvicorn = [f"{venv}/uvicorn", "app.main:app", "--host", listen_address(hs, "web", "monitoring"),
+               "--port", str(b.port), "--workers", str(b.workers), "--proxy-headers",
+               "--forwarded-allow-ips", hs.endpoint("nginx")]
+    worker = [*celery, "worker", "-Q", ",".join(b.celery_queues), "--concurrency",
+              str(b.celery_concurrency), "--loglevel", b.celery_log_level]
+    beat = [*celery, "beat", "--schedule", f"/var/lib/{BEAT_STATE_DIR}/celerybeat-schedule",
+            "--loglevel", b.celery_log_level]
+    return [
+        AppUnit("residency-backend.service", "Residency Scheduler API (uvicorn)", uvicorn,
+                b.resources, "backend.resources", **shared),
+        AppUnit("residency-celery-worker.service", "Residency Scheduler Celery worker", worker,
+                b.worker_resources, "backend.worker_resources",
+                stop_timeout=WORKER_STOP_TIMEOUT, **shared),
+        AppUnit("residency-celery-beat.service", "Residency Scheduler Celery beat", beat,
+                b.beat_resources, "backend.beat_resources", **shared),
+        AppUnit("residency-migrate.service", "Residency Scheduler database migrations",
+                [f"{venv}/alembic", "upgrade", "head"], b.resources, "backend.resources",
+                type="oneshot", **shared),
+    ]
+
+
+def unit_file(hs: HostSettings, unit: AppUnit) -> RenderedFile:
+    content = template(f"systemd/{unit.name}.j2", hs, unit=unit)
+    restarts = () if unit.type == "oneshot" else (unit.name,)
+    return RenderedFile(f"{UNIT_DIR}/{unit.name}", content, "backend", restarts=restarts)
+
+
+def sysusers_file(hs: HostSettings) -> RenderedFile:
+    """``/etc/sysusers.d/residency.conf``: the app user, created by ``systemd-sysusers``."""
+    content = template("systemd/residency.sysusers.conf.j2", hs, user=APP_USER, uid=APP_UID,
+                       home=unit_safe_path(hs.stack.paths.base_dir))
+    return RenderedFile("/etc/sysusers.d/residency.conf", content, "backend")
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return [app_env_file(hs)]
+    files = [app_env_file(hs)]
+    if hs.stack.layout == "systemd":
+        files += [sysusers_file(hs), *(unit_file(hs, unit) for unit in app_units(hs))]
+    return files
+
+
+# --- validation --------------------------------------------------------------------------------
+
+_NOT_INSTALLED_YET = re.compile(r"^(\S+): Command (/\S+) is not executable: No such file or directory$")
+
+
+def verify_units(tree: Path, paths: list[str], installed_later: tuple[str, ...]) -> list[Verdict]:
+    """``systemd-analyze verify`` on rendered units (host paths ``paths`` under ``tree``).
+
+    Verify also checks that each ``ExecStart`` binary exists. Binaries the deploy installs
+    later (paths starting with one of ``installed_later``: the release's venv, npm's pm2, our
+    own scripts) cannot exist on the machine that renders: exactly that message is tolerated
+    for exactly those paths; every other line verify prints fails the unit.
+    Example: ``verify_units(tree, ["/etc/systemd/system/x.service"], ("/opt/x/current/",))``
+    """
+    verdicts = []
+    for path in paths:
+        verdict = run_tool(["systemd-analyze", "verify", str(tree / path.lstrip("/"))], path,
+                           "systemd-analyze verify")
+        problems = [line for line in verdict.detail.splitlines()
+                    if not _installed_later(line, installed_later)]
+        tolerated = "" if verdict.ok or problems else "binaries installed by the deploy: " + \
+            ", ".join(sorted({m.group(2) for m in map(_NOT_INSTALLED_YET.match,
+                                                       verdict.detail.splitlines()) if m}))
+        verdicts.append(Verdict(path, verdict.tool, not problems, "\n".join(problems) or tolerated))
+    return verdicts
+
+
+def _installed_later(line: str, prefixes: tuple[str, ...]) -> bool:
+    match = _NOT_INSTALLED_YET.match(line.strip())
+    return bool(match) and match.group(2).startswith(prefixes)
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """Systemd layout: verify the app units (the env file is checked by the test suite's parsers)."""
+    if hs.stack.layout != "systemd":
+        return []
+    units = [f"{UNIT_DIR}/{unit.name}" for unit in app_units(hs)]
+    return verify_units(tree, units, (f"{release_dir(hs)}/",))
