@@ -1,16 +1,21 @@
 """The ``rsdeploy`` command line.
 
-    rsdeploy render -i INVENTORY [--host NAME] --out DIR
-    rsdeploy check  -i INVENTORY [--host NAME]
+    rsdeploy render    -i INVENTORY [--host NAME] --out DIR
+    rsdeploy check     -i INVENTORY [--host NAME]
+    rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
+    rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT
 from rsdeploy.errors import UserError
 
 
@@ -20,10 +25,10 @@ def _inventory_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", action="append", help="only this inventory host (repeatable)")
 
 
-def _selected(args) -> dict:
+def _selected(args, override_data: dict | None = None) -> dict:
     from rsdeploy.settings import load_inventory
 
-    hosts = load_inventory(args.inventory, args.secrets)
+    hosts = load_inventory(args.inventory, args.secrets, override_data)
     if args.host:
         unknown = [h for h in args.host if h not in hosts]
         if unknown:
@@ -63,6 +68,41 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def run_pyinfra(args, deploy_file: str, data: dict[str, str]) -> int:
+    """Validate every host's settings, then run a deploy file with the pyinfra CLI.
+
+    Nothing contacts a host before the whole inventory has passed validation. Secrets reach the
+    pyinfra process through the environment (RS_SECRETS_FILE), never its command line.
+    Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"})``
+    """
+    from rsdeploy.apply import INVENTORY_ENV
+    from rsdeploy.secrets import FILE_ENV
+
+    hosts = _selected(args, data)
+    env = dict(os.environ, **{INVENTORY_ENV: str(Path(args.inventory).resolve())})
+    if args.secrets:
+        env[FILE_ENV] = str(Path(args.secrets).resolve())
+    command = [sys.executable, "-m", "pyinfra", "-y", str(Path(args.inventory).resolve()),
+               str(DEPLOYS_DIR / deploy_file)]
+    for key, value in data.items():
+        command += ["--data", f"{key}={value}"]
+    if args.host:
+        command += ["--limit", ",".join(hosts)]
+    if args.dry:
+        command.append("--dry")
+    return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+
+
+def cmd_bootstrap(args) -> int:
+    """Prepare bare hosts: packages, CA trust, firewall, deploy user, Docker engine."""
+    return run_pyinfra(args, "bootstrap.py", {})
+
+
+def cmd_deploy(args) -> int:
+    """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
+    return run_pyinfra(args, "deploy.py", {"version": args.version} if args.version else {})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and rendered files with real tools")
     _inventory_args(check)
     check.set_defaults(func=cmd_check)
+
+    bootstrap = sub.add_parser("bootstrap", help="prepare bare hosts for the stack")
+    _inventory_args(bootstrap)
+    bootstrap.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    bootstrap.set_defaults(func=cmd_bootstrap)
+
+    deploy = sub.add_parser("deploy", help="roll out the stack (pyinfra over SSH)")
+    _inventory_args(deploy)
+    deploy.add_argument("--version", help="release tag to deploy (default: the inventory's)")
+    deploy.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    deploy.set_defaults(func=cmd_deploy)
 
     # Further command groups register themselves here, one line each:
     return parser
