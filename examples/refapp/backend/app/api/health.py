@@ -1,0 +1,32 @@
+"""Liveness and health endpoints that deploy checks and container health checks call."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.core.database import database_answers
+from app.core.resilience import assess
+from app.version import VERSION
+
+router = APIRouter()
+
+SERVICE = "residency-scheduler-backend"
+
+
+@router.get("/")
+def root() -> dict:
+    return {"status": "healthy", "service": SERVICE, "version": VERSION}
+
+
+@router.get("/health")
+def health() -> JSONResponse:
+    """Healthy only when PostgreSQL runs ``SELECT 1`` (upstream answers without checking)."""
+    if database_answers():
+        return JSONResponse({"status": "healthy", "database": "connected"})
+    return JSONResponse({"status": "unhealthy", "database": "unreachable"}, status_code=503)
+
+
+@router.get("/health/resilience")
+def resilience() -> dict:
+    return assess()

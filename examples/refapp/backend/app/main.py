@@ -1,0 +1,37 @@
+"""The ASGI app: ``uvicorn app.main:app``. Refuses to start when production settings are unsafe."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api import health, v1
+from app.core.config import get_settings
+from app.core.metrics import instrument
+from app.core.resilience import assess
+from app.version import VERSION
+
+settings = get_settings()
+logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("app")
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI):
+    if settings.release != VERSION:
+        log.warning("APP_VERSION says %s but this code is %s", settings.release, VERSION)
+    assess()  # gauges have values from the first scrape on
+    log.info("Residency Scheduler stand-in %s started", VERSION)
+    yield
+
+
+app = FastAPI(title="Residency Scheduler (rsdeploy stand-in)", version=VERSION,
+              debug=settings.debug, lifespan=lifespan)
+app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+                   allow_methods=["*"], allow_headers=["*"])
+app.include_router(health.router)
+app.include_router(v1.router)
+instrument(app)
