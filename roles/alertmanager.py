@@ -1,11 +1,16 @@
 """Alertmanager: routes alerts by severity to PagerDuty, Slack and e-mail (role ``monitoring``).
 
 Credentials (SMTP password, Slack webhook URL, PagerDuty routing key) are secrets, written as
-files of mode 0600 and referenced with the ``*_file`` options.
+files of mode 0600 and referenced with the ``*_file`` options. Docker layout:
+``base/config/alertmanager/alertmanager.yml`` and ``base/secrets/<name>`` (Compose secrets at
+/run/secrets/<name>). Systemd layout: Debian's prometheus-alertmanager, /etc/prometheus/alertmanager.yml,
+secrets in /etc/prometheus/secrets/, flags in /etc/default/prometheus-alertmanager.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -15,6 +20,16 @@ from rsdeploy.types import Duration, Email, Image, Port, Resources, Section
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
+    from rsdeploy.validate import Verdict
+
+ROLE = "alertmanager"
+IMAGE_UID = 65534  # prom/alertmanager runs as nobody
+RECEIVERS = ("pagerduty", "slack", "email")  # notification order within one route
+#: The secret each receiver reads (a file, never inline in alertmanager.yml).
+RECEIVER_SECRETS = {"email": "smtp_password", "slack": "slack_webhook_url",
+                    "pagerduty": "pagerduty_routing_key"}
+SEVERITIES = ("critical", "warning", "info")
+NULL_RECEIVER = "null"  # receives whatever no route claims: nothing is sent
 
 
 class EmailReceiver(Section):
@@ -60,5 +75,118 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.alertmanager.enabled
 
 
+def configured_receivers(hs: HostSettings) -> list[str]:
+    """The receivers set in the inventory, in notification order. Example: ``["pagerduty", "email"]``"""
+    return [name for name in RECEIVERS if getattr(hs.stack.alertmanager, name) is not None]
+
+
+def routes(hs: HostSettings) -> dict[str, list[str]]:
+    """Receivers per severity: ``alertmanager.routes`` or the default (critical -> all configured,
+    warning -> Slack and e-mail). Severities without receivers are absent (they go to "null").
+
+    Example: ``routes(hs)`` -> ``{"critical": ["pagerduty", "slack", "email"], "warning": [...]}``
+    """
+    configured = configured_receivers(hs)
+    explicit = hs.stack.alertmanager.routes
+    if explicit is None:
+        chosen = {"critical": configured, "warning": [r for r in configured if r != "pagerduty"]}
+    else:
+        chosen = {}
+        for route in explicit:
+            chosen.setdefault(route.severity, []).extend(route.receivers)
+    return {severity: [r for r in RECEIVERS if r in receivers]
+            for severity, receivers in chosen.items() if receivers}
+
+
+def config_path(hs: HostSettings) -> str:
+    """alertmanager.yml on the host (Debian's package reads /etc/prometheus/alertmanager.yml)."""
+    if hs.stack.layout == "docker":
+        return f"{hs.stack.paths.base_dir}/config/alertmanager/alertmanager.yml"
+    return "/etc/prometheus/alertmanager.yml"
+
+
+def command_flags(hs: HostSettings) -> list[str]:
+    """Alertmanager flags: the Compose service's ``command`` or Debian's ARGS.
+
+    One instance, so clustering (gossip on :9094) is off. Example: ``command_flags(hs)``
+    """
+    port = hs.stack.alertmanager.port
+    if hs.stack.layout == "docker":
+        return ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager",
+                f"--web.listen-address=0.0.0.0:{port}", "--cluster.listen-address="]
+    return [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+
+
+def _service(hs: HostSettings) -> str:
+    return "alertmanager" if hs.stack.layout == "docker" else "prometheus-alertmanager"
+
+
+def _secret_files(hs: HostSettings) -> list[RenderedFile]:
+    from roles.prometheus import secret_file
+
+    am, files = hs.stack.alertmanager, []
+    for receiver in configured_receivers(hs):
+        if receiver == "email" and not am.email.smtp_username:
+            continue  # an unauthenticated relay needs no password
+        name = RECEIVER_SECRETS[receiver]
+        files.append(secret_file(hs, name, getattr(hs.secrets, name), role=ROLE,
+                                 image_uid=IMAGE_UID, restarts=(_service(hs),)))
+    return files
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    from roles.prometheus import debian_default, secret_read_path
+    from rsdeploy.render import RenderedFile, template
+
+    content = template(
+        "alertmanager/alertmanager.yml.j2", hs,
+        am=hs.stack.alertmanager,
+        routes=routes(hs),
+        null_receiver=NULL_RECEIVER,
+        secret_paths={r: secret_read_path(hs, RECEIVER_SECRETS[r]) for r in RECEIVERS},
+    )
+    files = [RenderedFile(config_path(hs), content, ROLE, restarts=(_service(hs),)),
+             *_secret_files(hs)]
+    if hs.stack.layout == "systemd":
+        files.append(debian_default("prometheus-alertmanager", {"ARGS": " ".join(command_flags(hs))},
+                                    hs=hs, role=ROLE, comment="Alertmanager flags"))
+    return files
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteCheck:
+    severity: str
+    receivers: tuple[str, ...]  # expected, in amtool's order
+
+
+def route_checks(hs: HostSettings) -> list[RouteCheck]:
+    """What each severity must reach: its route's receivers, or only the null receiver."""
+    chosen = routes(hs)
+    return [RouteCheck(severity, tuple(chosen.get(severity) or [NULL_RECEIVER]))
+            for severity in SEVERITIES]
+
+
+def check_routes(config: Path, path: str, checks: list[RouteCheck]) -> list[Verdict]:
+    """``amtool config routes test --verify.receivers`` for each severity (exit 1 on mismatch)."""
+    from rsdeploy.validate import run_tool
+
+    return [run_tool(["amtool", "config", "routes", "test", f"--config.file={config}",
+                      f"--verify.receivers={','.join(c.receivers)}", f"severity={c.severity}"],
+                     path, f"amtool config routes test severity={c.severity}")
+            for c in checks]
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """``amtool check-config`` (also loads the templates) and a route test per severity.
+
+    amtool 0.25+ does not open the ``*_file`` secrets; the config is checked as rendered.
+    """
+    from rsdeploy.validate import run_tool
+
+    path = config_path(hs)
+    config = tree / path.lstrip("/")
+    return [run_tool(["amtool", "check-config", str(config)], path, "amtool check-config"),
+            *check_routes(config, path, route_checks(hs))]
