@@ -341,7 +341,7 @@ def _nginx_verdicts(tree: Path, hs: HostSettings) -> list[Verdict]:
     with tempfile.TemporaryDirectory(prefix="rsdeploy-nginx-") as tmp:
         root = Path(tmp)
         try:
-            notes = _build_validation_root(tree, hs, root, paths)
+            notes = build_validation_root(tree, hs, root)
         except (OSError, subprocess.CalledProcessError) as exc:
             return [Verdict(path, "nginx -t", False, f"cannot prepare the check: {exc}")
                     for path in paths]
@@ -351,10 +351,14 @@ def _nginx_verdicts(tree: Path, hs: HostSettings) -> list[Verdict]:
     return [Verdict(path, tool, ok, detail) for path in paths]
 
 
-def _build_validation_root(tree: Path, hs: HostSettings, root: Path, paths: list[str]) -> list[str]:
-    """Lay out ``root`` as nginx's filesystem; returns notes on what differs from production."""
+def build_validation_root(tree: Path, hs: HostSettings, root: Path) -> list[str]:
+    """Lay out ``root`` as nginx's filesystem, from the rendered ``tree``, for ``nginx -t -p root``
+    (or a real nginx run in tests); returns notes on what differs from production.
+
+    Example: ``build_validation_root(Path("/tmp/out/rs1"), hs, Path(tmp))``
+    """
     etc = root / "etc/nginx"
-    for path in paths:
+    for path in (f.path for f in _nginx_files(hs)):
         target = etc / path.removeprefix(config_dir(hs) + "/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tree / path.lstrip("/"), target)
