@@ -1,25 +1,151 @@
 """Operator tools on every host: ``/usr/local/bin/rs-status`` (status overview for either layout)
-and logrotate for /var/log/residency-scheduler.
+and, where the app writes log files (systemd layout), logrotate for ``paths.log_dir``.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from roles import backend, compose, frontend
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
+from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
+    from pathlib import Path
+
     from rsdeploy.settings import HostSettings
+
+STATUS_PATH = "/usr/local/bin/rs-status"
+LOGROTATE_PATH = "/etc/logrotate.d/residency-scheduler"
+
+#: Compose services that run once and exit: not expected to be "running".
+ONE_SHOT_SERVICES = {"migrate", "certbot"}
+#: Debian unit names of the distribution services, by role / monitoring component.
+ROLE_UNITS = {"db": "postgresql.service", "redis": "redis-server.service", "web": "nginx.service"}
+MONITORING_UNITS = {"prometheus": "prometheus.service",
+                    "alertmanager": "prometheus-alertmanager.service",
+                    "loki": "loki.service", "grafana": "grafana-server.service"}
+
+# Probes run inside the app containers (their images have python / node, not curl).
+BACKEND_PROBE = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                 "'http://127.0.0.1:{port}' + sys.argv[1], timeout=10).read().decode())")
+FRONTEND_PROBE = ("require('http').get('http://127.0.0.1:{port}/', r => process.exit("
+                  "r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))")
+PM2_SUMMARY = ("let d = ''; process.stdin.on('data', c => d += c).on('end', () => {"
+               " for (const p of JSON.parse(d)) console.log(p.name, p.pm2_env.status,"
+               " p.pm2_env.restart_time); })")
+# `docker compose ps --format`: a Go template, hence kept out of the Jinja template.
+PS_FORMAT = "{{.Service}} {{.State}} {{.Health}}"
 
 
 class Settings(Section):
-    log_rotate_days: int = 14  # days of /var/log/residency-scheduler logs logrotate keeps
+    log_rotate_days: int = Field(default=14, ge=1)  # days of paths.log_dir logs logrotate keeps
 
 
 def applies(hs: HostSettings) -> bool:
     return True
 
 
+def version_file(hs: HostSettings) -> str:
+    """Where the deploy records the deployed version: ``<data_dir>/version``."""
+    return f"{hs.stack.paths.data_dir}/version"
+
+
+def expected_services(hs: HostSettings) -> list[str]:
+    """Docker layout: the Compose services of this host that must be running."""
+    services = [*compose.app_services(hs), *compose.monitoring_services(hs),
+                *compose.web_services(hs)]
+    return [name for name in services if name not in ONE_SHOT_SERVICES]
+
+
+def expected_units(hs: HostSettings) -> list[str]:
+    """Systemd layout: the units of this host that must be active."""
+    units = [unit for role, unit in ROLE_UNITS.items() if hs.has_role(role)]
+    if hs.has_role("app"):
+        units += [u.name for u in backend.app_units(hs) if u.type != "oneshot"]
+        units.append(frontend.PM2_UNIT)
+    if hs.has_role("monitoring"):
+        units += [unit for name, unit in MONITORING_UNITS.items()
+                  if getattr(hs.stack, name).enabled]
+    if _backup_applies(hs):
+        units.append("rs-backup.timer")
+    return units
+
+
+def _backup_applies(hs: HostSettings) -> bool:
+    from roles import backup
+
+    return backup.applies(hs)
+
+
+def disk_dirs(hs: HostSettings) -> list[str]:
+    """Directories whose size and free space rs-status shows."""
+    dirs = {hs.stack.paths.data_dir}
+    if _backup_applies(hs):
+        dirs.add(hs.stack.backup.directory)
+    if hs.stack.layout == "docker":
+        dirs.add("/var/lib/docker")  # images, volumes (the database) and container logs
+    return sorted(dirs)
+
+
+def status_script(hs: HostSettings) -> RenderedFile:
+    """rs-status for this host's layout and roles."""
+    s = hs.stack
+    shared = dict(
+        version_file=version_file(hs), has_app=hs.has_role("app"), has_web=hs.has_role("web"),
+        has_db=_backup_applies(hs), disk_dirs=disk_dirs(hs),
+    )
+    if s.layout == "docker":
+        content = template(
+            "status/rs-status.docker.sh.j2", hs, services=expected_services(hs),
+            compose_args=compose.compose_args(hs), ps_format=PS_FORMAT,
+            backend_probe=BACKEND_PROBE.format(port=s.backend.port),
+            frontend_probe=FRONTEND_PROBE.format(port=s.frontend.port), **shared)
+    else:
+        address = backend.listen_address(hs, "web", "monitoring")
+        content = template(
+            "status/rs-status.systemd.sh.j2", hs, units=expected_units(hs),
+            user=backend.APP_USER, pm2_home=f"/var/lib/{frontend.PM2_STATE_DIR}",
+            pm2=f"{frontend.PM2_BIN}/pm2", pm2_summary=PM2_SUMMARY,
+            backend_url=f"http://{address}:{s.backend.port}",
+            frontend_url=f"http://{backend.listen_address(hs, 'web')}:{s.frontend.port}",
+            **shared)
+    return RenderedFile(STATUS_PATH, content, "status", mode="755")
+
+
+def logrotate_file(hs: HostSettings) -> RenderedFile:
+    content = template("logrotate/residency-scheduler.j2", hs, user=backend.APP_USER,
+                       log_glob=f"{backend.unit_safe_path(hs.stack.paths.log_dir)}/*.log")
+    return RenderedFile(LOGROTATE_PATH, content, "status")
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    files = [status_script(hs)]
+    if hs.stack.layout == "systemd" and hs.has_role("app"):
+        files.append(logrotate_file(hs))
+    return files
+
+
+def check_script(tree: Path, path: str) -> list[Verdict]:
+    """``bash -n`` on a rendered script, and shellcheck when it is installed.
+
+    Example: ``check_script(tree, "/usr/local/bin/rs-status")``
+    """
+    local = str(tree / path.lstrip("/"))
+    verdicts = [run_tool(["bash", "-n", local], path, "bash -n")]
+    if shutil.which("shellcheck"):
+        verdicts.append(run_tool(["shellcheck", "-s", "bash", local], path, "shellcheck"))
+    return verdicts
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """bash -n / shellcheck on rs-status; ``logrotate -d`` (dry run) on the logrotate file."""
+    verdicts = check_script(tree, STATUS_PATH)
+    if hs.stack.layout == "systemd" and hs.has_role("app"):
+        local = str(tree / LOGROTATE_PATH.lstrip("/"))
+        verdicts.append(run_tool(["logrotate", "-d", local], LOGROTATE_PATH, "logrotate -d"))
+    return verdicts
