@@ -153,9 +153,10 @@ def stat(title: str, query: Query, width: int = 6, **extra) -> Panel:
     return Panel("stat", title, (query,), width=width, height=4, **extra)
 
 
-def logs(title: str, expr: str) -> Panel:
+def logs(title: str, *exprs: str) -> Panel:
     """A full-width Loki logs panel. Example: ``logs("Backend", '{service="backend"}')``"""
-    return Panel("logs", title, (Query(expr),), datasource=LOKI, width=GRID_WIDTH, height=12)
+    queries = tuple(Query(expr) for expr in exprs)
+    return Panel("logs", title, queries, datasource=LOKI, width=GRID_WIDTH, height=12)
 
 
 UP_DOWN = ((0, "DOWN", "red"), (1, "UP", "green"))
@@ -270,10 +271,21 @@ def _log_labels(hs: HostSettings) -> list[tuple[str, str]]:
     return [("service", "Compose service"), *journal] if hs.stack.layout == "docker" else journal
 
 
+def app_log_files() -> str:
+    """LogQL selector of the application's log files (``paths.log_dir/*.log``)."""
+    from roles.log_shipper import APP_LOG_JOB
+
+    return f'{{job="{APP_LOG_JOB}"}}'
+
+
 def log_panels(hs: HostSettings) -> list[Panel]:
-    """One logs panel per stream label, filtered by the variable of the same name."""
-    return [logs(f"Logs by {meaning}", f'{{{label}=~"${label}"}}')
-            for label, meaning in _log_labels(hs)]
+    """One logs panel per stream label, filtered by the variable of the same name, and the
+    application's log files."""
+    if not hs.monitoring_enabled("loki"):
+        return []
+    return [*(logs(f"Logs by {meaning}", f'{{{label}=~"${label}"}}')
+              for label, meaning in _log_labels(hs)),
+            logs("Application log files", app_log_files())]
 
 
 def log_variables(hs: HostSettings) -> list[dict]:
@@ -375,10 +387,11 @@ def resilience_metrics(hs: HostSettings) -> dict:
                    mappings=UTILIZATION_LEVELS),
     ]
     if hs.monitoring_enabled("loki"):
-        source = ('{service=~"backend|celery-worker|celery-beat"}' if hs.stack.layout == "docker"
-                  else '{unit=~"residency-(backend|celery-worker|celery-beat)[.]service"}')
+        words = ' |~ "(?i)resilience|contingency|defense|fallback"'
+        backend = ('{service=~"backend|celery-worker|celery-beat"}' if hs.stack.layout == "docker"
+                   else '{unit=~"residency-(backend|celery-worker|celery-beat)[.]service"}')
         panels.append(logs("Resilience events in the logs",
-                           source + ' |~ "(?i)resilience|contingency|defense|fallback"'))
+                           *(source + words for source in (backend, app_log_files()))))
     return dashboard("rs-resilience", "Resilience Metrics", panels)
 
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: The Docker Engine API as the shipper reaches it (socket mounted at the same path).
 DOCKER_HOST = "unix:///var/run/docker.sock"
+#: The ``job`` label of the streams read from ``paths.log_dir/*.log`` (dashboards select it).
+APP_LOG_JOB = "residency-scheduler"
 
 
 class Settings(Section):
@@ -71,6 +73,7 @@ def _context(hs: HostSettings) -> dict:
         "docker": hs.stack.layout == "docker",
         "docker_host": DOCKER_HOST,
         "log_glob": f"{hs.stack.paths.log_dir}/*.log",
+        "app_log_job": APP_LOG_JOB,
     }
 
 

@@ -250,11 +250,16 @@ def test_dashboard_logql_structure_no_offline_loki(monitoring):
     exprs = queries(dashboards, "loki")
     assert exprs, "the dashboards show logs"
     variables = {v["name"] for d in dashboards.values() for v in d["templating"]["list"]}
+    (shipper_file,) = log_shipper.render(hs)
+    shipper_config = re.sub(r"\s+", " ", shipper_file.content)
     for expr in exprs:
         selector = re.match(r"\{([^}]*)\}", expr)
         assert selector, expr
         matchers = re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', selector.group(1))
         assert matchers and {label for label, _, _ in matchers} <= SHIPPED_LOG_LABELS, expr
+        for label, _, value in matchers:
+            if label == "job":  # a fixed job label: the shipper must set exactly this one
+                assert f'job = "{value}"' in shipper_config, expr
         for var in re.findall(r"\$(\w+)", expr):
             assert var in variables, f"{expr}: ${var} is no dashboard variable"
         pipeline = expr[selector.end():].strip()

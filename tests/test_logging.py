@@ -227,7 +227,8 @@ def with_settings(hs, **sections):
     stack = hs.stack.model_copy(update={
         name: getattr(hs.stack, name).model_copy(update=values) for name, values in sections.items()
     })
-    return dataclasses.replace(hs, stack=stack, stack_settings={**hs.stack_settings, hs.name: stack})
+    everyone = {**hs.stack_settings, hs.name: stack}
+    return dataclasses.replace(hs, stack=stack, stack_settings=everyone)
 
 
 def alloy_components(hs) -> dict[tuple[str, str], Block]:
@@ -334,8 +335,8 @@ def test_alloy_labels_streams_by_container_service_unit_host_no_offline_alloy(ex
         if hs.stack.layout == "docker":
             rules = {(r.attributes["source_labels"][0], r.attributes["target_label"])
                      for r in components[("discovery.relabel", "containers")].blocks}
-            assert {("__meta_docker_container_name", "container"),
-                    ("__meta_docker_container_label_com_docker_compose_service", "service")} <= rules
+            service = "__meta_docker_container_label_com_docker_compose_service"
+            assert {("__meta_docker_container_name", "container"), (service, "service")} <= rules
             assert components[("loki.source.docker", "containers")].attributes["targets"] == Ref(
                 "discovery.relabel.containers.output")
 
