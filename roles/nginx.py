@@ -148,7 +148,8 @@ def host_certificate_paths(hs: HostSettings) -> tuple[str, str]:
 
     certbot: where certbot writes them; provided: tls.cert_path/key_path (systemd) or the
     copies under base/tls/ (docker); self-signed: where the deploy generates them.
-    Example: ``host_certificate_paths(hs)`` -> ``("/opt/residency-scheduler/tls/fullchain.pem", ...)``
+    Example: ``host_certificate_paths(hs)`` ->
+    ``("/opt/residency-scheduler/tls/fullchain.pem", "/opt/residency-scheduler/tls/privkey.pem")``
     """
     tls = hs.stack.tls
     if tls.mode == "certbot" or (tls.mode == "provided" and hs.stack.layout == "systemd"):
@@ -185,7 +186,8 @@ def nginx_str(value) -> str:
     """
     text = str(value)
     if not _nginx_representable(text):
-        raise ValueError(f"{text!r} cannot be written into an nginx file ('$' or control character)")
+        raise ValueError(f"{text!r} cannot be written into an nginx file "
+                         "('$' or a control character)")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -193,6 +195,15 @@ def _version(text: str) -> tuple[int, ...] | None:
     """The leading x.y[.z] of an image tag or ``nginx -v`` output, as a tuple."""
     found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     return tuple(int(part) for part in found.groups(default="0")) if found else None
+
+
+def _image_tag(image: str) -> str:
+    """The tag of an image reference ("" without one).
+
+    Example: ``_image_tag("nginx:1.27-alpine")`` -> ``"1.27-alpine"``
+    """
+    name = image.split("@")[0].rpartition("/")[2]
+    return name.partition(":")[2]
 
 
 def uses_http2_directive(hs: HostSettings) -> bool:
@@ -206,8 +217,7 @@ def uses_http2_directive(hs: HostSettings) -> bool:
         return nginx.http2_directive
     if hs.stack.layout == "systemd":
         return DEBIAN_NGINX >= HTTP2_DIRECTIVE_SINCE
-    tag = nginx.image.split("@")[0].rpartition(":")[2] if ":" in nginx.image.split("/")[-1] else ""
-    version = _version(tag)
+    version = _version(_image_tag(nginx.image))
     return version is None or version >= HTTP2_DIRECTIVE_SINCE
 
 
@@ -372,7 +382,7 @@ def build_validation_root(tree: Path, hs: HostSettings, root: Path) -> list[str]
 
 
 def _dummy_certificate(root: Path, hs: HostSettings) -> None:
-    """A throwaway self-signed EC certificate for the site's names, where nginx reads the real one."""
+    """A throwaway self-signed certificate for the site's names, where nginx reads the real one."""
     certificate, key = (root / path.lstrip("/") for path in certificate_paths(hs))
     for path in (certificate, key):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -172,7 +172,8 @@ def test_missing_certificate_directive_makes_validate_fail(tmp_path):
 ])
 def test_certificate_paths_per_layout_and_mode(example, mode, nginx_sees, host_has):
     hs = web_host(example, tls=TLS_MODES[mode])
-    assert nginx.certificate_paths(hs) == (f"{nginx_sees}/fullchain.pem", f"{nginx_sees}/privkey.pem")
+    assert nginx.certificate_paths(hs) == (f"{nginx_sees}/fullchain.pem",
+                                           f"{nginx_sees}/privkey.pem")
     assert nginx.host_certificate_paths(hs) == (f"{host_has}/fullchain.pem",
                                                 f"{host_has}/privkey.pem")
 
@@ -343,7 +344,8 @@ def test_docker_layout_renews_from_a_host_timer(tmp_path):
     for unit in ("rs-certbot-renew.service", "rs-certbot-renew.timer"):
         v = verdicts[f"/etc/systemd/system/{unit}"]
         assert v.tool == "systemd-analyze verify" and v.ok, v.detail
-    assert '"run" "--rm" "--no-deps" "certbot" "renew" "--webroot" "-w" "/var/www/certbot"' in service
+    assert ('"run" "--rm" "--no-deps" "certbot" "renew" "--webroot" "-w" "/var/www/certbot"'
+            in service)
     assert 'ExecStartPost="/usr/bin/docker" "compose"' in service
     assert '"exec" "-T" "nginx" "nginx" "-s" "reload"' in service
     assert "OnCalendar=*-*-* 00,12:00:00" in timer and "RandomizedDelaySec=" in timer
@@ -469,7 +471,8 @@ def test_live_nginx_redirects_serves_acme_and_proxies_with_headers(live_site):
     assert redirect.headers["Location"] == \
         f"https://scheduler.example.org:{ports['https_port']}/schedule?week=3"
     plain.close()
-    plain.request("GET", "/.well-known/acme-challenge/token", headers={"Host": "scheduler.example.org"})
+    plain.request("GET", "/.well-known/acme-challenge/token",
+                  headers={"Host": "scheduler.example.org"})
     assert plain.getresponse().status == 404  # served from the webroot, not redirected
 
     response, body, _ = https_get(ports["https_port"], "/api/v1/people?x=1")
@@ -494,6 +497,7 @@ def test_live_nginx_redirects_serves_acme_and_proxies_with_headers(live_site):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")  # offered on purpose
 def test_live_nginx_speaks_only_tls12_and_tls13_and_drops_unknown_names(live_site):
     _, ports = live_site
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
