@@ -1,23 +1,56 @@
-"""Scheduled PostgreSQL backups (pg_dump, custom format) with retention (role ``db``)."""
+"""Scheduled PostgreSQL backups (pg_dump, custom format) with retention (role ``db``).
+
+``/usr/local/sbin/rs-backup`` writes ``<directory>/<db>-<UTC timestamp>-<version>.dump``, checks
+it with ``pg_restore --list`` and deletes dumps older than ``retention_days``; ``rs-backup.timer``
+runs it. No password is involved: pg_dump runs inside the db container over its socket (docker
+layout) or as the postgres superuser with peer authentication (systemd layout).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from roles import compose
+from roles.backend import UNIT_DIR, unit_safe_path, verify_units
+from roles.status import check_script, version_file
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
+from rsdeploy.validate import run_tool
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
+    from pathlib import Path
+
     from rsdeploy.settings import HostSettings
+    from rsdeploy.validate import Verdict
+
+SCRIPT = "/usr/local/sbin/rs-backup"
+SERVICE = "rs-backup.service"
+TIMER = "rs-backup.timer"
 
 
 class Settings(Section):
     enabled: bool = True  # run scheduled backups on the db host
-    on_calendar: str = "*-*-* 02:30:00"  # systemd OnCalendar= expression (UTC)
+    on_calendar: str = "*-*-* 02:30:00 UTC"  # systemd OnCalendar= expression
     retention_days: int = Field(default=14, ge=1)  # delete dumps older than this
     directory: str = "/var/lib/residency-scheduler/backups"  # where dumps are kept on the db host
+
+    @field_validator("on_calendar")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9 *:,./~_+-]+$", value):
+            raise ValueError(f"{value!r} is not a systemd OnCalendar= expression "
+                             "(e.g. '*-*-* 02:30:00 UTC' or 'daily')")
+        return value
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9/._+-]*[^/]$", value):
+            raise ValueError(f"{value!r} must be an absolute path of letters, digits and /._+-")
+        return value
 
 
 def applies(hs: HostSettings) -> bool:
@@ -25,4 +58,26 @@ def applies(hs: HostSettings) -> bool:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return []
+    s = hs.stack
+    script = template("backup/rs-backup.sh.j2", hs, database=s.postgres.database,
+                      db_user=s.postgres.user, version_file=version_file(hs),
+                      compose_args=compose.compose_args(hs) if s.layout == "docker" else [])
+    after = "docker.service" if s.layout == "docker" else "postgresql.service"
+    service = template("backup/rs-backup.service.j2", hs, script=unit_safe_path(SCRIPT),
+                       after=after)
+    timer = template("backup/rs-backup.timer.j2", hs)
+    return [
+        RenderedFile(SCRIPT, script, "backup", mode="755"),
+        RenderedFile(f"{UNIT_DIR}/{SERVICE}", service, "backup"),
+        RenderedFile(f"{UNIT_DIR}/{TIMER}", timer, "backup", restarts=(TIMER,)),
+    ]
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """bash -n / shellcheck on rs-backup; systemd-analyze calendar + verify on the timer pair
+    (rs-backup itself is in the rendered tree, not yet on this machine: tolerated by path).
+    """
+    calendar = run_tool(["systemd-analyze", "calendar", hs.stack.backup.on_calendar],
+                        f"{UNIT_DIR}/{TIMER}", "systemd-analyze calendar")
+    units = verify_units(tree, [f"{UNIT_DIR}/{SERVICE}", f"{UNIT_DIR}/{TIMER}"], (SCRIPT,))
+    return [*check_script(tree, SCRIPT), calendar, *units]
