@@ -49,21 +49,20 @@ def applies(hs: HostSettings) -> bool:
 def server_settings(hs: HostSettings) -> dict[str, dict[str, str]]:
     """Grafana settings rsdeploy sets, by grafana.ini section (the admin password apart).
 
-    Example: ``server_settings(hs)["server"]["http_port"]`` -> ``"3001"``
+    Example: ``server_settings(hs)["security"]["admin_user"]`` -> ``"admin"``
     """
     g = hs.stack.grafana
-    server = {"http_port": str(g.port)}
-    if hs.stack.layout == "systemd":  # in a container every interface: Compose binds loopback
-        server["http_addr"] = "127.0.0.1"
-    return {
+    settings = {
         "analytics": {"check_for_plugin_updates": "false", "check_for_updates": "false",
                       "reporting_enabled": "false"},
         "auth.anonymous": {"enabled": "false"},
         "paths": {"provisioning": PROVISIONING_DIR},
         "security": {"admin_user": g.admin_user, "disable_gravatar": "true"},
-        "server": dict(sorted(server.items())),
         "users": {"allow_sign_up": "false"},
     }
+    if hs.stack.layout == "systemd":  # a container keeps its port 3000; Compose publishes g.port
+        settings["server"] = {"http_addr": "127.0.0.1", "http_port": str(g.port)}
+    return dict(sorted(settings.items()))
 
 
 def environment(hs: HostSettings) -> dict[str, str]:

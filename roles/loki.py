@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rsdeploy.types import Duration, Image, Port, Resources, Section
 
@@ -31,6 +31,12 @@ class Settings(Section):
     ingestion_rate_mb: int = Field(default=8, ge=1, le=1024)  # per-stack push rate limit, MB/s
     ingestion_burst_mb: int = Field(default=16, ge=1, le=4096)  # burst above that rate, MB
     resources: Resources = Resources(memory="512m", cpus=0.5)  # limits for the loki service
+
+    @model_validator(mode="after")
+    def _burst_covers_rate(self):
+        if self.ingestion_burst_mb < self.ingestion_rate_mb:
+            raise ValueError("ingestion_burst_mb must be at least ingestion_rate_mb")
+        return self
 
 
 def applies(hs: HostSettings) -> bool:

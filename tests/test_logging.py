@@ -287,6 +287,11 @@ def test_loki_paths_per_layout_no_offline_loki(example_name, path, data_dir):
     assert config["common"]["path_prefix"] == data_dir
 
 
+def test_loki_burst_below_rate_is_rejected():
+    with pytest.raises(ValueError, match="ingestion_burst_mb"):
+        loki.Settings(ingestion_rate_mb=32, ingestion_burst_mb=16)
+
+
 def test_loki_listens_where_shippers_reach_it_no_offline_loki():
     (single,) = load_example("example_systemd").values()
     assert loki.listen_address(single) == "127.0.0.1"  # only local shippers: loopback
