@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, images, sandbox
 from rsdeploy.errors import UserError
 
 
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(func=cmd_deploy)
 
     # Further command groups register themselves here, one line each:
+    sandbox.add_commands(sub)
+    images.add_commands(sub)
     return parser
 
 

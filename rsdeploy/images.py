@@ -1,0 +1,434 @@
+"""Offline container images: built from a debootstrap Debian base with Debian packages only.
+
+    rsdeploy images build [NAMES...] [--versions v1.0.0 ...]
+    rsdeploy images bundle --out DIR [NAMES...] [--gzip]
+    rsdeploy images push [NAMES...] [--prefix rs-sandbox]
+
+No container registry is reachable where the sandbox and the end-to-end tests run, so every image
+is built here: ``rsdeploy/base:bookworm`` from ``debootstrap``, the infrastructure images from its
+Dockerfiles in ``templates/images/<name>/``, and the app images per release tag from the reference
+app's source (``rsdeploy.refapp``). A build is skipped when an image with the same content hash
+(every file of its build context and the base image's id) already exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsdeploy import TEMPLATES_DIR
+from rsdeploy.errors import UserError
+
+BASE_IMAGE = "rsdeploy/base:bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+#: The machine's CA bundle (it trusts the TLS-intercepting proxy in front of PyPI and npm).
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+IMAGES_DIR = TEMPLATES_DIR / "images"
+HASH_LABEL = "rsdeploy.content-hash"
+#: Every image and container rsdeploy makes carries this label (``docker images -f label=...``).
+OWNER_LABEL = "rsdeploy.managed"
+
+APT_SOURCES = f"""\
+deb {DEBIAN_MIRROR} bookworm main
+deb {DEBIAN_MIRROR} bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+"""
+# Images install only what they name: no recommends, no suggests.
+APT_CONF = 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image: its short name (CLI), reference, Dockerfile directory and what it stands in for."""
+
+    name: str
+    ref: str
+    directory: str
+    upstream: str
+
+    @property
+    def repository(self) -> str:
+        return self.ref.rpartition(":")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.ref.rpartition(":")[2]
+
+
+HOST = ImageSpec("host", "rsdeploy/host:bookworm", "host", "a Debian 12 VM")
+#: The infrastructure images, by short name (the stack's settings point at these in the sandbox).
+INFRA = {s.name: s for s in [
+    ImageSpec("postgres", "rsdeploy/postgres:15", "postgres", "pgvector/pgvector:pg15"),
+    ImageSpec("redis", "rsdeploy/redis:7", "redis", "redis:7"),
+    ImageSpec("nginx", "rsdeploy/nginx:1.22", "nginx", "nginx"),
+    ImageSpec("prometheus", "rsdeploy/prometheus:2.42", "prometheus", "prom/prometheus"),
+    ImageSpec("alertmanager", "rsdeploy/alertmanager:0.25", "alertmanager", "prom/alertmanager"),
+    ImageSpec("node-exporter", "rsdeploy/node-exporter:1.5", "node-exporter", "prom/node-exporter"),
+    ImageSpec("postgres-exporter", "rsdeploy/postgres-exporter:0.11", "postgres-exporter",
+              "prometheuscommunity/postgres-exporter"),
+    ImageSpec("redis-exporter", "rsdeploy/redis-exporter:1.45", "redis-exporter",
+              "oliver006/redis_exporter"),
+    ImageSpec("registry", "rsdeploy/registry:2.8", "registry", "registry:2"),
+]}
+#: App parts built per release tag: short name -> image repository (the roles' default names).
+APP_PARTS = {
+    "backend": "residency-scheduler-backend",
+    "frontend": "residency-scheduler-frontend",
+}
+
+
+def app_spec(part: str, version: str) -> ImageSpec:
+    """The image of one app part at one release. Example: ``app_spec("backend", "v1.0.0")``."""
+    return ImageSpec(part, f"{APP_PARTS[part]}:{version}", part, f"the app's {part}")
+
+
+def docker_client():
+    """A docker SDK client for the local engine (started first if needed)."""
+    from rsdeploy.sandbox import ensure_engine
+
+    return ensure_engine()
+
+
+def log(message: str) -> None:
+    """One progress line (flushed: builds are long and output is often piped)."""
+    print(f"[images] {message}", flush=True)
+
+
+# --- the base image ---------------------------------------------------------------------------
+
+
+def ensure_base(client) -> str:
+    """Make ``rsdeploy/base:bookworm`` with debootstrap unless it exists; returns its image id."""
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(BASE_IMAGE).id
+    except ImageNotFound:
+        pass
+    from rsdeploy.sandbox import ensure_packages
+
+    ensure_packages({"debootstrap": "debootstrap"})
+    log(f"{BASE_IMAGE}: debootstrap bookworm (minbase) from {DEBIAN_MIRROR} ...")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rsdeploy-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+                       check=True, stdout=subprocess.DEVNULL)
+        _configure_rootfs(rootfs)
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
+                               stdout=subprocess.PIPE)
+        client.api.import_image_from_stream(
+            tar.stdout, repository=BASE_IMAGE.split(":")[0], tag="bookworm",
+            changes=[f"LABEL {OWNER_LABEL}=base", 'CMD ["/bin/bash"]'])
+        if tar.wait():
+            raise UserError(f"{BASE_IMAGE}: tar of the rootfs failed")
+    log(f"{BASE_IMAGE}: imported in {time.monotonic() - started:.0f} s")
+    return client.images.get(BASE_IMAGE).id
+
+
+def _configure_rootfs(rootfs: Path) -> None:
+    """Security updates in the sources, no recommends, no apt caches kept."""
+    (rootfs / "etc/apt/sources.list").write_text(APT_SOURCES)
+    (rootfs / "etc/apt/apt.conf.d/90rsdeploy").write_text(APT_CONF)
+    shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+    (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
+    for lists in (rootfs / "var/lib/apt/lists").glob("*_dists_*"):
+        lists.unlink()
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def build_context(spec: ImageSpec, dest: Path, source: Path | None = None) -> Path:
+    """Lay out the build context: the Dockerfile's directory, the CA bundle, the app ``src/``.
+
+    Example: ``build_context(INFRA["redis"], Path("/tmp/ctx"))``
+    """
+    shutil.copytree(IMAGES_DIR / spec.directory, dest)
+    shutil.copyfile(CA_BUNDLE, dest / "ca-certificates.crt")
+    if source is not None:
+        shutil.copytree(source, dest / "src", symlinks=True,
+                        ignore=shutil.ignore_patterns(".git", "node_modules", "__pycache__"))
+    return dest
+
+
+def content_hash(context: Path, base_id: str) -> str:
+    """sha256 over every file's relative path, mode and bytes, and the base image id."""
+    digest = hashlib.sha256(base_id.encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file() or p.is_symlink()):
+        digest.update(str(path.relative_to(context)).encode() + b"\0")
+        if path.is_symlink():
+            digest.update(b"link:" + str(path.readlink()).encode())
+        else:
+            digest.update(oct(path.stat().st_mode & 0o777).encode())
+            digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _current_hash(client, ref: str) -> str | None:
+    from docker.errors import ImageNotFound
+
+    try:
+        return (client.images.get(ref).labels or {}).get(HASH_LABEL)
+    except ImageNotFound:
+        return None
+
+
+def build_image(client, spec: ImageSpec, base_id: str, source: Path | None = None) -> float:
+    """Build one image unless an identical one exists; returns the seconds it took."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
+        context = build_context(spec, Path(tmp) / "context", source)
+        digest = content_hash(context, base_id)
+        if _current_hash(client, spec.ref) == digest:
+            log(f"{spec.ref}: up to date")
+            return time.monotonic() - started
+        log(f"{spec.ref}: building (stands in for {spec.upstream}) ...")
+        labels = {HASH_LABEL: digest, OWNER_LABEL: "image", "rsdeploy.stands-in-for": spec.upstream,
+                  "org.opencontainers.image.version": spec.tag}
+        _run_build(client, context, spec.ref, labels)
+    elapsed = time.monotonic() - started
+    log(f"{spec.ref}: built in {elapsed:.0f} s")
+    return elapsed
+
+
+def _run_build(client, context: Path, ref: str, labels: dict[str, str]) -> None:
+    """Stream a classic docker build, echoing its steps; on failure show the tail of its output."""
+    output: list[str] = []
+    for chunk in client.api.build(path=str(context), tag=ref, labels=labels, rm=True,
+                                  forcerm=True, decode=True):
+        if "error" in chunk:
+            tail = "".join(output[-25:])
+            raise UserError(f"{ref}: build failed: {chunk['error'].strip()}\n{tail}")
+        text = chunk.get("stream", "")
+        output.append(text)
+        if text.startswith("Step "):
+            log(f"  {ref}: {text.strip()[:110]}")
+
+
+def select(names: list[str] | None, versions: list[str] | None) -> list[ImageSpec]:
+    """The images that names (short names; default: every infra and app image) stand for.
+
+    Example: ``select(["postgres", "backend"], ["v1.0.0"])``
+    """
+    names = names or [*INFRA, *APP_PARTS]
+    unknown = [n for n in names if n not in INFRA and n not in APP_PARTS and n != HOST.name]
+    if unknown:
+        known = ", ".join([HOST.name, *INFRA, *APP_PARTS])
+        raise UserError(f"no image named {unknown[0]} (known: {known})")
+    specs = [HOST] if HOST.name in names else []
+    specs += [INFRA[n] for n in names if n in INFRA]
+    parts = [n for n in names if n in APP_PARTS]
+    if parts:
+        for version in versions or _app_versions():
+            specs += [app_spec(part, version) for part in parts]
+    return specs
+
+
+def _app_versions() -> list[str]:
+    from rsdeploy import refapp
+
+    return list(refapp.VERSIONS)
+
+
+def build(names: list[str] | None = None, versions: list[str] | None = None,
+          client=None) -> dict[str, float]:
+    """Build the selected images (base first); returns seconds per image reference.
+
+    Example: ``build(["redis"])`` -> ``{"rsdeploy/redis:7": 0.4}``
+    """
+    client = client or docker_client()
+    specs = select(names, versions)
+    base_id = ensure_base(client)
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="rsdeploy-checkouts-") as tmp:
+        for spec in specs:
+            source = _app_source(spec, Path(tmp)) if spec.name in APP_PARTS else None
+            times[spec.ref] = build_image(client, spec, base_id, source)
+    return times
+
+
+def _app_source(spec: ImageSpec, workdir: Path) -> Path:
+    """The app part's source at the image's tag (checked out once per tag)."""
+    from rsdeploy import refapp
+
+    checkout = workdir / spec.tag
+    if not checkout.exists():
+        refapp.checkout(spec.tag, checkout)
+    return checkout / spec.name
+
+
+def ensure_host_image(client) -> str:
+    """The sandbox hosts' image (and the base), built when missing or changed."""
+    build_image(client, HOST, ensure_base(client))
+    return HOST.ref
+
+
+# --- bundles ----------------------------------------------------------------------------------
+
+
+def bundle_file_name(ref: str, compressed: bool) -> str:
+    """``rsdeploy/postgres:15`` -> ``rsdeploy_postgres_15.tar`` (``.tar.gz`` when compressed)."""
+    stem = ref.replace("/", "_").replace(":", "_")
+    return f"{stem}.tar.gz" if compressed else f"{stem}.tar"
+
+
+def bundle(out: Path, names: list[str] | None = None, versions: list[str] | None = None,
+           compressed: bool = False, client=None) -> Path:
+    """Write one ``docker save`` file per image and ``manifest.json`` (sha256 of each) to ``out``.
+
+    Hosts upload the files, check the sha256 and ``docker load`` them. Returns the manifest path.
+    """
+    client = client or docker_client()
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for spec in select(names, versions):
+        image = _local_image(client, spec.ref)
+        path = out / bundle_file_name(spec.ref, compressed)
+        log(f"{spec.ref}: saving to {path} ...")
+        sha256 = _save(image, path, compressed)
+        entries.append({"image": spec.ref, "id": image.id, "file": path.name, "sha256": sha256,
+                        "size": path.stat().st_size})
+    manifest = out / "manifest.json"
+    manifest.write_text(json.dumps({"images": entries}, indent=2, sort_keys=True) + "\n")
+    log(f"manifest: {manifest} ({len(entries)} images)")
+    return manifest
+
+
+def _local_image(client, ref: str):
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(ref)
+    except ImageNotFound:
+        raise UserError(f"image {ref} is not built yet: run rsdeploy images build") from None
+
+
+def _save(image, path: Path, compressed: bool) -> str:
+    """Stream ``docker save`` into ``path``, hashing the bytes written; returns the sha256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as raw:
+        sink = gzip.GzipFile(fileobj=_HashingWriter(raw, digest), mode="wb", compresslevel=1,
+                             mtime=0) if compressed else _HashingWriter(raw, digest)
+        with sink:
+            for chunk in image.save(named=True):
+                sink.write(chunk)
+    return digest.hexdigest()
+
+
+class _HashingWriter:
+    """A file-like sink that hashes what passes through it."""
+
+    def __init__(self, raw, digest):
+        self.raw, self.digest = raw, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.raw.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- pushing to the sandbox registry ----------------------------------------------------------
+
+
+def push(prefix: str, names: list[str] | None = None, versions: list[str] | None = None,
+         client=None) -> list[str]:
+    """Push the selected images (that exist) to the sandbox registry; returns the pushed refs.
+
+    Infra images keep their repository (``rsdeploy/postgres:15``), app images go under
+    ``residency/`` (the inventory's ``app.registry``). Starts the registry when it is not running.
+    """
+    from rsdeploy import sandbox
+
+    client = client or docker_client()
+    registry = sandbox.ensure_registry(prefix, client)
+    local = f"127.0.0.1:{registry['port']}"
+    client.login(username=registry["username"], password=sandbox.registry_password(prefix),
+                 registry=local, reauth=True)
+    pushed = []
+    for spec in select(names, versions):
+        if spec.name == HOST.name:
+            continue
+        image = _local_image(client, spec.ref)
+        remote = f"{local}/{registry_path(spec)}"
+        image.tag(remote)
+        log(f"push {spec.ref} -> {remote}")
+        for line in client.images.push(remote, stream=True, decode=True):
+            if "error" in line:
+                raise UserError(f"push {remote}: {line['error']}")
+        pushed.append(remote)
+    return pushed
+
+
+def registry_path(spec: ImageSpec) -> str:
+    """Where an image lives inside the sandbox registry (without the registry's host:port)."""
+    return f"residency/{spec.ref}" if spec.name in APP_PARTS else spec.ref
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _names_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"images (default: all): {', '.join([HOST.name, *INFRA, *APP_PARTS])}")
+    parser.add_argument("--versions", nargs="+", metavar="TAG",
+                        help="app release tags for backend/frontend (default: every known tag)")
+
+
+def cmd_build(args) -> int:
+    times = build(args.names, args.versions)
+    for ref, seconds in times.items():
+        print(f"{seconds:7.1f} s  {ref}")
+    print(f"{sum(times.values()):7.1f} s  total")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    print(bundle(Path(args.out), args.names, args.versions, args.gzip))
+    return 0
+
+
+def cmd_push(args) -> int:
+    for ref in push(args.prefix, args.names, args.versions):
+        print(ref)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``rsdeploy images build|bundle|push`` on the CLI's subparsers."""
+    from rsdeploy.sandbox import DEFAULT_PREFIX
+
+    images = sub.add_parser("images", help="build, bundle and push the offline images")
+    actions = images.add_subparsers(dest="images_command", required=True)
+    build_cmd = actions.add_parser("build", help="build images (cached; unchanged ones are skipped)")
+    _names_args(build_cmd)
+    build_cmd.set_defaults(func=cmd_build)
+    bundle_cmd = actions.add_parser("bundle", help="docker save images + a sha256 manifest")
+    _names_args(bundle_cmd)
+    bundle_cmd.add_argument("--out", required=True, help="output directory")
+    bundle_cmd.add_argument("--gzip", action="store_true", help="gzip each file")
+    bundle_cmd.set_defaults(func=cmd_bundle)
+    push_cmd = actions.add_parser("push", help="push images to the sandbox registry")
+    _names_args(push_cmd)
+    push_cmd.add_argument("--prefix", default=DEFAULT_PREFIX, help="sandbox name prefix")
+    push_cmd.set_defaults(func=cmd_push)

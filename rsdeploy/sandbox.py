@@ -1,0 +1,767 @@
+"""Sandbox hosts: fresh Debian 12 machines as systemd containers, reached over SSH on loopback.
+
+    rsdeploy sandbox up [--hosts N] [--name PREFIX]
+    rsdeploy sandbox status [--name PREFIX]
+    rsdeploy sandbox down [--name PREFIX]
+
+Each host is a container of ``rsdeploy/host:bookworm`` with systemd as PID 1 (like a VM: units,
+journald, Docker inside), on the user-defined network ``<prefix>-net`` with a fixed address, and
+publishes SSH, 80/443 and the monitoring UIs on 127.0.0.1 ports that never change. Everything the
+sandbox makes is labelled ``rsdeploy.sandbox=<prefix>`` and recorded in
+``.sandbox/<prefix>/state.json`` with the SSH key, known_hosts, ssh config and secrets file;
+``inventories/sandbox.py`` reads that state. ``up`` is idempotent, ``down`` removes exactly what
+``up`` (and ``images push``: the registry) made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import ipaddress
+import json
+import os
+import secrets as random_secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from rsdeploy import REPO_ROOT
+from rsdeploy.errors import UserError
+
+DEFAULT_PREFIX = "rs-sandbox"
+PREFIX_ENV = "RS_SANDBOX_PREFIX"
+KEEP_ENV = "RS_KEEP_SANDBOX"
+SANDBOX_ROOT = REPO_ROOT / ".sandbox"
+LABEL = "rsdeploy.sandbox"
+DOCKERD_LOG = Path("/var/log/dockerd.log")
+#: Container ports every host publishes on 127.0.0.1, and what listens there.
+HOST_PORTS = {22: "ssh", 80: "http", 443: "https", 9090: "prometheus", 9093: "alertmanager",
+              3001: "grafana"}
+REGISTRY_PORT = 5000
+REGISTRY_USER = "rsdeploy"
+#: Secrets of the sandbox stack (random, made once per sandbox), by name and length in bytes.
+SECRET_BYTES = {"db_password": 24, "redis_password": 24, "secret_key": 48, "webhook_secret": 48,
+                "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24}
+PORT_RANGE = (20000, 40000)
+
+
+def log(message: str) -> None:
+    print(f"[sandbox] {message}", flush=True)
+
+
+def default_prefix() -> str:
+    """``$RS_SANDBOX_PREFIX`` or ``rs-sandbox``."""
+    return os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX
+
+
+# --- this machine: packages and the Docker engine ---------------------------------------------
+
+
+def ensure_packages(commands: dict[str, str]) -> None:
+    """apt-get install the package of every command that is missing.
+
+    Example: ``ensure_packages({"debootstrap": "debootstrap", "ssh-keygen": "openssh-client"})``
+    """
+    missing = sorted({pkg for cmd, pkg in commands.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} (apt-get) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def ensure_engine(timeout: float = 60):
+    """A docker SDK client; installs docker.io and starts ``dockerd`` when no engine answers.
+
+    The CI machine has no systemd as PID 1, so dockerd runs in the background with its log in
+    /var/log/dockerd.log. Example: ``client = ensure_engine()``
+    """
+    import docker
+    from docker.errors import DockerException
+
+    with contextlib.suppress(DockerException):
+        return docker.from_env()
+    ensure_packages({"dockerd": "docker.io"})
+    log(f"no Docker engine answers: starting dockerd (log: {DOCKERD_LOG}) ...")
+    with open(DOCKERD_LOG, "ab") as out:
+        subprocess.Popen(["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(DockerException):
+            return docker.from_env()
+        time.sleep(1)
+    raise UserError(f"dockerd did not answer within {timeout:.0f} s (see {DOCKERD_LOG})")
+
+
+# --- where the sandbox keeps its files --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    """Files of one sandbox under ``.sandbox/<prefix>/`` (git-ignored)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, prefix: str) -> SandboxPaths:
+        return cls(SANDBOX_ROOT / prefix)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh_config"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.yml"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca" / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca" / "ca.key"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    def host_key(self, host: str) -> Path:
+        return self.root / "hostkeys" / host / "ssh_host_ed25519_key"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One sandbox host: container name, address on the sandbox network, published ports."""
+
+    name: str
+    address: str
+    ports: dict[int, int]  # container port -> 127.0.0.1 port
+
+    def port(self, container_port: int) -> int:
+        """The loopback port that reaches ``container_port``. Example: ``host.port(22)``."""
+        return self.ports[container_port]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A sandbox as recorded in its state file (what tests, inventories and the CLI read)."""
+
+    prefix: str
+    paths: SandboxPaths
+    network: str
+    subnet: str
+    hosts: tuple[Host, ...]
+    registry: dict | None
+
+    @classmethod
+    def load(cls, prefix: str | None = None) -> Sandbox:
+        """Read ``.sandbox/<prefix>/state.json``. Example: ``Sandbox.load("rs-sandbox")``."""
+        prefix = prefix or default_prefix()
+        paths = SandboxPaths.of(prefix)
+        if not paths.state.is_file():
+            raise UserError(f"no sandbox {prefix} ({paths.state} missing): "
+                            f"run rsdeploy sandbox up --name {prefix}")
+        state = json.loads(paths.state.read_text())
+        hosts = tuple(Host(h["name"], h["address"], {int(k): v for k, v in h["ports"].items()})
+                      for h in state["hosts"])
+        return cls(prefix, paths, state["network"], state["subnet"], hosts, state.get("registry"))
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def ssh(self, host: str, command: str, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``command`` on a host through the sandbox's ssh config (key + known_hosts).
+
+        Example: ``sandbox.ssh("rs-sandbox-1", "systemctl is-system-running")``
+        """
+        return subprocess.run(["ssh", "-F", str(self.paths.ssh_config), host, command],
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def _write_state(paths: SandboxPaths, state: dict) -> None:
+    paths.state.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _read_state(paths: SandboxPaths) -> dict:
+    return json.loads(paths.state.read_text()) if paths.state.is_file() else {}
+
+
+# --- keys, certificates, secrets --------------------------------------------------------------
+
+
+def _ssh_keygen(path: Path, comment: str) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                        "-f", str(path)], check=True)
+
+
+def _ensure_ca(paths: SandboxPaths, prefix: str) -> None:
+    """A CA for the sandbox's TLS certificates (the registry's); hosts trust it via the inventory."""
+    if paths.ca_cert.exists():
+        return
+    paths.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([
+        "openssl", "req", "-x509", "-new", "-nodes", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", str(paths.ca_key),
+        "-out", str(paths.ca_cert), "-days", "825", "-subj", f"/CN=rsdeploy sandbox CA {prefix}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ], check=True, capture_output=True)
+    paths.ca_key.chmod(0o600)
+
+
+def _issue_cert(paths: SandboxPaths, name: str, dest: Path, sans: list[str]) -> None:
+    """A server certificate for ``name`` signed by the sandbox CA (``dest``.crt/.key)."""
+    key, csr, crt = dest.with_suffix(".key"), dest.with_suffix(".csr"), dest.with_suffix(".crt")
+    ext = dest.with_suffix(".ext")
+    ext.write_text(f"subjectAltName={','.join(sans)}\nextendedKeyUsage=serverAuth\n"
+                   "basicConstraints=CA:FALSE\n")
+    subprocess.run(["openssl", "req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-keyout", str(key), "-out", str(csr),
+                    "-subj", f"/CN={name}"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(paths.ca_cert),
+                    "-CAkey", str(paths.ca_key), "-CAcreateserial", "-days", "825",
+                    "-extfile", str(ext), "-out", str(crt)], check=True, capture_output=True)
+    key.chmod(0o600)
+    csr.unlink()
+    ext.unlink()
+
+
+def _ensure_secrets(paths: SandboxPaths) -> None:
+    """Random strong secrets for the sandbox stack, made once (mode 600)."""
+    if paths.secrets.exists():
+        return
+    values = {name: random_secrets.token_urlsafe(size) for name, size in SECRET_BYTES.items()}
+    fd = os.open(paths.secrets, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# Sandbox secrets, made by rsdeploy sandbox up (random; removed by down).\n")
+        yaml.safe_dump(values, out, sort_keys=True)
+
+
+def registry_password(prefix: str) -> str:
+    """The sandbox registry's password (the secret ``registry_password``)."""
+    data = yaml.safe_load(SandboxPaths.of(prefix).secrets.read_text())
+    return data["registry_password"]
+
+
+# --- addresses and ports ----------------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _allocate_ports(prefix: str, wanted: list[str], taken: set[int]) -> dict[str, int]:
+    """Free loopback ports for ``wanted`` slots, starting at a point derived from the prefix.
+
+    The same prefix on the same machine gets the same ports; the state file keeps them after.
+    """
+    low, high = PORT_RANGE
+    port = low + zlib.crc32(prefix.encode()) % ((high - low) // 100) * 100
+    out = {}
+    for slot in wanted:
+        while port in taken or not _port_free(port):
+            port += 1
+            if port >= high:
+                raise UserError("no free loopback port left for the sandbox")
+        out[slot] = port
+        taken.add(port)
+    return out
+
+
+def _pick_subnet(client, prefix: str) -> str:
+    """A /24 in 10.213.0.0/16, derived from the prefix, that no docker network uses."""
+    used = [ipaddress.ip_network(cfg["Subnet"]) for net in client.networks.list()
+            for cfg in (net.attrs.get("IPAM") or {}).get("Config") or [] if "Subnet" in cfg]
+    start = zlib.crc32(prefix.encode()) % 200 + 20
+    for third in [*range(start, 250), *range(20, start)]:
+        candidate = ipaddress.ip_network(f"10.213.{third}.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return str(candidate)
+    raise UserError("no free 10.213.x.0/24 subnet for the sandbox network")
+
+
+def _address(subnet: str, offset: int) -> str:
+    return str(ipaddress.ip_network(subnet).network_address + offset)
+
+
+def host_name(prefix: str, index: int) -> str:
+    """``rs-sandbox`` and 1 -> ``rs-sandbox-1``."""
+    return f"{prefix}-{index}"
+
+
+# --- docker objects ---------------------------------------------------------------------------
+
+
+def _owned(obj, prefix: str) -> bool:
+    labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
+    return labels.get(LABEL) == prefix
+
+
+def _get_container(client, name: str, prefix: str):
+    from docker.errors import NotFound
+
+    try:
+        container = client.containers.get(name)
+    except NotFound:
+        return None
+    if not _owned(container, prefix):
+        raise UserError(f"a container named {name} exists and is not part of sandbox {prefix}: "
+                        "choose another --name")
+    return container
+
+
+def _ensure_network(client, prefix: str, state: dict):
+    import docker
+
+    name = f"{prefix}-net"
+    for net in client.networks.list(names=[name]):
+        if net.name == name:
+            if not _owned(net, prefix):
+                raise UserError(f"docker network {name} exists and is not part of sandbox {prefix}")
+            state["subnet"] = net.attrs["IPAM"]["Config"][0]["Subnet"]
+            return net
+    subnet = state.get("subnet") or _pick_subnet(client, prefix)
+    log(f"network {name} ({subnet})")
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    state["subnet"] = subnet
+    return client.networks.create(name, driver="bridge", ipam=ipam, labels={LABEL: prefix})
+
+
+def _ensure_volume(client, name: str, prefix: str) -> str:
+    from docker.errors import NotFound
+
+    try:
+        client.volumes.get(name)
+    except NotFound:
+        client.volumes.create(name, labels={LABEL: prefix})
+    return name
+
+
+def _identity_tar(authorized_key: bytes, host_key: Path) -> bytes:
+    """Per-host files put into a created container before it boots."""
+    files = {
+        "root/.ssh/authorized_keys": (authorized_key, 0o600),
+        "etc/ssh/ssh_host_ed25519_key": (host_key.read_bytes(), 0o600),
+        "etc/ssh/ssh_host_ed25519_key.pub": (host_key.with_suffix(".pub").read_bytes(), 0o644),
+        "etc/machine-id": (uuid.uuid4().hex.encode() + b"\n", 0o444),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _create_host(client, prefix: str, name: str, address: str, ports: dict[int, int],
+                 image: str, paths: SandboxPaths):
+    """Create and start one systemd host container, exactly as ENVIRONMENT.md describes."""
+    network = f"{prefix}-net"
+    volume = _ensure_volume(client, f"{name}-docker", prefix)
+    container = client.containers.create(
+        image, command="/sbin/init", name=name, hostname=name, detach=True,
+        ports={f"{inner}/tcp": ("127.0.0.1", outer) for inner, outer in ports.items()},
+        # --privileged fails on this kernel (no CAP_SYS_RESOURCE for the engine): all caps but it.
+        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        cgroupns="host",
+        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                 volume: {"bind": "/var/lib/docker", "mode": "rw"}},
+        tmpfs={"/run": "", "/run/lock": ""},
+        labels={LABEL: prefix, "rsdeploy.sandbox.role": "host"},
+        network=network,
+        networking_config={network: client.api.create_endpoint_config(
+            ipv4_address=address, aliases=[name])},
+        restart_policy={"Name": "unless-stopped"},
+    )
+    _ssh_keygen(paths.host_key(name), f"root@{name}")
+    container.put_archive("/", _identity_tar(paths.key.with_suffix(".pub").read_bytes(),
+                                             paths.host_key(name)))
+    container.start()
+    return container
+
+
+def _wait_for_ssh(port: int, timeout: float = 90) -> None:
+    """Wait until sshd answers with its banner on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2) as s:
+            s.settimeout(3)
+            if s.recv(64).startswith(b"SSH-"):
+                return
+        time.sleep(0.5)
+    raise UserError(f"sshd did not answer on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+# --- ssh client files -------------------------------------------------------------------------
+
+
+def _write_ssh_files(sandbox_paths: SandboxPaths, hosts: list[dict]) -> None:
+    """known_hosts pinned to each host's own key, and an ssh config naming every host."""
+    known, config = [], []
+    for host in hosts:
+        public = sandbox_paths.host_key(host["name"]).with_suffix(".pub").read_text().split()
+        key = f"{public[0]} {public[1]}"
+        known.append(f"[127.0.0.1]:{host['ports']['22']} {key}")
+        known.append(f"{host['name']},{host['address']} {key}")
+        config.append(f"""Host {host['name']}
+    HostName 127.0.0.1
+    Port {host['ports']['22']}
+    User root
+    IdentityFile {sandbox_paths.key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {sandbox_paths.known_hosts}
+    StrictHostKeyChecking yes
+    ConnectTimeout 10
+""")
+    sandbox_paths.known_hosts.write_text("\n".join(known) + "\n")
+    sandbox_paths.ssh_config.write_text("\n".join(config))
+
+
+# --- up / down / status -----------------------------------------------------------------------
+
+
+def up(prefix: str | None = None, count: int = 1) -> Sandbox:
+    """Bring ``count`` hosts up (re-using running ones) and write the state, keys and secrets.
+
+    Example: ``sandbox = up("rs-sandbox", 2)``
+    """
+    from rsdeploy import images
+
+    prefix = prefix or default_prefix()
+    started = time.monotonic()
+    ensure_packages({"ssh-keygen": "openssh-client", "ssh": "openssh-client",
+                     "openssl": "openssl", "debootstrap": "debootstrap"})
+    client = ensure_engine()
+    image = images.ensure_host_image(client)
+    paths = SandboxPaths.of(prefix)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.root.chmod(0o700)
+    state = _read_state(paths)
+    _ssh_keygen(paths.key, f"rsdeploy-sandbox-{prefix}")
+    _ensure_ca(paths, prefix)
+    _ensure_secrets(paths)
+    _ensure_network(client, prefix, state)
+    _remove_extra_hosts(client, prefix, count, state)
+    hosts = [_ensure_host(client, prefix, i, image, paths, state) for i in range(1, count + 1)]
+    state.update(prefix=prefix, network=f"{prefix}-net", hosts=hosts, key=str(paths.key),
+                 known_hosts=str(paths.known_hosts), ssh_config=str(paths.ssh_config),
+                 secrets=str(paths.secrets), ca_cert=str(paths.ca_cert))
+    _write_state(paths, state)
+    _write_ssh_files(paths, hosts)
+    sandbox = Sandbox.load(prefix)
+    for host in sandbox.hosts:
+        log(f"{host.name}: systemd {_system_state(sandbox, host.name)}")
+    log(f"up in {time.monotonic() - started:.0f} s; secrets: {paths.secrets}; "
+        f"inventory: RS_SANDBOX_PREFIX={prefix} inventories/sandbox.py")
+    return sandbox
+
+
+def _ensure_host(client, prefix: str, index: int, image: str, paths: SandboxPaths,
+                 state: dict) -> dict:
+    name = host_name(prefix, index)
+    recorded = {h["name"]: h for h in state.get("hosts", [])}.get(name)
+    container = _get_container(client, name, prefix)
+    if container is not None and recorded:
+        ports = recorded["ports"]
+        if container.status != "running":
+            log(f"{name}: starting the existing container")
+            container.start()
+        else:
+            log(f"{name}: running already")
+    else:
+        if container is not None:  # ours but unrecorded (state lost): make it anew
+            container.remove(force=True)
+        taken = {p for h in state.get("hosts", []) for p in h["ports"].values()}
+        taken |= {state["registry"]["port"]} if state.get("registry") else set()
+        ports = {str(k): v for k, v in _allocate_ports(
+            name, [str(p) for p in HOST_PORTS], taken).items()}
+        log(f"{name}: creating (ssh on 127.0.0.1:{ports['22']}) ...")
+        container = _create_host(client, prefix, name, _address(state["subnet"], 10 + index),
+                                 {int(k): v for k, v in ports.items()}, image, paths)
+    _wait_for_ssh(ports["22"])
+    return {"name": name, "address": _address(state["subnet"], 10 + index),
+            "container_id": container.id, "ports": ports}
+
+
+def _system_state(sandbox: Sandbox, host: str) -> str:
+    """``systemctl is-system-running --wait`` over SSH (proves key and known_hosts work too)."""
+    result = sandbox.ssh(host, "systemctl is-system-running --wait", check=False)
+    if result.returncode == 255:
+        raise UserError(f"ssh to {host} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _remove_extra_hosts(client, prefix: str, count: int, state: dict) -> None:
+    """Hosts beyond ``count`` (from an earlier, larger ``up``) go, with their volumes."""
+    keep = {host_name(prefix, i) for i in range(1, count + 1)}
+    for container in client.containers.list(all=True, filters={"label": [
+            f"{LABEL}={prefix}", "rsdeploy.sandbox.role=host"]}):
+        if container.name not in keep:
+            log(f"{container.name}: removing (beyond --hosts {count})")
+            container.remove(force=True)
+            _remove_volume(client, f"{container.name}-docker", prefix)
+    state["hosts"] = [h for h in state.get("hosts", []) if h["name"] in keep]
+
+
+def _remove_volume(client, name: str, prefix: str) -> None:
+    from docker.errors import NotFound
+
+    with contextlib.suppress(NotFound):
+        volume = client.volumes.get(name)
+        if _owned(volume, prefix):
+            volume.remove(force=True)
+
+
+def down(prefix: str | None = None) -> list[str]:
+    """Remove every container, volume and network labelled for the sandbox, its registry trust
+    and push tags, and ``.sandbox/<prefix>/``; returns what was removed.
+    """
+    prefix = prefix or default_prefix()
+    client = ensure_engine()
+    paths = SandboxPaths.of(prefix)
+    state = _read_state(paths)
+    removed = []
+    selector = {"label": f"{LABEL}={prefix}"}
+    for container in client.containers.list(all=True, filters=selector):
+        container.remove(force=True)
+        removed.append(f"container {container.name}")
+    for volume in client.volumes.list(filters=selector):
+        volume.remove(force=True)
+        removed.append(f"volume {volume.name}")
+    for network in client.networks.list(filters=selector):
+        network.remove()
+        removed.append(f"network {network.name}")
+    if state.get("registry"):
+        removed += _forget_registry(client, state["registry"])
+    if paths.root.exists():
+        shutil.rmtree(paths.root)
+        removed.append(f"directory {paths.root}")
+    for item in removed:
+        log(f"removed {item}")
+    return removed
+
+
+def status(prefix: str | None = None) -> list[dict]:
+    """Each host's container state, ports and systemd state (also printed)."""
+    sandbox = Sandbox.load(prefix)
+    client = ensure_engine()
+    rows = []
+    for host in sandbox.hosts:
+        container = _get_container(client, host.name, sandbox.prefix)
+        running = container is not None and container.status == "running"
+        systemd = (container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
+                   if running else "-")
+        ports = " ".join(f"{HOST_PORTS[p]}={o}" for p, o in sorted(host.ports.items()))
+        rows.append({"name": host.name, "container": container.status if container else "missing",
+                     "systemd": systemd, "address": host.address, "ports": host.ports})
+        print(f"{host.name:24} {rows[-1]['container']:8} systemd={systemd:10} "
+              f"address={host.address:14} {ports}")
+    if sandbox.registry:
+        reg = sandbox.registry
+        print(f"{reg['name']:24} registry {reg['name']}:{REGISTRY_PORT} "
+              f"(127.0.0.1:{reg['port']}, user {reg['username']})")
+    print(f"ssh: ssh -F {sandbox.paths.ssh_config} {sandbox.hosts[0].name}")
+    return rows
+
+
+@contextlib.contextmanager
+def session(prefix: str | None = None, count: int = 1) -> Iterator[Sandbox]:
+    """Sandbox for a test session: up (re-used when up), down at the end unless RS_KEEP_SANDBOX=1.
+
+    Example (a pytest fixture)::
+
+        @pytest.fixture(scope="session")
+        def sandbox():
+            with rsdeploy.sandbox.session() as sb:
+                yield sb
+    """
+    sandbox = up(prefix, count)
+    try:
+        yield sandbox
+    finally:
+        if os.environ.get(KEEP_ENV) != "1":
+            down(sandbox.prefix)
+
+
+# --- the registry (pull delivery) -------------------------------------------------------------
+
+
+def ensure_registry(prefix: str, client) -> dict:
+    """Run ``<prefix>-registry`` (TLS from the sandbox CA, htpasswd auth) on the sandbox network.
+
+    Docker on this machine trusts it through /etc/docker/certs.d/127.0.0.1:<port>/ca.crt; hosts
+    reach it as ``<prefix>-registry:5000`` (their docker needs /etc/docker/certs.d/<that>/ca.crt).
+    """
+    from rsdeploy import images
+
+    sandbox = Sandbox.load(prefix)
+    paths, state = sandbox.paths, _read_state(sandbox.paths)
+    name = f"{prefix}-registry"
+    address = _address(sandbox.subnet, 5)
+    registry = state.get("registry") or {
+        "name": name, "address": address, "username": REGISTRY_USER,
+        "port": _allocate_ports(name, ["registry"], {p for h in sandbox.hosts
+                                                     for p in h.ports.values()})["registry"]}
+    _registry_files(paths, registry)
+    container = _get_container(client, name, prefix)
+    if container is None:
+        image = images.INFRA["registry"]
+        images.build_image(client, image, images.ensure_base(client))
+        log(f"{name}: starting (127.0.0.1:{registry['port']}) ...")
+        _ensure_volume(client, f"{name}-data", prefix)
+        container = client.containers.run(
+            image.ref, name=name, detach=True,
+            ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", registry["port"])},
+            volumes={str(paths.registry / "certs"): {"bind": "/certs", "mode": "ro"},
+                     str(paths.registry / "auth"): {"bind": "/auth", "mode": "ro"},
+                     f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"}},
+            environment={
+                "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/server.crt",
+                "REGISTRY_HTTP_TLS_KEY": "/certs/server.key",
+                "REGISTRY_AUTH": "htpasswd",
+                "REGISTRY_AUTH_HTPASSWD_REALM": f"rsdeploy sandbox {prefix}",
+                "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
+            },
+            labels={LABEL: prefix, "rsdeploy.sandbox.role": "registry"},
+            network=sandbox.network,
+            networking_config={sandbox.network: client.api.create_endpoint_config(
+                ipv4_address=registry["address"], aliases=[name])},
+            restart_policy={"Name": "unless-stopped"},
+        )
+    elif container.status != "running":
+        container.start()
+    registry["docker_trust"] = str(_trust_locally(paths, registry["port"]))
+    state["registry"] = registry
+    _write_state(paths, state)
+    _wait_for_registry(paths, registry["port"])
+    return registry
+
+
+def _registry_files(paths: SandboxPaths, registry: dict) -> None:
+    """Server certificate (for its name, address and loopback) and a bcrypt htpasswd file."""
+    import bcrypt
+
+    certs, auth = paths.registry / "certs", paths.registry / "auth"
+    certs.mkdir(parents=True, exist_ok=True)
+    auth.mkdir(parents=True, exist_ok=True)
+    if not (certs / "server.crt").exists():
+        sans = [f"DNS:{registry['name']}", "DNS:localhost", "IP:127.0.0.1",
+                f"IP:{registry['address']}"]
+        _issue_cert(paths, registry["name"], certs / "server", sans)
+    password = registry_password(paths.root.name).encode()
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=10)).decode()
+    (auth / "htpasswd").write_text(f"{registry['username']}:{hashed}\n")
+
+
+def _trust_locally(paths: SandboxPaths, port: int) -> Path:
+    """Let docker on this machine trust the registry's CA (read per request: no restart)."""
+    trust = Path(f"/etc/docker/certs.d/127.0.0.1:{port}")
+    trust.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths.ca_cert, trust / "ca.crt")
+    return trust
+
+
+def _wait_for_registry(paths: SandboxPaths, port: int, timeout: float = 30) -> None:
+    """Until ``/v2/`` answers over TLS (401 without credentials is the ready answer)."""
+    context = ssl.create_default_context(cafile=str(paths.ca_cert))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", context=context, timeout=3)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise UserError(f"the sandbox registry did not answer on 127.0.0.1:{port}")
+
+
+def _forget_registry(client, registry: dict) -> list[str]:
+    """Undo what pushing left on this machine: the CA trust directory and the push tags."""
+    removed = []
+    trust = Path(registry.get("docker_trust", ""))
+    if registry.get("docker_trust") and trust.is_dir():
+        shutil.rmtree(trust)
+        removed.append(f"docker trust {trust}")
+    local = f"127.0.0.1:{registry['port']}/"
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(local):
+                client.images.remove(tag, noprune=True)
+                removed.append(f"tag {tag}")
+    return removed
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    sandbox = up(args.name, args.hosts)
+    print(sandbox.paths.secrets)
+    return 0
+
+
+def cmd_down(args) -> int:
+    down(args.name)
+    return 0
+
+
+def cmd_status(args) -> int:
+    status(args.name)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``rsdeploy sandbox up|down|status`` on the CLI's subparsers."""
+    sandbox = sub.add_parser("sandbox", help="fresh Debian 12 hosts (systemd containers) for tests")
+    actions = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    for action, func, text in [("up", cmd_up, "create or start the hosts (idempotent)"),
+                               ("down", cmd_down, "remove everything the sandbox made"),
+                               ("status", cmd_status, "hosts, ports and systemd state")]:
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("--name", default=None,
+                            help=f"sandbox name prefix (default: ${PREFIX_ENV} or {DEFAULT_PREFIX})")
+        parser.set_defaults(func=func)
+        if action == "up":
+            parser.add_argument("--hosts", type=int, default=1, help="number of hosts (default 1)")
