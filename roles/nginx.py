@@ -284,8 +284,9 @@ def _renewal_files(hs: HostSettings) -> list[RenderedFile]:
     if hs.stack.layout == "systemd":
         return [RenderedFile("/etc/letsencrypt/renewal-hooks/deploy/reload-nginx",
                              static("certbot/reload-nginx"), "nginx", mode="755")]
-    compose = [DOCKER_CLI, "compose", "-p", hs.stack.compose.project,
-               "-f", f"{hs.stack.paths.base_dir}/compose.web.yml"]
+    from roles.compose import compose_args  # the whole project: compose.web.yml alone is not
+
+    compose = [DOCKER_CLI, "compose", *compose_args(hs)]
     service = template(
         "certbot/rs-certbot-renew.service.j2", hs,
         renew_command=[*compose, "run", "--rm", "--no-deps", "certbot", "renew",

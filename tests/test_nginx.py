@@ -346,7 +346,10 @@ def test_docker_layout_renews_from_a_host_timer(tmp_path):
         assert v.tool == "systemd-analyze verify" and v.ok, v.detail
     assert ('"run" "--rm" "--no-deps" "certbot" "renew" "--webroot" "-w" "/var/www/certbot"'
             in service)
-    assert 'ExecStartPost="/usr/bin/docker" "compose"' in service
+    assert 'ExecStartPost="/usr/bin/docker" "compose" "--project-name" "residency-scheduler"' \
+        in service
+    assert '"-f" "compose.yml" "-f" "compose.prod.yml"' in service  # the whole project
+    assert "WorkingDirectory=/opt/residency-scheduler\n" in service
     assert '"exec" "-T" "nginx" "nginx" "-s" "reload"' in service
     assert "OnCalendar=*-*-* 00,12:00:00" in timer and "RandomizedDelaySec=" in timer
 
