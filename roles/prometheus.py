@@ -28,6 +28,7 @@ SYSTEMD_CONFIG_DIR = "/etc/prometheus"  # Debian's prometheus package
 SYSTEMD_SECRETS_DIR = "/etc/prometheus/secrets"  # monitoring secrets, read by user prometheus
 SYSTEMD_USER = "prometheus"  # Debian runs prometheus, alertmanager and every exporter as this user
 CONTAINER_SECRETS_DIR = "/run/secrets"  # where Compose mounts base/secrets/<name>
+GRAFANA_CONTAINER_PORT = 3000  # the grafana image's port inside the Compose network
 
 #: Rule files for every layout (templates/prometheus/rules/), and the exporter each one needs.
 COMMON_RULES = ("targets.yml", "monitoring.yml", "backend.yml", "host.yml")
@@ -174,6 +175,20 @@ def _monitoring_service(hs: HostSettings, component: str, port: int) -> list[Tar
     return [Target(reach(hs, hs.name, component, port), hs.name)] if section.enabled else []
 
 
+def _loki(hs: HostSettings) -> list[Target]:
+    from roles.loki import listen_address
+
+    if hs.stack.layout == "docker" or not hs.stack.loki.enabled:
+        return _monitoring_service(hs, "loki", hs.stack.loki.port)
+    return [Target(f"{listen_address(hs)}:{hs.stack.loki.port}", hs.name)]  # may bind the address
+
+
+def _grafana(hs: HostSettings) -> list[Target]:
+    # The Grafana container keeps its own port; Compose publishes grafana.port on the host.
+    port = GRAFANA_CONTAINER_PORT if hs.stack.layout == "docker" else hs.stack.grafana.port
+    return _monitoring_service(hs, "grafana", port)
+
+
 def scrape_jobs(hs: HostSettings) -> list[ScrapeJob]:
     """Every scrape job of the monitoring host ``hs``, for the chosen layout and topology.
 
@@ -189,8 +204,8 @@ def scrape_jobs(hs: HostSettings) -> list[ScrapeJob]:
         *_job("node", _node_targets(hs)),
         *_job("postgres", _beside(hs, "db", "postgres_exporter", "postgres-exporter")),
         *_job("redis", _beside(hs, "redis", "redis_exporter", "redis-exporter")),
-        *_job("loki", _monitoring_service(hs, "loki", s.loki.port)),
-        *_job("grafana", _monitoring_service(hs, "grafana", s.grafana.port)),
+        *_job("loki", _loki(hs)),
+        *_job("grafana", _grafana(hs)),
         *_log_shipper_targets(hs),
     ]
     if s.layout == "docker":
