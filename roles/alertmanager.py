@@ -121,17 +121,22 @@ def _service(hs: HostSettings) -> str:
     return "alertmanager" if hs.stack.layout == "docker" else "prometheus-alertmanager"
 
 
+def secret_names(hs: HostSettings) -> list[str]:
+    """The secret files the configured receivers read (an unauthenticated relay needs none).
+
+    Example: ``secret_names(hs)`` -> ``["pagerduty_routing_key", "slack_webhook_url", ...]``
+    """
+    email = hs.stack.alertmanager.email
+    return [RECEIVER_SECRETS[r] for r in configured_receivers(hs)
+            if r != "email" or (email and email.smtp_username)]
+
+
 def _secret_files(hs: HostSettings) -> list[RenderedFile]:
     from roles.prometheus import secret_file
 
-    am, files = hs.stack.alertmanager, []
-    for receiver in configured_receivers(hs):
-        if receiver == "email" and not am.email.smtp_username:
-            continue  # an unauthenticated relay needs no password
-        name = RECEIVER_SECRETS[receiver]
-        files.append(secret_file(hs, name, getattr(hs.secrets, name), role=ROLE,
-                                 image_uid=IMAGE_UID, restarts=(_service(hs),)))
-    return files
+    return [secret_file(hs, name, getattr(hs.secrets, name), role=ROLE, image_uid=IMAGE_UID,
+                        restarts=(_service(hs),))
+            for name in secret_names(hs)]
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
