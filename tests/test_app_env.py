@@ -14,7 +14,7 @@ from roles import backend
 from rsdeploy.errors import SettingsError
 from rsdeploy.render import write_tree
 from rsdeploy.settings import load_inventory
-from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
+from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
 
 COMPOSE = "/work/venv/bin/docker-compose"
 
@@ -59,9 +59,10 @@ def test_compose_reads_app_env_byte_for_byte_with_hostile_secrets(tmp_path):
     assert unquote(urlsplit(parsed["REDIS_URL"]).password) == NASTY["RS_REDIS_PASSWORD"]
 
 
-def test_app_env_is_a_root_only_secret_restarting_its_readers(example):
-    _, _, hosts = example
-    for hs, files in hosts.values():
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_app_env_is_a_root_only_secret_restarting_its_readers(name):
+    for hs in load_example(name).values():
+        files = backend.render(hs) if backend.applies(hs) else []
         if not hs.has_role("app"):
             assert not any(f.path.endswith("/app.env") for f in files)
             continue
@@ -76,9 +77,9 @@ def test_app_env_is_a_root_only_secret_restarting_its_readers(example):
                                        "residency-celery-beat.service"}
 
 
-def test_app_environment_follows_the_app_contract(example):
-    _, _, hosts = example
-    for hs, _ in hosts.values():
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_app_environment_follows_the_app_contract(name):
+    for hs in load_example(name).values():
         if not hs.has_role("app"):
             continue
         env = backend.app_environment(hs)

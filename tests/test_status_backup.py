@@ -1,0 +1,185 @@
+"""rs-status, rs-backup (+ timer) and logrotate: checked by bash -n, shellcheck, logrotate -d
+and systemd-analyze, then run against stub `docker`/`curl` commands to prove their verdicts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from roles import backup, status
+from rsdeploy.render import write_tree
+from rsdeploy.settings import load_inventory
+from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
+
+STUB_DOCKER = r"""#!/bin/bash
+# Stands in for the docker CLI: `compose ... ps` prints $STUB_PS; `exec` runs the probe/dump.
+args=" $* "
+if [[ $args == *" ps "* ]]; then printf '%b' "$STUB_PS"; exit 0; fi
+if [[ $args == *" pg_dump "* ]]; then printf 'PGDMP-stub-dump'; exit 0; fi
+if [[ $args == *" pg_restore "* ]]; then cat >/dev/null; exit "${STUB_RESTORE_RC:-0}"; fi
+if [[ $args == *" /health/resilience "* ]]; then echo '{"status": "operational"}'; exit 0; fi
+if [[ $args == *" exec "* ]]; then exit 0; fi
+exit 1
+"""
+STUB_CURL = "#!/bin/bash\nprintf 200\n"
+
+
+def host_files(name: str, role, host: str = "rs1.example.org", **override):
+    hs = load_inventory(str(INVENTORIES / f"{name}.py"), EXAMPLE_SECRETS, env={},
+                        override_data=override)[host]
+    return hs, role.render(hs)
+
+
+@pytest.fixture
+def stub_path(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("docker", STUB_DOCKER), ("curl", STUB_CURL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_scripts_pass_bash_n_and_shellcheck_on_every_host(name, tmp_path):
+    for host, hs in load_example(name).items():
+        files = status.render(hs) + (backup.render(hs) if backup.applies(hs) else [])
+        write_tree(files, tmp_path / host)
+        verdicts = status.validate(tmp_path / host, hs)
+        if backup.applies(hs):
+            verdicts += backup.validate(tmp_path / host, hs)
+        tools = {v.tool for v in verdicts}
+        assert {"bash -n", "shellcheck"} <= tools, "shellcheck: apt-get install shellcheck"
+        assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
+        assert next(f for f in files if f.path == status.STATUS_PATH).mode == "755"
+
+
+def test_shellcheck_catches_an_unquoted_expansion(tmp_path):
+    hs, files = host_files("example_docker", status)
+    write_tree(files, tmp_path)
+    script = tmp_path / "usr/local/bin/rs-status"
+    text = script.read_text()
+    assert 'for dir in "${DISK_DIRS[@]}"' in text
+    script.write_text(text.replace('for dir in "${DISK_DIRS[@]}"', "for dir in ${DISK_DIRS[@]}"))
+    assert not all(v.ok for v in status.validate(tmp_path, hs))
+
+
+def test_rs_status_lists_what_each_host_runs():
+    multi = load_example("example_multi")
+    assert status.expected_services(multi["db1.example.org"])[:2] == ["db", "redis"]
+    assert "migrate" not in status.expected_services(multi["app1.example.org"])
+    assert "certbot" not in status.expected_services(multi["web1.example.org"])
+    units = status.expected_units(load_example("example_systemd")["rs1.example.org"])
+    for unit in ("postgresql.service", "redis-server.service", "nginx.service",
+                 "residency-backend.service", "residency-celery-worker.service",
+                 "residency-celery-beat.service", "pm2-residency.service", "rs-backup.timer"):
+        assert unit in units
+    assert "residency-migrate.service" not in units  # one-shot: inactive between deploys
+
+
+def run_status(tmp_path, stub_path, ps: str) -> subprocess.CompletedProcess:
+    base = tmp_path / "base"
+    base.mkdir(exist_ok=True)
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "version").write_text("v1.0.0\n")
+    hs, files = host_files("example_docker", status,
+                           paths={"base_dir": str(base), "data_dir": str(data)})
+    write_tree(files, tmp_path / "tree")
+    env = {**os.environ, "PATH": stub_path, "STUB_PS": ps}
+    return subprocess.run(["bash", str(tmp_path / "tree/usr/local/bin/rs-status")], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def healthy_table(hs_services: list[str]) -> str:
+    return "".join(f"{s} running healthy\\n" for s in hs_services)
+
+
+def test_rs_status_docker_exits_0_when_everything_is_up(tmp_path, stub_path):
+    services = status.expected_services(load_example("example_docker")["rs1.example.org"])
+    proc = run_status(tmp_path, stub_path, healthy_table(services))
+    assert proc.returncode == 0, proc.stdout
+    assert "deployed: v1.0.0" in proc.stdout
+    assert "backend /health/resilience" in proc.stdout and "DOWN" not in proc.stdout
+
+
+def test_rs_status_docker_exits_1_naming_what_is_down(tmp_path, stub_path):
+    services = status.expected_services(load_example("example_docker")["rs1.example.org"])
+    table = healthy_table([s for s in services if s not in ("celery-worker", "redis")])
+    table += "celery-worker running unhealthy\\n"
+    proc = run_status(tmp_path, stub_path, table)
+    assert proc.returncode == 1
+    down = [line.split()[0] for line in proc.stdout.splitlines() if " DOWN " in line]
+    assert sorted(down) == ["celery-worker", "redis"]
+    assert "2 check(s) DOWN" in proc.stdout
+
+
+def test_logrotate_config_passes_logrotate_debug(tmp_path):
+    hs, files = host_files("example_systemd", status, status={"log_rotate_days": 9})
+    write_tree(files, tmp_path)
+    (verdict,) = [v for v in status.validate(tmp_path, hs) if v.tool == "logrotate -d"]
+    assert verdict.ok, verdict.detail
+    text = (tmp_path / "etc/logrotate.d/residency-scheduler").read_text()
+    assert "/var/log/residency-scheduler/*.log {" in text and "    rotate 9\n" in text
+    assert "copytruncate" in text
+    assert not any(f.path == status.LOGROTATE_PATH for f in status.render(
+        load_example("example_docker")["rs1.example.org"]))
+
+
+def run_backup(tmp_path, stub_path, restore_rc: int = 0):
+    dumps, data, base = tmp_path / "dumps", tmp_path / "data", tmp_path / "base"
+    for d in (dumps, data, base):
+        d.mkdir(exist_ok=True)
+    (data / "version").write_text("v1.0.0\n")
+    old = dumps / "residency_scheduler-20200101T000000Z-v0.9.0.dump"
+    old.write_text("old")
+    os.utime(old, (time.time() - 30 * 86400,) * 2)
+    recent = dumps / "residency_scheduler-20990101T000000Z-v0.9.9.dump"
+    recent.write_text("recent")
+    hs, files = host_files("example_docker", backup, backup={"directory": str(dumps)},
+                           paths={"base_dir": str(base), "data_dir": str(data)})
+    write_tree(files, tmp_path / "tree")
+    env = {**os.environ, "PATH": stub_path, "STUB_RESTORE_RC": str(restore_rc)}
+    proc = subprocess.run(["bash", str(tmp_path / "tree/usr/local/sbin/rs-backup")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    return proc, dumps
+
+
+def test_rs_backup_writes_a_checked_private_dump_and_prunes_old_ones(tmp_path, stub_path):
+    proc, dumps = run_backup(tmp_path, stub_path)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in dumps.iterdir())
+    assert "residency_scheduler-20200101T000000Z-v0.9.0.dump" not in names  # past retention
+    assert "residency_scheduler-20990101T000000Z-v0.9.9.dump" in names
+    (new,) = [dumps / n for n in names if n.endswith("-v1.0.0.dump")]
+    assert new.read_text() == "PGDMP-stub-dump"
+    assert new.stat().st_mode & 0o777 == 0o600
+
+
+def test_rs_backup_keeps_no_dump_that_fails_its_check(tmp_path, stub_path):
+    proc, dumps = run_backup(tmp_path, stub_path, restore_rc=1)
+    assert proc.returncode != 0
+    assert not [p for p in dumps.iterdir() if "v1.0.0" in p.name]
+
+
+def test_backup_timer_follows_settings(tmp_path):
+    hs, files = host_files("example_systemd", backup,
+                           backup={"on_calendar": "Mon *-*-* 04:00:00 UTC"})
+    write_tree(files, tmp_path)
+    timer = (tmp_path / "etc/systemd/system/rs-backup.timer").read_text()
+    assert "OnCalendar=Mon *-*-* 04:00:00 UTC\n" in timer and "Persistent=true\n" in timer
+    service = (tmp_path / "etc/systemd/system/rs-backup.service").read_text()
+    assert 'ExecStart="/usr/local/sbin/rs-backup"' in service
+    assert "runuser -u postgres -- pg_dump" in files[0].content  # peer auth, no password
+    assert all(v.ok for v in backup.validate(tmp_path, hs))
+
+
+def test_bad_calendar_is_refused_at_validation():
+    from rsdeploy.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="backup.on_calendar"):
+        host_files("example_systemd", backup, backup={"on_calendar": "daily\nExecStart=/bin/sh"})
