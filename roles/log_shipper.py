@@ -10,7 +10,6 @@ Docker layout: the shipper container needs, read-only, the Docker socket, ``/var
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Literal
 
 from rsdeploy.types import Image, Port, Resources, Section
@@ -36,16 +35,6 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.stack.log_shipper.kind != "none" and hs.monitoring_enabled("loki")
-
-
-def alloy_str(value) -> str:
-    """An Alloy syntax string literal (double-quoted) holding ``value`` exactly.
-
-    JSON's escapes (``\\"``, ``\\\\``, ``\\n``, ``\\uXXXX``) are a subset of Alloy's; non-ASCII
-    characters stay literal, since Alloy rejects the surrogate pairs JSON uses beyond U+FFFF.
-    Example: ``alloy_str('a "b"')`` -> ``'"a \\\\"b\\\\""'``
-    """
-    return json.dumps(str(value), ensure_ascii=False)
 
 
 def service_name(hs: HostSettings) -> str:
@@ -81,7 +70,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     from rsdeploy.render import RenderedFile, template
 
     if hs.stack.log_shipper.kind == "alloy":
-        content = template("alloy/config.alloy.j2", hs, alloy_str=alloy_str, **_context(hs))
+        content = template("alloy/config.alloy.j2", hs, **_context(hs))
     else:
         content = template(
             "promtail/config.yml.j2", hs,

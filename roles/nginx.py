@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import model_validator
 
+from rsdeploy.escape import nginx_representable
 from rsdeploy.types import Email, Image, Port, Resources, Section, Size
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class TlsSettings(Section):
             path = getattr(self, field)
             if path is not None and not path.startswith("/"):
                 raise ValueError(f"tls.{field} must be an absolute path on the host")
-            if path is not None and not _nginx_representable(path):
+            if path is not None and not nginx_representable(path):
                 raise ValueError(f"tls.{field} must not contain '$' or control characters "
                                  "(nginx would read '$' as a variable)")
         return self
@@ -175,22 +176,6 @@ def certbot_certonly_args(hs: HostSettings) -> list[str]:
 # --- nginx syntax -----------------------------------------------------------------------------
 
 
-def _nginx_representable(value: str) -> bool:
-    return "$" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value)
-
-
-def nginx_str(value) -> str:
-    """One nginx argument, double-quoted; ``$`` cannot be escaped in nginx, so it is refused.
-
-    Example: ``ssl_certificate {{ nginx_str(certificate) }};``
-    """
-    text = str(value)
-    if not _nginx_representable(text):
-        raise ValueError(f"{text!r} cannot be written into an nginx file "
-                         "('$' or a control character)")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _version(text: str) -> tuple[int, ...] | None:
     """The leading x.y[.z] of an image tag or ``nginx -v`` output, as a tuple."""
     found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
@@ -261,7 +246,7 @@ def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
     from rsdeploy.render import RenderedFile, static, template
 
     variables = {"snippets_dir": snippets_dir(hs), "acme_webroot": ACME_WEBROOT,
-                 "nginx_str": nginx_str, **_proxy_targets(hs), **_listen_variables(hs)}
+                 **_proxy_targets(hs), **_listen_variables(hs)}
     certificate, certificate_key = certificate_paths(hs)
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,
                                      certificate_key=certificate_key, **variables)}

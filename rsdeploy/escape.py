@@ -76,7 +76,35 @@ def systemd_arg(value) -> str:
     return f'"{text}"'
 
 
+def nginx_representable(value: str) -> bool:
+    """Whether nginx can hold ``value`` in a quoted argument (``$`` always means a variable)."""
+    return "$" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def nginx_str(value) -> str:
+    """One nginx argument, double-quoted; ``$`` cannot be escaped in nginx, so it is refused.
+
+    Example: ``ssl_certificate {{ certificate | nginx_str }};``
+    """
+    text = str(value)
+    if not nginx_representable(text):
+        raise ValueError(f"{text!r} cannot be written into an nginx file "
+                         "('$' or a control character)")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def alloy_str(value) -> str:
+    """An Alloy syntax string literal (double-quoted) holding ``value`` exactly.
+
+    JSON's escapes are a subset of Alloy's; non-ASCII characters stay literal, since Alloy
+    rejects the surrogate pairs JSON uses beyond U+FFFF.
+    Example: ``url = {{ push_url | alloy_str }}``
+    """
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 FILTERS = {
     f.__name__: f
-    for f in (yaml_str, compose_str, json_value, shell, url_part, compose_env, systemd_env, systemd_arg)
+    for f in (yaml_str, compose_str, json_value, shell, url_part, compose_env, systemd_env,
+              systemd_arg, nginx_str, alloy_str)
 }

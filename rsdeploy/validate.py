@@ -38,6 +38,9 @@ TOOL_PACKAGES = {
     "openssl": "openssl",
     "nft": "nftables",
     "visudo": "sudo",
+    "node": "nodejs",
+    "shellcheck": "shellcheck",
+    "logrotate": "logrotate",
 }
 
 

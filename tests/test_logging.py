@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from roles import log_shipper, loki
+from rsdeploy.escape import alloy_str
 from tests.conftest import EXAMPLES, load_example
 
 # --- a small parser of Alloy syntax -----------------------------------------------------------
@@ -351,7 +352,7 @@ def test_alloy_labels_streams_by_container_service_unit_host_no_offline_alloy(ex
     "ctrl \x01\x7f", "\\\"\\n",
 ])
 def test_alloy_string_escaping_round_trips_no_offline_alloy(value):
-    literal = log_shipper.alloy_str(value)
+    literal = alloy_str(value)
     assert tokenize(literal) == [("string", literal)], "one string token, newline-free"
     assert alloy_unquote(literal) == value
 
