@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,9 @@ class Paths(Section):
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/") or value.rstrip("/") != value or len(value) < 2:
             raise ValueError(f"{value!r} must be an absolute path without a trailing slash")
+        # These paths land in unit files, shell scripts and Compose files alike.
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+", value):
+            raise ValueError(f"{value!r} may hold only letters, digits, '.', '_', '-' and '/'")
         return value
 
 

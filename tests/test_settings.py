@@ -73,6 +73,7 @@ def with_key(stack: dict, dotted: str, value) -> dict:
         ("monitoring", True, "monitoring: unknown key"),
         ("roles", ["db", "cache"], "roles[1]: Input should be 'db', 'redis', 'app', 'web'"),
         ("version", "v1 .0", "version: 'v1 .0' is not a valid version tag"),
+        ("paths.base_dir", "/opt/my app", "paths.base_dir: '/opt/my app' may hold only letters"),
         ("backend.cors_origins", ["*"], "backend.cors_origins[0]: must not contain '*'"),
         ("alertmanager.routes", [{"severity": "critical", "receivers": ["slack"]}],
          "alertmanager.routes[0].receivers: receiver slack is not configured"),
