@@ -147,16 +147,18 @@ def _configure_rootfs(rootfs: Path) -> None:
 # --- building ---------------------------------------------------------------------------------
 
 
-def build_context(spec: ImageSpec, dest: Path, source: Path | None = None) -> Path:
-    """Lay out the build context: the Dockerfile's directory, the CA bundle, the app ``src/``.
+def build_context(spec: ImageSpec, dest: Path) -> Path:
+    """Lay out the build context: the Dockerfile's directory and the CA bundle; app images get
+    ``src/`` (that part of the release) from :func:`rsdeploy.refapp.build_context`.
 
     Example: ``build_context(INFRA["redis"], Path("/tmp/ctx"))``
     """
+    if spec.name in APP_PARTS:
+        from rsdeploy import refapp
+
+        return refapp.build_context(spec.tag, spec.name, dest, CA_BUNDLE)
     shutil.copytree(IMAGES_DIR / spec.directory, dest)
     shutil.copyfile(CA_BUNDLE, dest / "ca-certificates.crt")
-    if source is not None:
-        shutil.copytree(source, dest / "src", symlinks=True,
-                        ignore=shutil.ignore_patterns(".git", "node_modules", "__pycache__"))
     return dest
 
 
@@ -183,11 +185,11 @@ def _current_hash(client, ref: str) -> str | None:
         return None
 
 
-def build_image(client, spec: ImageSpec, base_id: str, source: Path | None = None) -> float:
+def build_image(client, spec: ImageSpec, base_id: str) -> float:
     """Build one image unless an identical one exists; returns the seconds it took."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
-        context = build_context(spec, Path(tmp) / "context", source)
+        context = build_context(spec, Path(tmp) / "context")
         digest = content_hash(context, base_id)
         if _current_hash(client, spec.ref) == digest:
             log(f"{spec.ref}: up to date")
@@ -249,22 +251,7 @@ def build(names: list[str] | None = None, versions: list[str] | None = None,
     client = client or docker_client()
     specs = select(names, versions)
     base_id = ensure_base(client)
-    times: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="rsdeploy-checkouts-") as tmp:
-        for spec in specs:
-            source = _app_source(spec, Path(tmp)) if spec.name in APP_PARTS else None
-            times[spec.ref] = build_image(client, spec, base_id, source)
-    return times
-
-
-def _app_source(spec: ImageSpec, workdir: Path) -> Path:
-    """The app part's source at the image's tag (checked out once per tag)."""
-    from rsdeploy import refapp
-
-    checkout = workdir / spec.tag
-    if not checkout.exists():
-        refapp.checkout(spec.tag, checkout)
-    return checkout / spec.name
+    return {spec.ref: build_image(client, spec, base_id) for spec in specs}
 
 
 def ensure_host_image(client) -> str:

@@ -1,0 +1,91 @@
+"""The sandbox: the hosts ``rsdeploy sandbox up`` made on this machine (systemd containers).
+
+    rsdeploy sandbox up --hosts 1            # or: --hosts 4 for the multi-host layout
+    rsdeploy images build && rsdeploy images push
+    rsdeploy check -i inventories/sandbox.py --secrets .sandbox/rs-sandbox/secrets.yml
+
+Reads ``.sandbox/<prefix>/state.json`` (prefix: $RS_SANDBOX_PREFIX, default rs-sandbox). Hosts are
+reached over SSH on 127.0.0.1 with the sandbox's key, pinned host keys and strict checking; their
+``address`` is their fixed IP on the sandbox network (names resolve there too, but not inside the
+containers Docker runs on a host, which get Docker's default resolvers). App images come from the
+sandbox registry (``images push``); with RS_SANDBOX_DELIVERY=bundle they are uploaded as
+``docker save`` files instead and every image keeps its local name.
+"""
+
+import os
+
+from rsdeploy.images import INFRA, registry_path
+from rsdeploy.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
+
+sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
+delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
+registry = f"{sandbox.prefix}-registry:{REGISTRY_PORT}"
+
+
+def image(name: str) -> str:
+    """The offline image standing in for a component's upstream one, as the hosts name it."""
+    spec = INFRA[name]
+    return f"{registry}/{registry_path(spec)}" if delivery == "pull" else spec.ref
+
+
+stack = {
+    "layout": "docker",
+    "version": "v1.0.0",
+    "domain": f"{sandbox.prefix}.test",
+    "tls": {"mode": "self-signed"},
+    "app": (
+        {"delivery": "pull", "registry": f"{registry}/residency", "registry_username": REGISTRY_USER}
+        if delivery == "pull" else {"delivery": "bundle"}
+    ),
+    # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
+    "docker": {"source": "distro"},
+    # The sandbox CA (signs the registry's certificate) and this machine's bundle, which trusts
+    # the TLS-intercepting proxy in front of PyPI and npm here.
+    "trusted_ca_certs": [str(sandbox.paths.ca_cert), "/etc/ssl/certs/ca-certificates.crt"],
+    "postgres": {"image": image("postgres")},
+    "redis": {"image": image("redis")},
+    "nginx": {"image": image("nginx")},
+    "prometheus": {"image": image("prometheus")},
+    "alertmanager": {"image": image("alertmanager")},
+    "exporters": {
+        "node_exporter": {"image": image("node-exporter"), "port": 9100},
+        "postgres_exporter": {"image": image("postgres-exporter"), "port": 9187},
+        "redis_exporter": {"image": image("redis-exporter"), "port": 9121},
+        # No offline source: cAdvisor has no Debian package and no registry is reachable.
+        "cadvisor": {"enabled": False, "image": "ghcr.io/google/cadvisor:0.53.0", "port": 8080},
+    },
+    # No offline source for Grafana, Loki, Alloy or Promtail (no Debian package, no registry):
+    # the sandbox runs without them; their configs are checked statically by the template tests.
+    "grafana": {"enabled": False},
+    "loki": {"enabled": False},
+    "log_shipper": {"kind": "none"},
+}
+
+#: Which roles each host carries, by number of sandbox hosts (the last host is monitoring).
+ROLES_BY_COUNT = {
+    1: [["db", "redis", "app", "web", "monitoring"]],
+    2: [["db", "redis", "app", "web"], ["monitoring"]],
+    3: [["db", "redis"], ["app", "web"], ["monitoring"]],
+    4: [["db", "redis"], ["app"], ["web"], ["monitoring"]],
+}
+
+
+def host_data(host, roles: list[str]) -> dict:
+    """pyinfra connection data (loopback SSH, strict host keys) and the host's stack settings."""
+    return {
+        "ssh_hostname": "127.0.0.1",
+        "ssh_port": host.port(22),
+        "ssh_user": "root",
+        "ssh_key": str(sandbox.paths.key),
+        "ssh_known_hosts_file": str(sandbox.paths.known_hosts),
+        "ssh_strict_host_key_checking": "yes",
+        "address": host.address,
+        "roles": roles,
+    }
+
+
+sandbox_hosts = (
+    [(host.name, host_data(host, roles))
+     for host, roles in zip(sandbox.hosts, ROLES_BY_COUNT[min(len(sandbox.hosts), 4)])],
+    stack,
+)
