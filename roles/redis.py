@@ -10,6 +10,11 @@ Systemd layout: the distribution's redis-server with the whole ``/etc/redis/redi
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rsdeploy.types import Image, Port, Resources, Section, Size
@@ -17,6 +22,7 @@ from rsdeploy.types import Image, Port, Resources, Section, Size
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
+    from rsdeploy.validate import Verdict
 
 ROLE = "redis"
 IMAGE_UID = "999"  # the redis user of the official images (alpine and Debian)
@@ -89,3 +95,36 @@ def render(hs: HostSettings) -> list[RenderedFile]:
                                   hs.secrets.redis_password, ROLE, mode="600", owner=owner,
                                   group=owner, secret=True, restarts=readers))
     return files
+
+
+def load_config(conf: Path, timeout: float = 5.0) -> tuple[bool, str]:
+    """Start the real redis-server on ``conf`` on a private Unix socket (no TCP port, data in
+    a temporary directory), see whether it comes up, stop it. Returns (ok, its output).
+
+    Example: ``load_config(Path("redis.conf"))`` -> ``(True, "")``
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        socket = Path(scratch) / "redis.sock"
+        proc = subprocess.Popen(
+            ["redis-server", str(conf), "--port", "0", "--unixsocket", str(socket),
+             "--dir", scratch, "--pidfile", f"{scratch}/pid", "--logfile", "",
+             "--daemonize", "no", "--supervised", "no"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while not socket.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        up = socket.exists()
+        proc.terminate()
+        output, _ = proc.communicate(timeout=10)
+    return up, "" if up else output.strip()
+
+
+def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
+    """redis.conf as the real redis-server reads it (Debian's redis-server 7.0)."""
+    from rsdeploy.validate import Verdict
+
+    path, tool = config_path(hs), "redis-server (loads the config)"
+    if shutil.which("redis-server") is None:
+        return [Verdict(path, tool, False, "redis-server is not installed (package: redis-server)")]
+    ok, detail = load_config(tree / path.lstrip("/"))
+    return [Verdict(path, tool, ok, detail)]

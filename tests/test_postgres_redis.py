@@ -105,6 +105,20 @@ def test_redis_keeps_broker_queues(redis_server):
     assert _bulk("yes") in _resp(redis_server, "CONFIG", "GET", "protected-mode")
 
 
+def test_redis_validate_passes_rendered_and_rejects_broken_configs(tmp_path):
+    for name in ("example_docker", "example_systemd"):
+        hs, files = rendered(name)["rs1.example.org"]
+        tree = tmp_path / name
+        conf = tree / redis.config_path(hs).lstrip("/")
+        conf.parent.mkdir(parents=True)
+        conf.write_text(files[redis.config_path(hs)].content)
+        assert [v.ok for v in redis.validate(tree, hs)] == [True]
+    broken = tmp_path / "broken.conf"
+    broken.write_text('requirepass "unbalanced\n')
+    ok, detail = redis.load_config(broken)
+    assert not ok and "FATAL CONFIG FILE ERROR" in detail
+
+
 def test_redis_binds_per_layout_and_topology():
     docker_hs, _ = rendered("example_docker")["rs1.example.org"]
     systemd_hs, _ = rendered("example_systemd")["rs1.example.org"]
