@@ -5,7 +5,6 @@ pgvector, redis-server 7.0) with secrets full of $, quotes, #, backslashes and n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -164,7 +163,7 @@ def cluster():
     data, secrets = work / "data", work / "secrets"
     assert _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
                          "--auth-local=peer", "--auth-host=scram-sha-256"]).returncode == 0
-    etc = f"/etc/postgresql/15/main"
+    etc = "/etc/postgresql/15/main"
     (work / "rs.conf").write_text(files[f"{etc}/conf.d/residency-scheduler.conf"].content)
     (work / "pg_hba.conf").write_text(files[f"{etc}/pg_hba.conf"].content)
     with open(data / "postgresql.conf", "a") as conf:
