@@ -1,5 +1,6 @@
 """The docker layout's Compose project: the app stack, production overrides, the monitoring
-stack and the web (nginx + certbot) stack, with the secret files the exporters read.
+stack and the web (nginx + certbot) stack. Config and secret files are each rendered by the
+role of the component that reads them; this module wires them into the services.
 
 Files at ``paths.base_dir``, always used together, in this order (:func:`compose_files`):
 
@@ -241,7 +242,7 @@ def monitoring_secrets(hs: HostSettings) -> list[str]:
     return sorted(names)
 
 
-def loki_healthcheck(image: str) -> list[str] | None:
+def loki_healthcheck(image: str, port: int = 3100) -> list[str] | None:
     """A health check command for the Loki image, or None when the image cannot run one.
 
     Loki <= 3.5 images carry busybox wget; 3.6 images are distroless with no way to probe
@@ -255,7 +256,7 @@ def loki_healthcheck(image: str) -> list[str] | None:
     if version >= (3, 7):
         return ["CMD", "/usr/bin/loki", "-health"]
     if version < (3, 6):
-        return ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:3100/ready"]
+        return ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/ready"]
     return None
 
 
@@ -289,7 +290,7 @@ def _context(hs: HostSettings) -> dict:
         "prometheus_flags": prometheus.command_flags(hs),
         "alertmanager_flags": alertmanager.command_flags(hs),
         "grafana_environment": grafana.environment(hs),
-        "loki_healthcheck": loki_healthcheck(hs.stack.loki.image),
+        "loki_healthcheck": loki_healthcheck(hs.stack.loki.image, hs.stack.loki.port),
         "alertmanager_secrets": alertmanager_secrets(hs),
         "app_uid": backend.APP_UID,
         "acme_webroot": nginx.ACME_WEBROOT,

@@ -263,3 +263,21 @@ def test_loki_health_check_follows_the_image_version():
     assert compose.loki_healthcheck("grafana/loki:3.5.7")[1] == "wget"
     assert compose.loki_healthcheck("grafana/loki:3.6.2") is None
     assert compose.loki_healthcheck("grafana/loki:3.7.0") == ["CMD", "/usr/bin/loki", "-health"]
+
+
+def test_non_default_ports_reach_both_sides_of_each_mapping(tmp_path):
+    """A changed port moves the container's listener and the published port together."""
+    from conftest import EXAMPLE_SECRETS, INVENTORIES
+    from rsdeploy.render import render_host, write_tree
+    from rsdeploy.settings import load_inventory
+
+    ports = {"prometheus": 9091, "alertmanager": 9094, "grafana": 3002, "loki": 3200}
+    override = {name: {"port": port} for name, port in ports.items()}
+    hs = load_inventory(str(INVENTORIES / "example_docker.py"), EXAMPLE_SECRETS,
+                        override_data=override, env={})["rs1.example.org"]
+    write_tree(render_host(hs), tmp_path)
+    services = full_project(hs, tmp_path / hs.stack.paths.base_dir.lstrip("/"))["services"]
+    for name, port in ports.items():
+        assert [(p["host_ip"], p["published"], p["target"]) for p in services[name]["ports"]] \
+            == [("127.0.0.1", str(port), port)], name
+        assert any(f":{port}/" in part for part in services[name]["healthcheck"]["test"]), name
