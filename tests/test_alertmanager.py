@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXAMPLE_SECRETS, INVENTORIES, render_example
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, render_example
 from roles import alertmanager
 from roles.prometheus import secret_path, secret_read_path
 from rsdeploy.render import write_tree

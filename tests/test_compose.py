@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import render_example
+from tests.conftest import render_example
 from roles import compose
 
 DOCKER_EXAMPLES = ["example_docker", "example_multi"]
@@ -267,7 +267,7 @@ def test_loki_health_check_follows_the_image_version():
 
 def test_non_default_ports_reach_both_sides_of_each_mapping(tmp_path):
     """A changed port moves the container's listener and the published port together."""
-    from conftest import EXAMPLE_SECRETS, INVENTORIES
+    from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
     from rsdeploy.render import render_host, write_tree
     from rsdeploy.settings import load_inventory
 

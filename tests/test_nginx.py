@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 from roles import nginx
 from rsdeploy.render import write_tree
 from rsdeploy.settings import load_inventory

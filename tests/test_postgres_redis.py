@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import render_example
+from tests.conftest import render_example
 from roles import docker_engine, postgres, redis
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import render_example
+from tests.conftest import render_example
 from roles import exporters, prometheus
 from rsdeploy import REPO_ROOT, TEMPLATES_DIR
 
@@ -155,7 +155,7 @@ def test_multi_host_scrapes_other_hosts_by_address_with_inventory_instances(rend
 def test_disabled_exporter_is_not_scraped():
     from rsdeploy.settings import load_inventory
 
-    from conftest import EXAMPLE_SECRETS, INVENTORIES
+    from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
 
     override = {"exporters": {"redis_exporter": {"enabled": False,
                                                  "image": "oliver006/redis_exporter:v1.74.0",
