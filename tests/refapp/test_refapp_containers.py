@@ -1,0 +1,239 @@
+"""The reference app's images against real PostgreSQL 15 + pgvector and Redis containers.
+
+What a deploy relies on: migrations run at start, /health tells the truth about the database,
+data survives an upgrade, the v1.1.0 migration downgrades, v1.2.0-broken fails its health check,
+unsafe production secrets are refused before anything touches the database, Celery answers
+``inspect ping``, and the frontend shows its version and proxies /api to the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+from refapp_support import SECRET_KEY, app_env, http, published_port, wait_http
+
+from rsdeploy import refapp
+
+
+pytestmark = pytest.mark.sandbox
+
+QUEUES = "default,resilience,notifications,metrics,exports,security"
+
+
+def fresh_name() -> str:
+    return f"rs_{uuid.uuid4().hex[:10]}"
+
+
+def json_of(url: str, data: dict | None = None) -> tuple[int, dict]:
+    status, body = http(url, data)
+    return status, json.loads(body)
+
+
+def wait_status(url: str, expected: int, timeout: float = 30) -> int:
+    """Poll ``url`` until it answers ``expected``; returns the last status seen."""
+    deadline = time.monotonic() + timeout
+    status = 0
+    while time.monotonic() < deadline:
+        status, _ = http(url)
+        if status == expected:
+            break
+        time.sleep(0.5)
+    return status
+
+
+def run_once(containers, tag: str, env: dict[str, str], command: list[str] | None = None,
+             timeout: float = 90) -> tuple[int, str]:
+    """Run the backend image to completion: (exit code, logs)."""
+    container = containers(refapp.image_name(tag, "backend"), command=command, environment=env)
+    result = container.wait(timeout=timeout)
+    return result["StatusCode"], container.logs().decode()
+
+
+@pytest.fixture(scope="module")
+def v1(postgres, backend):
+    """v1.0.0 on its own database, reachable as ``backend`` by the frontend."""
+    return backend("v1.0.0", postgres.create_database(fresh_name()), aliases=("backend",))
+
+
+def test_images_run_as_uid_1001(built, docker_client):
+    for part in refapp.PARTS:
+        image = docker_client.images.get(refapp.image_name("v1.0.0", part))
+        assert image.attrs["Config"]["User"] == "1001", part
+        assert not image.attrs["Config"].get("Healthcheck"), f"{part}: Compose owns health checks"
+
+
+def test_backend_migrates_at_start_and_reports_its_version(v1):
+    status, root = json_of(v1.url + "/")
+    assert status == 200 and root["status"] == "healthy" and root["version"] == "v1.0.0"
+    _, version = json_of(v1.url + "/api/v1/version")
+    assert version["schema_revision"] == "0001"
+
+
+def test_health_is_connected_only_while_the_database_answers(postgres, v1):
+    assert json_of(v1.url + "/health") == (200, {"status": "healthy", "database": "connected"})
+    postgres.container.stop(timeout=10)
+    try:
+        status, body = json_of(v1.url + "/health")
+        assert (status, body["database"]) == (503, "unreachable")
+        _, resilience = json_of(v1.url + "/health/resilience")
+        assert resilience["status"] == "degraded"
+    finally:
+        postgres.container.start()
+    assert wait_status(v1.url + "/health", 200, timeout=60) == 200, "backend did not recover"
+
+
+def test_resilience_lists_the_contract_components(v1):
+    status, body = json_of(v1.url + "/health/resilience")
+    assert status == 200 and body["status"] == "operational"
+    assert body["components"][:4] == ["utilization_monitor", "defense_in_depth",
+                                      "contingency_analyzer", "fallback_scheduler"]
+
+
+def test_notes_round_trip_through_postgres(v1):
+    status, created = json_of(v1.url + "/api/v1/notes", {"body": "night float, ward 3"})
+    assert status == 201
+    _, notes = json_of(v1.url + "/api/v1/notes")
+    assert {"id": created["id"], "body": "night float, ward 3"}.items() <= notes[-1].items()
+
+
+def test_metrics_have_the_names_dashboards_and_alerts_use(v1):
+    http(v1.url + "/health")
+    http(v1.url + "/does-not-exist")
+    _, text = http(v1.url + "/metrics")
+    assert re.search(r'^http_requests_total\{handler="/health",method="GET",status="2xx"\} ', text, re.M)
+    assert 'status="4xx"' in text
+    for name in ("http_request_duration_seconds_bucket", "http_request_duration_highr_seconds_bucket",
+                 "resilience_utilization_rate{", "resilience_utilization_level ",
+                 "resilience_defense_level "):
+        assert name in text, f"{name} missing from /metrics"
+
+
+def test_metrics_add_up_across_uvicorn_workers(postgres, backend):
+    app = backend("v1.0.0", postgres.create_database(fresh_name()), UVICORN_WORKERS="2",
+                  PROMETHEUS_MULTIPROC_DIR="/tmp/metrics")
+    for _ in range(12):
+        assert http(app.url + "/health")[0] == 200
+    _, text = http(app.url + "/metrics")
+    counted = re.search(r'^http_requests_total\{handler="/health",method="GET",status="2xx"\} (\S+)',
+                        text, re.M)
+    assert counted and float(counted.group(1)) == 12, "requests served by one worker were lost"
+    assert re.search(r"^resilience_defense_level 1\.0$", text, re.M)
+
+
+def test_upgrade_to_v1_1_0_keeps_data_and_downgrade_works(postgres, backend, containers):
+    database_url = postgres.create_database(fresh_name())
+    old = backend("v1.0.0", database_url)
+    json_of(old.url + "/api/v1/notes", {"body": "written by v1.0.0"})
+    old.container.stop(timeout=10)
+
+    new = backend("v1.1.0", database_url)
+    _, version = json_of(new.url + "/api/v1/version")
+    assert (version["version"], version["schema_revision"]) == ("v1.1.0", "0002")
+    assert json_of(new.url + "/api/v1/notes", {"body": "signed", "author": "chief"})[0] == 201
+    _, notes = json_of(new.url + "/api/v1/notes")
+    assert [(n["body"], n["author"]) for n in notes] == [("written by v1.0.0", None),
+                                                        ("signed", "chief")]
+    new.container.stop(timeout=10)
+
+    code, logs = run_once(containers, "v1.1.0", app_env(database_url), ["alembic", "downgrade", "-1"])
+    assert code == 0, logs
+    database = database_url.rsplit("/", 1)[1]
+    assert postgres.psql("SELECT version_num FROM alembic_version", database) == "0001"
+    columns = postgres.psql("SELECT column_name FROM information_schema.columns "
+                            "WHERE table_name = 'notes' ORDER BY column_name", database)
+    assert "author" not in columns.split()
+    rolled_back = backend("v1.0.0", database_url)
+    _, notes = json_of(rolled_back.url + "/api/v1/notes")
+    assert [n["body"] for n in notes] == ["written by v1.0.0", "signed"]
+
+
+def test_v1_2_0_broken_starts_but_fails_its_health_check(postgres, backend):
+    broken = backend("v1.2.0-broken", postgres.create_database(fresh_name()))
+    _, root = json_of(broken.url + "/")
+    assert root["version"] == "v1.2.0-broken"
+    assert http(broken.url + "/health")[0] == 503
+
+
+@pytest.mark.parametrize("unsafe, reason", [
+    ({"SECRET_KEY": "changeme"}, "SECRET_KEY"),
+    ({"SECRET_KEY": "your-secret-key-change-in-production"}, "SECRET_KEY"),
+    ({"WEBHOOK_SECRET": "short"}, "WEBHOOK_SECRET"),
+    ({"REDIS_PASSWORD": "short-redis-pw"}, "REDIS_PASSWORD"),
+    ({"DATABASE_URL": "postgresql://scheduler:short@db:5432/x"}, "DATABASE_URL"),
+    ({"CORS_ORIGINS": '["*"]'}, "CORS_ORIGINS"),
+])
+def test_unsafe_production_settings_are_refused_before_migrating(postgres, containers, unsafe, reason):
+    database = fresh_name()
+    env = app_env(postgres.create_database(database), **unsafe)
+    code, logs = run_once(containers, "v1.0.0", env)
+    assert code != 0
+    assert re.search(rf"CRITICAL .*refusing to start with DEBUG=false: .*{reason}", logs), logs
+    assert postgres.psql("SELECT to_regclass('alembic_version') IS NULL", database) == "t"
+
+
+def test_debug_mode_skips_the_production_rules(postgres, backend):
+    app = backend("v1.0.0", postgres.create_database(fresh_name()), DEBUG="true", SECRET_KEY="dev")
+    assert http(app.url + "/health")[0] == 200
+
+
+def test_migration_needs_pgvector_created_by_a_superuser(postgres, containers):
+    """A hardened app role may not CREATE EXTENSION vector: the deploy must do it first."""
+    env = app_env(postgres.create_database(fresh_name(), vector=False))
+    code, logs = run_once(containers, "v1.0.0", env)
+    assert code != 0 and "permission denied" in logs, logs
+
+
+def test_celery_worker_answers_inspect_ping_and_runs_a_task(postgres, redis, containers, v1):
+    env = app_env(postgres.create_database(fresh_name()))
+    worker = containers(refapp.image_name("v1.0.0", "backend"), environment=env,
+                        command=["celery", "-A", "app.core.celery_app", "worker", "-Q", QUEUES])
+    ping = ["sh", "-c", "celery -A app.core.celery_app inspect ping -d celery@$HOSTNAME"]
+    deadline = time.monotonic() + 60
+    while (result := worker.exec_run(ping)).exit_code != 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert result.exit_code == 0 and b"pong" in result.output, worker.logs().decode()[-3000:]
+    call = worker.exec_run(["python", "-c", (
+        "from app.tasks.resilience import periodic_health_check as t;"
+        "print(t.delay().get(timeout=30)['status'])")])
+    assert call.output.decode().strip().endswith("operational"), call.output.decode()
+
+
+def test_beat_schedule_is_the_contract_schedule(built, docker_client):
+    script = ("import json; from app.core.celery_app import celery_app as c;"
+              "print(json.dumps({k: [v['task'].rsplit('.', 1)[1], str(v['schedule'])]"
+              " for k, v in c.conf.beat_schedule.items()}))")
+    output = docker_client.containers.run(
+        refapp.image_name("v1.0.0", "backend"), ["python", "-c", script], remove=True,
+        environment={"DEBUG": "true"})
+    schedule = sorted(json.loads(output.decode().strip().splitlines()[-1]).values())
+    assert schedule == [
+        ["generate_utilization_forecast", "<crontab: 0 6 * * * (m/h/dM/MY/d)>"],
+        ["periodic_health_check", "<crontab: */15 * * * * (m/h/dM/MY/d)>"],
+        ["precompute_fallback_schedules", "<crontab: 0 3 * * sunday (m/h/dM/MY/d)>"],
+        ["run_contingency_analysis", "<crontab: 0 2 * * * (m/h/dM/MY/d)>"],
+    ]
+
+
+def test_frontend_shows_versions_and_proxies_api_to_backend_url(containers, v1):
+    frontend = containers(refapp.image_name("v1.0.0", "frontend"),
+                          environment={"BACKEND_URL": "http://backend:8000"},
+                          ports={"3000/tcp": ("127.0.0.1", None)})
+    url = f"http://127.0.0.1:{published_port(frontend, '3000/tcp')}"
+    wait_http(url + "/", frontend, timeout=60)
+    status, page = http(url + "/")
+    assert status == 200
+    assert re.search(r'id="frontend-version">v1\.0\.0<', page)
+    assert re.search(r'id="backend-version">v1\.0\.0<', page), "no backend version via BACKEND_URL"
+    status, version = json_of(url + "/api/v1/version")
+    assert (status, version["service"]) == (200, "residency-scheduler-backend")
+    status, note = json_of(url + "/api/v1/notes", {"body": "via the frontend proxy"})
+    assert status == 201 and note["body"] == "via the frontend proxy"
+
+
+def test_secret_key_is_not_echoed_anywhere(v1):
+    for path in ("/", "/api/v1/version", "/health/resilience", "/metrics"):
+        assert SECRET_KEY not in http(v1.url + path)[1], path
