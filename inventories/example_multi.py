@@ -9,7 +9,7 @@ stack = {
     "version": "v1.0.0",
     "domain": "scheduler.example.org",
     "tls": {"mode": "certbot", "email": "ops@example.org"},
-    "app": {"delivery": "bundle"},
+    "app": {"delivery": "bundle", "bundle_dir": "bundles"},
     "alertmanager": {
         "email": {
             "to": ["oncall@example.org"],

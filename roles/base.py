@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from rsdeploy import apply
 from rsdeploy.render import RenderedFile, static, template
@@ -94,13 +95,24 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
 def bootstrap(hs: HostSettings) -> None:
     """Everything a bare Debian/Ubuntu host needs before the stack. Example: ``bootstrap(hs)``"""
     install_packages(hs)
+    create_directories(hs)
     rendered = render(hs)
-    changed = apply.changed_by_service(rendered, apply.upload(hs, rendered))
-    trust_ca_certificates(changed.get("update-ca-certificates"))
+    react(hs, apply.readers(rendered, apply.upload(hs, rendered)))
     enable_time_sync(hs)
     create_deploy_user(hs)
-    enable_firewall(changed[FIREWALL_UNIT])
-    create_directories(hs)
+
+
+def react(hs: HostSettings, changed: dict[str, list]) -> None:
+    """Apply changed CA certificates and firewall rules (the firewall runs in any case)."""
+    if "update-ca-certificates" in changed:
+        server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"],
+                     _if=any_changed(*changed["update-ca-certificates"]))
+    firewall_changed = any_changed(*changed[FIREWALL_UNIT])
+    systemd.daemon_reload(name="Reload systemd (firewall unit changed)", _if=firewall_changed)
+    systemd.service(name="Enable and start the firewall", service=FIREWALL_UNIT,
+                    running=True, enabled=True)
+    systemd.service(name="Reload the changed firewall rules", service=FIREWALL_UNIT,
+                    reloaded=True, _if=firewall_changed)
 
 
 @deploy("Install base packages")
@@ -110,13 +122,6 @@ def install_packages(hs: HostSettings) -> None:
         packages=BASE_PACKAGES + hs.stack.base.extra_packages,
         update=True, cache_time=3600, no_recommends=True,
     )
-
-
-@deploy("Trust extra CA certificates")
-def trust_ca_certificates(changed) -> None:
-    if changed is not None:
-        server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"],
-                     _if=changed)
 
 
 @deploy("Enable time sync")
@@ -134,16 +139,8 @@ def create_deploy_user(hs: HostSettings) -> None:
     server.user(
         name=f"Create deploy user {hs.stack.base.deploy_user}",
         user=hs.stack.base.deploy_user, shell="/bin/bash", create_home=True,
-        groups=["sudo"], public_keys=hs.stack.base.deploy_user_keys or None,
+        groups=["sudo"], append=True, public_keys=hs.stack.base.deploy_user_keys or None,
     )
-
-
-@deploy("Enable the firewall")
-def enable_firewall(changed) -> None:
-    systemd.service(name="Enable and start the firewall", service=FIREWALL_UNIT,
-                    running=True, enabled=True, daemon_reload=True)
-    systemd.service(name="Reload the changed firewall rules", service=FIREWALL_UNIT,
-                    reloaded=True, daemon_reload=True, _if=changed)
 
 
 @deploy("Create the stack's directories")

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import field_validator
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
 
+from rsdeploy import apply
 from rsdeploy.types import Image, Name, Section
 
 if TYPE_CHECKING:
@@ -327,6 +331,10 @@ def render(hs: HostSettings) -> list[RenderedFile]:
                      restarts=tuple(sources[name][1]))
         for name in compose_files(hs)
     ]
+    if hs.stack.app.delivery == "pull" and hs.stack.app.registry_username:
+        # Read by `docker login --password-stdin` during the rollout only.
+        files.append(RenderedFile(registry_password_path(hs), hs.secrets.registry_password,
+                                  "compose", mode="600", secret=True))
     return files
 
 
@@ -404,3 +412,187 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
         detail = "" if proc.returncode == 0 else proc.stderr.strip()
         verdicts.append(Verdict(f"{base}/{name}", tool, proc.returncode == 0, detail))
     return verdicts
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+#: One-shot services: `up` runs them to completion, nobody keeps them running.
+ONE_SHOT = ("migrate", "certbot")
+#: Services that reread their configuration on SIGHUP: a changed file reloads, not restarts.
+RELOAD_ON_SIGHUP = ("nginx", "prometheus", "alertmanager")
+#: Where bundled images wait on the host between upload and `docker load`.
+BUNDLE_STAGING = "images"
+
+
+def compose_command(hs: HostSettings, *args: str) -> str:
+    """A ``docker compose`` command line for this host's project (run in ``paths.base_dir``).
+
+    Example: ``compose_command(hs, "ps")`` -> ``"docker compose --project-name ... ps"``
+    """
+    import shlex
+
+    return shlex.join(["docker", "compose", *compose_args(hs), *args])
+
+
+def long_running(hs: HostSettings) -> list[str]:
+    """The services `up` must leave running on this host."""
+    services = app_services(hs) + monitoring_services(hs) + web_services(hs)
+    return [name for name in services if name not in ONE_SHOT]
+
+
+def project_images(rendered: list[RenderedFile]) -> list[str]:
+    """Every image the host's Compose files name, from the rendered files themselves."""
+    import yaml
+
+    found = set()
+    for f in rendered:
+        if f.role == "compose":
+            services = (yaml.safe_load(f.content) or {}).get("services") or {}
+            found.update(svc["image"] for svc in services.values() if "image" in svc)
+    return sorted(found)
+
+
+def tracked_by_compose(hs: HostSettings, f: RenderedFile) -> bool:
+    """Whether Compose itself notices a change of ``f`` (the Compose files, env files)."""
+    base = hs.stack.paths.base_dir
+    return f.path in {f"{base}/{name}" for name in COMPOSE_FILES} | {f"{base}/app.env"}
+
+
+def _down(container: dict | None) -> bool:
+    return container is None or container["state"] != "running" or container["health"] == "unhealthy"
+
+
+@deploy("Roll out the Compose project")
+def roll_out(hs: HostSettings, rendered: list[RenderedFile], metas: dict,
+             extra_changes: dict[str, list] | None = None) -> None:
+    """Deliver missing images, bring the project up (health-gated), then reload or restart each
+    service whose mounted files changed. Nothing runs when nothing changed and all is healthy.
+
+    ``extra_changes`` maps a service to further operations whose change concerns it (e.g. a new
+    certificate for nginx). Example: ``roll_out(hs, rendered, apply.upload(hs, rendered))``
+    """
+    from pyinfra import host
+
+    from rsdeploy.facts import ComposeContainers, DockerImageId
+
+    missing = [image for image in project_images(rendered)
+               if host.get_fact(DockerImageId, image=image) is None]
+    delivered = deliver_images(hs, missing)
+    containers = host.get_fact(ComposeContainers, project=hs.stack.compose.project)
+    down = [name for name in long_running(hs) if _down(containers.get(name))]
+    changed = [metas[f.path] for f in rendered if tracked_by_compose(hs, f)] + delivered
+    server.shell(
+        name="Bring the stack up, waiting for health checks (docker compose up --wait)"
+             + (f": {', '.join(down)} not running or unhealthy" if down else ""),
+        commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout", "300",
+                                  "--remove-orphans")],
+        _chdir=hs.stack.paths.base_dir,
+        **({} if down else {"_if": any_changed(*changed)}),
+    )
+    # A service whose container did not exist yet was just created with the new files.
+    existing = [name for name in long_running(hs) if name in containers]
+    react_to_mounted_files(hs, existing, rendered, metas, extra_changes or {})
+
+
+def react_to_mounted_files(hs: HostSettings, services: list[str], rendered: list[RenderedFile],
+                           metas: dict, extra_changes: dict[str, list]) -> None:
+    """Reload (SIGHUP) or restart those of ``services`` whose bind-mounted files or secrets
+    changed: Compose compares service definitions, not the content of mounted files.
+    """
+    readers = apply.readers([f for f in rendered if not tracked_by_compose(hs, f)], metas)
+    for service in services:
+        gates = readers.get(service, []) + extra_changes.get(service, [])
+        if not gates:
+            continue
+        if service == "db":  # passwords live in the database: re-run the roles script
+            command, verb = _rerun_roles_sql(hs), "Apply changed database roles and passwords"
+        elif service in RELOAD_ON_SIGHUP:
+            command, verb = compose_command(hs, "kill", "--signal", "HUP", service), f"Reload {service}"
+        else:
+            command, verb = compose_command(hs, "restart", service), f"Restart {service}"
+        server.shell(name=f"{verb} (its files changed)", commands=[command],
+                     _chdir=hs.stack.paths.base_dir, _if=any_changed(*gates))
+
+
+def _rerun_roles_sql(hs: HostSettings) -> str:
+    from roles.postgres import INITDB_ROLES_SQL  # the postgres role owns the script
+
+    return compose_command(hs, "exec", "-T", "db", "psql", "--quiet", "-U", "postgres",
+                           "-d", "postgres", "-f", INITDB_ROLES_SQL)
+
+
+# --- image delivery ----------------------------------------------------------------------------
+
+
+def deliver_images(hs: HostSettings, missing: list[str]) -> list:
+    """Put the images this host lacks on it, by the configured delivery mode.
+
+    pull: ``docker pull`` (registry login from the secret file, logged out right after);
+    bundle: upload the ``docker save`` file from ``app.bundle_dir`` and ``docker load`` it;
+    build: build the app images on the host from the tagged source.
+    Returns the operations, so the rollout knows something new arrived.
+    """
+    if not missing:
+        return []
+    mode = hs.stack.app.delivery
+    if mode == "pull":
+        return [pull_images(hs, missing)]
+    if mode == "bundle":
+        return [load_bundle(hs, image, bundle) for image, bundle in _bundles(hs, missing).items()]
+    apply.fail("app.delivery build is not available yet: use pull or bundle")
+
+
+def pull_images(hs: HostSettings, images: list[str]):
+    import shlex
+
+    from roles.docker_engine import registry_host
+
+    pulls = " && ".join(f"docker pull --quiet {shlex.quote(image)}" for image in images)
+    registry, user = registry_host(hs), hs.stack.app.registry_username
+    if not (registry and user):
+        return server.shell(name=f"Pull {len(images)} image(s)", commands=[pulls])
+    # The password goes through stdin from its 0600 file; credentials leave the host's
+    # docker config again as soon as the pulls are done, whatever their outcome.
+    login = (f"docker login --username {shlex.quote(user)} --password-stdin "
+             f"{shlex.quote(registry)} < {shlex.quote(registry_password_path(hs))}")
+    return server.shell(
+        name=f"Pull {len(images)} image(s) from {registry}",
+        commands=[f"{login} >/dev/null && ({pulls}); status=$?; "
+                  f"docker logout {shlex.quote(registry)} >/dev/null; exit $status"],
+    )
+
+
+def registry_password_path(hs: HostSettings) -> str:
+    return f"{hs.stack.paths.base_dir}/secrets/registry_password"
+
+
+def _bundles(hs: HostSettings, images: list[str]) -> dict[str, dict]:
+    """Manifest entries (file, sha256) for ``images`` from ``app.bundle_dir``."""
+    import json
+
+    manifest_path = Path(hs.source).parent / (hs.stack.app.bundle_dir or "") / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        apply.fail(f"app.bundle_dir: cannot read {manifest_path}: {exc} "
+                   "(write it with: rsdeploy images bundle --out DIR)")
+    entries = {entry["image"]: entry for entry in manifest["images"]}
+    absent = [image for image in images if image not in entries]
+    if absent:
+        apply.fail(f"app.bundle_dir: {manifest_path} has no bundle for {', '.join(absent)}")
+    return {image: dict(entries[image], dir=str(manifest_path.parent)) for image in images}
+
+
+def load_bundle(hs: HostSettings, image: str, bundle: dict):
+    import shlex
+
+    staged = f"{hs.stack.paths.data_dir}/{BUNDLE_STAGING}/{bundle['file']}"
+    files.put(name=f"Upload the bundle of {image}", src=f"{bundle['dir']}/{bundle['file']}",
+              dest=staged, mode="600", add_deploy_dir=False)
+    check = f"echo {shlex.quote(bundle['sha256'] + '  ' + staged)} | sha256sum --check --quiet"
+    return server.shell(
+        name=f"Load {image} (sha256 checked)",
+        commands=[f"{check} && docker load --quiet --input {shlex.quote(staged)} && "
+                  f"rm -f {shlex.quote(staged)}"],
+    )
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -13,7 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import model_validator
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.operations import server
 
+from rsdeploy import apply
 from rsdeploy.escape import nginx_representable
 from rsdeploy.types import Email, Image, Port, Resources, Section, Size
 
@@ -421,3 +427,68 @@ def _nginx_test(root: Path) -> tuple[bool, str]:
     output = (proc.stdout + proc.stderr).strip()
     ok = proc.returncode == 0 and "[warn]" not in output
     return ok, "" if ok else output
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+@deploy("Put the site's TLS certificate in place")
+def ensure_certificate(hs: HostSettings) -> list:
+    """Self-signed: made once on the host. Provided: copied where nginx reads it (docker).
+    Certbot: the first certificate over HTTP (standalone, before nginx holds port 80); renewals
+    run from the timer. Returns the operations that changed the certificate, to reload nginx.
+
+    Example: ``changed = nginx.ensure_certificate(hs)``
+    """
+    tls = hs.stack.tls
+    cert, key = host_certificate_paths(hs)
+    if tls.mode == "self-signed":
+        return [_self_signed(hs, cert, key)] if host.get_fact(File, path=cert) is None else []
+    if tls.mode == "provided" and (cert, key) != (tls.cert_path, tls.key_path):
+        copies = [_copy_provided(tls.cert_path, cert, "644"), _copy_provided(tls.key_path, key, "600")]
+        return [op for op in copies if op is not None]
+    if tls.mode == "certbot" and host.get_fact(File, path=cert) is None:
+        return [_first_certbot_certificate(hs)]
+    return []
+
+
+def _self_signed(hs: HostSettings, cert: str, key: str):
+    names = ",".join(f"DNS:{domain}" for domain in hs.stack.domains)
+    return server.shell(
+        name=f"Make a self-signed certificate for {', '.join(hs.stack.domains)}",
+        commands=[
+            f"mkdir -p {shlex.quote(str(Path(cert).parent))}",
+            "umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            f"-days 825 -subj {shlex.quote('/CN=' + hs.stack.domain)} "
+            f"-addext {shlex.quote('subjectAltName=' + names)} "
+            f"-keyout {shlex.quote(key)} -out {shlex.quote(cert)} 2>/dev/null",
+            f"chmod 644 {shlex.quote(cert)}",
+        ],
+    )
+
+
+def _copy_provided(src: str, dest: str, mode: str):
+    if host.get_fact(Sha256File, path=src) is None:
+        apply.fail(f"tls: provided certificate file {src} does not exist on the host")
+    if host.get_fact(Sha256File, path=src) == host.get_fact(Sha256File, path=dest):
+        host.noop(f"{dest} is up to date")
+        return None
+    return server.shell(
+        name=f"Copy the provided {Path(src).name} to {dest}",
+        commands=[f"mkdir -p {shlex.quote(str(Path(dest).parent))} && umask 077 && "
+                  f"install -m {mode} {shlex.quote(src)} {shlex.quote(dest)}"],
+    )
+
+
+def _first_certbot_certificate(hs: HostSettings):
+    from roles.compose import compose_command
+
+    args = certbot_certonly_args(hs)
+    standalone = ["certonly", "--standalone"] + args[args.index("--cert-name"):]
+    port = f"{hs.stack.nginx.http_port}:80"
+    return server.shell(
+        name=f"Obtain the first Let's Encrypt certificate for {hs.stack.domain}",
+        commands=[compose_command(hs, "run", "--rm", "--no-deps", "--publish", port,
+                                  "certbot", *standalone)],
+        _chdir=hs.stack.paths.base_dir,
+    )

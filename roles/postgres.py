@@ -27,6 +27,8 @@ APP_PASSWORD_SECRET = "db_password"
 #: (roles.exporters, ``db_monitor_password``, another uid).
 MONITOR_PASSWORD_SECRET = "postgres_monitor_password"
 CONTAINER_SECRETS_DIR = "/run/secrets"
+#: The roles script inside the db container; the deploy re-runs it when it or a password changes.
+INITDB_ROLES_SQL = "/docker-entrypoint-initdb.d/10-roles.sql"
 
 
 class Settings(Section):
@@ -117,7 +119,7 @@ def _docker_files(hs: HostSettings) -> list[RenderedFile]:
     # Init scripts run once, on an empty data volume; the deploy re-runs the same file with
     # `docker compose exec db psql -U postgres -f /docker-entrypoint-initdb.d/10-roles.sql`.
     init = RenderedFile(f"{hs.stack.paths.base_dir}/config/postgres/initdb/10-roles.sql",
-                        roles_sql(hs), ROLE, restarts=())
+                        roles_sql(hs), ROLE, restarts=("db",))
     return [init, *_secret_files(hs, IMAGE_UID, ("db",))]
 
 

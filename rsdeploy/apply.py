@@ -19,7 +19,7 @@ from pyinfra.api import OperationError, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import files
+from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rsdeploy.errors import SettingsError
@@ -134,16 +134,40 @@ def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, obje
     return metas
 
 
-def changed_by_service(rendered: Iterable[RenderedFile], metas: dict) -> dict[str, object]:
-    """For each service, a callable true at run time if any file it reads was changed.
+def readers(rendered: Iterable[RenderedFile], metas: dict) -> dict[str, list]:
+    """For each service, the upload operations of the files it reads.
 
-    Example: ``for svc, changed in apply.changed_by_service(files, metas).items(): ...``
+    Gate a restart on them with ``_if=any_changed(*found)``.
+    Example: ``for service, found in apply.readers(files, metas).items(): ...``
     """
-    readers: dict[str, list] = {}
+    found: dict[str, list] = {}
     for f in rendered:
         for service in f.restarts:
-            readers.setdefault(service, []).append(metas[f.path])
-    return {service: any_changed(*found) for service, found in sorted(readers.items())}
+            found.setdefault(service, []).append(metas[f.path])
+    return dict(sorted(found.items()))
+
+
+def enable_timers(changed: dict[str, list]) -> None:
+    """Enable and start every timer among ``changed``'s services; restart those whose unit
+    files changed (after a daemon-reload). Example: ``apply.enable_timers(apply.readers(...))``
+    """
+    for timer, gates in changed.items():
+        if not timer.endswith(".timer"):
+            continue
+        systemd.daemon_reload(name=f"Reload systemd ({timer} changed)", _if=any_changed(*gates))
+        systemd.service(name=f"Enable and start {timer}", service=timer, running=True, enabled=True)
+        systemd.service(name=f"Restart {timer} (its units changed)", service=timer, restarted=True,
+                        _if=any_changed(*gates))
+
+
+def record_version(hs: HostSettings) -> object:
+    """Write the deployed version to ``<data_dir>/version`` (rs-status and verify read it)."""
+    return files.put(name=f"Record the deployed version {hs.stack.version}",
+                     src=StringIO(hs.stack.version + "\n"), dest=version_file(hs), mode="644")
+
+
+def version_file(hs: HostSettings) -> str:
+    return f"{hs.stack.paths.data_dir}/version"
 
 
 def fail(message: str) -> None:

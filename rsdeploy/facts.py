@@ -87,3 +87,20 @@ def _quote(value: str) -> str:
     import shlex
 
     return shlex.quote(value)
+
+
+class DockerComposeVersion(FactBase):
+    """
+    The version of ``docker compose`` (v2 plugin), or ``None`` when there is none.
+
+    .. code:: python
+
+        host.get_fact(DockerComposeVersion)  # "2.40.3"
+    """
+
+    def command(self) -> str:
+        return "docker compose version --short 2>/dev/null || true"
+
+    def process(self, output):
+        text = "".join(output).strip().lstrip("v")
+        return text or None

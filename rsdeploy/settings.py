@@ -83,6 +83,7 @@ class AppSettings(Section):
     registry: str | None = None  # pull: image prefix, e.g. registry.example.org:5000/residency
     registry_username: str | None = None  # pull: registry login (password: secret registry_password)
     source_repo: str | None = None  # git URL of the app (build delivery, systemd layout)
+    bundle_dir: str | None = None  # bundle: `rsdeploy images bundle` output, relative to the inventory
 
 
 class StackSettings(Section):
@@ -401,6 +402,9 @@ def _check_cross_settings(hs: HostSettings) -> None:
     s, fail = hs.stack, lambda key, msg: SettingsError(hs.source, hs.name, key, msg)
     if s.layout == "docker" and s.app.delivery == "pull" and not s.app.registry:
         raise fail("app.registry", "app.delivery pull needs app.registry (image prefix)")
+    if s.layout == "docker" and s.app.delivery == "bundle" and not s.app.bundle_dir:
+        raise fail("app.bundle_dir", "app.delivery bundle needs app.bundle_dir (the output of "
+                   "rsdeploy images bundle --out DIR)")
     if (s.layout == "systemd" or s.app.delivery == "build") and not s.app.source_repo:
         raise fail("app.source_repo", f"needed to build from source ({s.layout} layout, "
                    f"delivery {s.app.delivery})")

@@ -19,7 +19,7 @@ GOOD_STACK = {
     "version": "v1.0.0",
     "domain": "scheduler.example.org",
     "tls": {"mode": "self-signed"},
-    "app": {"delivery": "bundle"},
+    "app": {"delivery": "bundle", "bundle_dir": "bundles"},
 }
 
 
@@ -244,3 +244,9 @@ def test_multi_host_stack_needs_ip_addresses(tmp_path, capsys):
                     "'address': '10.0.0.1'}), ('b', {'roles': ['monitoring']})], stack)\n")
     code, err = run_check(capsys, path)
     assert code == 2 and "host b: address: 'b' is not an IP address" in err
+
+
+def test_bundle_delivery_needs_bundle_dir(tmp_path, capsys):
+    stack = with_key(GOOD_STACK, "app", {"delivery": "bundle"})
+    code, err = run_check(capsys, write_inventory(tmp_path, stack))
+    assert code == 2 and "app.bundle_dir: app.delivery bundle needs app.bundle_dir" in err
