@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 STATUS_PATH = "/usr/local/bin/rs-status"
 LOGROTATE_PATH = "/etc/logrotate.d/residency-scheduler"
 
-#: Compose services that run once and exit: not expected to be "running".
-ONE_SHOT_SERVICES = {"migrate", "certbot"}
 #: Debian unit names of the distribution services, by role / monitoring component.
 ROLE_UNITS = {"db": "postgresql.service", "redis": "redis-server.service", "web": "nginx.service"}
 MONITORING_UNITS = {"prometheus": "prometheus.service",
@@ -57,9 +55,7 @@ def version_file(hs: HostSettings) -> str:
 
 def expected_services(hs: HostSettings) -> list[str]:
     """Docker layout: the Compose services of this host that must be running."""
-    services = [*compose.app_services(hs), *compose.monitoring_services(hs),
-                *compose.web_services(hs)]
-    return [name for name in services if name not in ONE_SHOT_SERVICES]
+    return compose.long_running(hs)
 
 
 def expected_units(hs: HostSettings) -> list[str]:

@@ -162,12 +162,10 @@ def enable_timers(changed: dict[str, list]) -> None:
 
 def record_version(hs: HostSettings) -> object:
     """Write the deployed version to ``<data_dir>/version`` (rs-status and verify read it)."""
+    from roles.status import version_file  # rs-status shows it
+
     return files.put(name=f"Record the deployed version {hs.stack.version}",
                      src=StringIO(hs.stack.version + "\n"), dest=version_file(hs), mode="644")
-
-
-def version_file(hs: HostSettings) -> str:
-    return f"{hs.stack.paths.data_dir}/version"
 
 
 def fail(message: str) -> None:
