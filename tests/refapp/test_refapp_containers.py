@@ -228,6 +228,8 @@ def test_frontend_shows_versions_and_proxies_api_to_backend_url(containers, v1):
     assert status == 200
     assert re.search(r'id="frontend-version">v1\.0\.0<', page)
     assert re.search(r'id="backend-version">v1\.0\.0<', page), "no backend version via BACKEND_URL"
+    script = re.search(r'src="(/_next/static/[^"]+\.js)"', page)
+    assert script and http(url + script.group(1))[0] == 200, "static assets are not served"
     status, version = json_of(url + "/api/v1/version")
     assert (status, version["service"]) == (200, "residency-scheduler-backend")
     status, note = json_of(url + "/api/v1/notes", {"body": "via the frontend proxy"})
