@@ -4,6 +4,7 @@
     rsdeploy check     -i INVENTORY [--host NAME]
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry]
+    rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
 """
 
 from __future__ import annotations
@@ -103,6 +104,39 @@ def cmd_deploy(args) -> int:
     return run_pyinfra(args, "deploy.py", {"version": args.version} if args.version else {})
 
 
+def ssh_config(hosts: dict) -> str:
+    """An OpenSSH client config reaching each inventory host as pyinfra does (for testinfra)."""
+    lines = []
+    for name, hs in hosts.items():
+        c = hs.connection
+        lines += [f"Host {name}", f"  HostName {c.get('ssh_hostname', name)}"]
+        for key, option in (("ssh_port", "Port"), ("ssh_user", "User"), ("ssh_key", "IdentityFile"),
+                            ("ssh_known_hosts_file", "UserKnownHostsFile")):
+            if c.get(key):
+                lines.append(f"  {option} {c[key]}")
+        strict = c.get("ssh_strict_host_key_checking", "yes")
+        lines += [f"  StrictHostKeyChecking {strict}", "  BatchMode yes", ""]
+    return "\n".join(lines)
+
+
+def cmd_verify(args) -> int:
+    """Check deployed hosts with the testinfra suite (tests/verify), from the same settings."""
+    hosts = _selected(args, {"version": args.version} if args.version else None)
+    sudo = any(hs.connection.get("ssh_user", "root") != "root" for hs in hosts.values())
+    with tempfile.NamedTemporaryFile("w", prefix="rsdeploy-ssh-", suffix=".conf") as config:
+        config.write(ssh_config(hosts))
+        config.flush()
+        command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "verify"),
+                   "-p", "no:cacheprovider", "-q", f"--rs-inventory={Path(args.inventory).resolve()}",
+                   "--hosts=" + ",".join(f"ssh://{name}" for name in hosts),
+                   f"--ssh-config={config.name}", *(["--sudo"] if sudo else []),
+                   *([f"--rs-version={args.version}"] if args.version else [])]
+        env = dict(os.environ)
+        if args.secrets:
+            env["RS_SECRETS_FILE"] = str(Path(args.secrets).resolve())
+        return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", help="release tag to deploy (default: the inventory's)")
     deploy.add_argument("--dry", action="store_true", help="show what would change, change nothing")
     deploy.set_defaults(func=cmd_deploy)
+
+    verify = sub.add_parser("verify", help="check deployed hosts (testinfra suite tests/verify)")
+    _inventory_args(verify)
+    verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")
+    verify.set_defaults(func=cmd_verify)
 
     # Further command groups register themselves here, one line each:
     sandbox.add_commands(sub)

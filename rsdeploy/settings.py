@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,6 +165,7 @@ class HostSettings:
     topology: Topology
     stack_settings: dict[str, StackSettings]  # every host's settings, by name (cross-host facts)
     source: str  # the inventory file, for messages
+    connection: dict[str, Any] = field(default_factory=dict)  # pyinfra ssh_* data (verify uses it)
 
     @property
     def address(self) -> str:
@@ -240,8 +241,10 @@ def settings_for_inventory(inventory, source: str, secrets: Secrets,
     stacks = {host.name: _validate_host(host, inventory, source) for host in inventory}
     topology = _topology(stacks, source)
     _check_stack_wide(stacks, source)
+    connections = {host.name: {k: v for k, v in host.data.dict().items() if k.startswith("ssh_")}
+                   for host in inventory}
     hosts = {
-        name: HostSettings(name, stack, secrets, topology, stacks, source)
+        name: HostSettings(name, stack, secrets, topology, stacks, source, connections[name])
         for name, stack in stacks.items()
     }
     _check_secrets(next(iter(hosts.values())), sources)
