@@ -239,3 +239,16 @@ def test_frontend_shows_versions_and_proxies_api_to_backend_url(containers, v1):
 def test_secret_key_is_not_echoed_anywhere(v1):
     for path in ("/", "/api/v1/version", "/health/resilience", "/metrics"):
         assert SECRET_KEY not in http(v1.url + path)[1], path
+
+
+def test_celery_beat_starts_with_a_read_only_app_dir(postgres, redis, containers):
+    """Beat keeps its schedule state outside /app, which uid 1001 cannot write."""
+    env = app_env(postgres.create_database(fresh_name()))
+    beat = containers(refapp.image_name("v1.0.0", "backend"), environment=env,
+                      command=["celery", "-A", "app.core.celery_app", "beat"])
+    deadline = time.monotonic() + 30
+    while b"beat: Starting" not in (logs := beat.logs()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # a failing scheduler store exits right after "Starting"
+    beat.reload()
+    assert beat.status == "running" and b"beat: Starting" in logs, beat.logs().decode()[-3000:]
