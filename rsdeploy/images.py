@@ -185,29 +185,31 @@ def _current_hash(client, ref: str) -> str | None:
         return None
 
 
-def build_image(client, spec: ImageSpec, base_id: str) -> float:
-    """Build one image unless an identical one exists; returns the seconds it took."""
+def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -> float:
+    """Build one image unless an identical one exists (``no_cache``: rebuild every layer);
+    returns the seconds it took.
+    """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
         context = build_context(spec, Path(tmp) / "context")
         digest = content_hash(context, base_id)
-        if _current_hash(client, spec.ref) == digest:
+        if not no_cache and _current_hash(client, spec.ref) == digest:
             log(f"{spec.ref}: up to date")
             return time.monotonic() - started
         log(f"{spec.ref}: building (stands in for {spec.upstream}) ...")
         labels = {HASH_LABEL: digest, OWNER_LABEL: "image", "rsdeploy.stands-in-for": spec.upstream,
                   "org.opencontainers.image.version": spec.tag}
-        _run_build(client, context, spec.ref, labels)
+        _run_build(client, context, spec.ref, labels, no_cache)
     elapsed = time.monotonic() - started
     log(f"{spec.ref}: built in {elapsed:.0f} s")
     return elapsed
 
 
-def _run_build(client, context: Path, ref: str, labels: dict[str, str]) -> None:
+def _run_build(client, context: Path, ref: str, labels: dict[str, str], no_cache: bool) -> None:
     """Stream a classic docker build, echoing its steps; on failure show the tail of its output."""
     output: list[str] = []
     for chunk in client.api.build(path=str(context), tag=ref, labels=labels, rm=True,
-                                  forcerm=True, decode=True):
+                                  forcerm=True, nocache=no_cache, decode=True):
         if "error" in chunk:
             tail = "".join(output[-25:])
             raise UserError(f"{ref}: build failed: {chunk['error'].strip()}\n{tail}")
@@ -243,7 +245,7 @@ def _app_versions() -> list[str]:
 
 
 def build(names: list[str] | None = None, versions: list[str] | None = None,
-          client=None) -> dict[str, float]:
+          client=None, no_cache: bool = False) -> dict[str, float]:
     """Build the selected images (base first); returns seconds per image reference.
 
     Example: ``build(["redis"])`` -> ``{"rsdeploy/redis:7": 0.4}``
@@ -251,7 +253,7 @@ def build(names: list[str] | None = None, versions: list[str] | None = None,
     client = client or docker_client()
     specs = select(names, versions)
     base_id = ensure_base(client)
-    return {spec.ref: build_image(client, spec, base_id) for spec in specs}
+    return {spec.ref: build_image(client, spec, base_id, no_cache) for spec in specs}
 
 
 def ensure_host_image(client) -> str:
@@ -383,7 +385,7 @@ def _names_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_build(args) -> int:
-    times = build(args.names, args.versions)
+    times = build(args.names, args.versions, no_cache=args.no_cache)
     for ref, seconds in times.items():
         print(f"{seconds:7.1f} s  {ref}")
     print(f"{sum(times.values()):7.1f} s  total")
@@ -409,6 +411,8 @@ def add_commands(sub) -> None:
     actions = images.add_subparsers(dest="images_command", required=True)
     build_cmd = actions.add_parser("build", help="build images (cached; unchanged ones are skipped)")
     _names_args(build_cmd)
+    build_cmd.add_argument("--no-cache", action="store_true",
+                           help="rebuild every layer (cold build), even if nothing changed")
     build_cmd.set_defaults(func=cmd_build)
     bundle_cmd = actions.add_parser("bundle", help="docker save images + a sha256 manifest")
     _names_args(bundle_cmd)

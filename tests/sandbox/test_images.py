@@ -197,3 +197,19 @@ def test_postgres_exporter_reads_data_source_env_password_without_quotes(postgre
     status, metrics = probe.wait_http(url)
     assert status == 200
     assert "\npg_up 1" in metrics, exporter.logs().decode()[-1000:]
+
+
+def test_bundle_files_match_their_manifest_and_load(infra_images, docker_client, tmp_path):
+    import hashlib
+    import json
+
+    from rsdeploy import images
+
+    manifest = images.bundle(tmp_path, ["redis-exporter"], compressed=True, client=docker_client)
+    (entry,) = json.loads(manifest.read_text())["images"]
+    bundle_file = tmp_path / entry["file"]
+    assert entry["image"] == "rsdeploy/redis-exporter:1.45"
+    assert hashlib.sha256(bundle_file.read_bytes()).hexdigest() == entry["sha256"]
+    loaded = docker_client.images.load(bundle_file.read_bytes())  # docker load reads gzip too
+    assert [image.id for image in loaded] == [entry["id"]]
+    assert "rsdeploy/redis-exporter:1.45" in loaded[0].tags
