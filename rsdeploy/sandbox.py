@@ -15,7 +15,6 @@ sandbox makes is labelled ``rsdeploy.sandbox=<prefix>`` and recorded in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import ipaddress
