@@ -130,8 +130,10 @@ def enable_time_sync(hs: HostSettings) -> None:
         name=f"Set the time zone to {hs.stack.base.timezone}",
         path="/etc/localtime", target=f"/usr/share/zoneinfo/{hs.stack.base.timezone}",
     )
+    # Enabled only: its package starts it, and systemd skips it inside containers (the sandbox),
+    # where a "start" would be retried on every run.
     systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd.service",
-                    enabled=True)
+                    running=None, enabled=True)
 
 
 @deploy("Create the deploy user")

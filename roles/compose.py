@@ -235,10 +235,10 @@ MONITORING_VOLUMES = {
 def monitoring_secrets(hs: HostSettings) -> list[str]:
     """The secret files compose.monitoring.yml's services on this host read, sorted (each
     rendered by the role of its reader)."""
-    from roles import exporters, grafana
+    from roles import alertmanager, exporters, grafana
 
     services = monitoring_services(hs)
-    names = alertmanager_secrets(hs) if "alertmanager" in services else []
+    names = alertmanager.secret_names(hs) if "alertmanager" in services else []
     readers = {"grafana": grafana.SECRET_NAME,
                "postgres-exporter": exporters.POSTGRES_PASSWORD_SECRET,
                "redis-exporter": exporters.REDIS_PASSWORD_SECRET}
@@ -294,22 +294,12 @@ def _context(hs: HostSettings) -> dict:
         "prometheus_flags": prometheus.command_flags(hs),
         "alertmanager_flags": alertmanager.command_flags(hs),
         "grafana_environment": grafana.environment(hs),
+        "grafana_container_port": prometheus.GRAFANA_CONTAINER_PORT,
         "loki_healthcheck": loki_healthcheck(hs.stack.loki.image, hs.stack.loki.port),
-        "alertmanager_secrets": alertmanager_secrets(hs),
+        "alertmanager_secrets": alertmanager.secret_names(hs),
         "app_uid": backend.APP_UID,
         "acme_webroot": nginx.ACME_WEBROOT,
     }
-
-
-def alertmanager_secrets(hs: HostSettings) -> list[str]:
-    """The receiver secrets Alertmanager reads (files rendered by the alertmanager role)."""
-    am = hs.stack.alertmanager
-    wanted = {
-        "smtp_password": bool(am.email and am.email.smtp_username),
-        "slack_webhook_url": am.slack is not None,
-        "pagerduty_routing_key": am.pagerduty is not None,
-    }
-    return [name for name, needed in wanted.items() if needed]
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -446,7 +436,7 @@ def project_images(rendered: list[RenderedFile]) -> list[str]:
 
     found = set()
     for f in rendered:
-        if f.role == "compose":
+        if f.role == "compose" and Path(f.path).name in COMPOSE_FILES:
             services = (yaml.safe_load(f.content) or {}).get("services") or {}
             found.update(svc["image"] for svc in services.values() if "image" in svc)
     return sorted(found)

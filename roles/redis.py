@@ -90,10 +90,11 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     readers = ("redis",) if docker else ("redis-server.service",)
     files = [RenderedFile(config_path(hs), content, ROLE, mode="600", owner=owner, group=owner,
                           secret=True, restarts=readers)]
-    if docker:  # the health check's redis-cli reads it (REDISCLI_AUTH)
+    if docker:  # only the health check's redis-cli reads it (REDISCLI_AUTH), as root without
+        # capabilities: so root owns it (mode 600 keeps out everyone else).
         files.append(RenderedFile(f"{hs.stack.paths.base_dir}/secrets/{PASSWORD_SECRET}",
-                                  hs.secrets.redis_password, ROLE, mode="600", owner=owner,
-                                  group=owner, secret=True, restarts=readers))
+                                  hs.secrets.redis_password, ROLE, mode="600", secret=True,
+                                  restarts=readers))
     return files
 
 

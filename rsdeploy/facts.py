@@ -43,6 +43,10 @@ class ComposeContainers(FactBase):
     def requires_command(self, project: str) -> str:
         return "docker"
 
+    @staticmethod
+    def default():
+        return {}
+
     def command(self, project: str) -> str:
         return ("docker ps -a --no-trunc --filter label=com.docker.compose.project="
                 f"{_quote(project)} --format '{{{{json .}}}}'")
