@@ -77,11 +77,11 @@ def test_internal_ports_are_not_reachable_from_outside(hs, docker_stack):
     assert not reachable, f"{hs.name}: expected closed from outside, found open: {reachable}"
 
 
-def https(host, hs, path: str, *flags: str):
+def https(host, hs, path: str):
     """curl through nginx on the web host, by the site's name, certificate not checked."""
     s = hs.stack
-    return host.run("curl -sk --max-time 10 -w '\\n%%{http_code}' --resolve %s:%s:127.0.0.1 %s "
-                    "https://%s:%s%s", s.domain, str(s.nginx.https_port), " ".join(flags),
+    return host.run("curl -sk --max-time 10 -w '\\n%%{http_code}' --resolve %s:%s:127.0.0.1 "
+                    "https://%s:%s%s", s.domain, str(s.nginx.https_port),
                     s.domain, str(s.nginx.https_port), path)
 
 
