@@ -35,7 +35,9 @@ stack = {
     "tls": {"mode": "self-signed"},
     "app": (
         {"delivery": "pull", "registry": f"{registry}/residency", "registry_username": REGISTRY_USER}
-        if delivery == "pull" else {"delivery": "bundle"}
+        if delivery == "pull" else
+        # Written by: rsdeploy images bundle --out .sandbox/<prefix>/bundles
+        {"delivery": "bundle", "bundle_dir": str(sandbox.paths.root / "bundles")}
     ),
     # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
     "docker": {"source": "distro"},
