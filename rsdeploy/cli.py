@@ -5,6 +5,7 @@
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
+    rsdeploy demo      [--name PREFIX] [--version TAG]
 """
 
 from __future__ import annotations
@@ -137,6 +138,34 @@ def cmd_verify(args) -> int:
         return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
 
 
+def cmd_demo(args) -> int:
+    """The main job on one machine: a fresh sandbox host, the offline images in its private
+    registry, then bootstrap, deploy and verify exactly as against production; prints the URL.
+    """
+    from rsdeploy import images, sandbox
+
+    box = sandbox.up(args.name, 1)
+    images.build(images.SANDBOX_STACK, [args.version])
+    images.push(box.prefix, images.SANDBOX_STACK, [args.version])
+    os.environ[sandbox.PREFIX_ENV] = box.prefix  # read by inventories/sandbox.py
+    stack_args = argparse.Namespace(inventory=str(REPO_ROOT / "inventories" / "sandbox.py"),
+                                    secrets=str(box.paths.secrets), host=None, dry=False,
+                                    version=args.version)
+    for step in (cmd_bootstrap, cmd_deploy, cmd_verify):
+        print(f"==> rsdeploy {step.__name__.removeprefix('cmd_')} -i inventories/sandbox.py", flush=True)
+        if step(stack_args) != 0:
+            return 1
+    host, domain = box.hosts[0], f"{box.prefix}.test"
+    url = f"https://{domain}:{host.port(443)}/"
+    health = subprocess.run(["curl", "-sk", "--resolve", f"{domain}:{host.port(443)}:127.0.0.1",
+                             url + "health"], capture_output=True, text=True).stdout
+    print(f"\nThe Residency Scheduler (reference app {args.version}) is up:\n  {url}\n"
+          f"  (self-signed; resolve {domain} to 127.0.0.1, e.g. curl -k --resolve "
+          f"{domain}:{host.port(443)}:127.0.0.1 {url}health)\n  /health -> {health}\n"
+          f"Remove it with: rsdeploy sandbox down --name {box.prefix}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory_args(verify)
     verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")
     verify.set_defaults(func=cmd_verify)
+
+    demo = sub.add_parser("demo", help="deploy the reference app into a local sandbox host")
+    demo.add_argument("--name", default="rs-demo", help="sandbox name prefix (default rs-demo)")
+    demo.add_argument("--version", default="v1.0.0", help="reference app release (default v1.0.0)")
+    demo.set_defaults(func=cmd_demo)
 
     # Further command groups register themselves here, one line each:
     sandbox.add_commands(sub)

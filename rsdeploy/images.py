@@ -78,6 +78,10 @@ INFRA = {s.name: s for s in [
               "oliver006/redis_exporter"),
     ImageSpec("registry", "rsdeploy/registry:2.8", "registry", "registry:2"),
 ]}
+#: What the docker layout runs in the sandbox (Grafana, Loki, Alloy and cAdvisor have no offline
+#: source): the demo and the end-to-end tests build, push or bundle these.
+SANDBOX_STACK = ["postgres", "redis", "nginx", "prometheus", "alertmanager", "node-exporter",
+                 "postgres-exporter", "redis-exporter", "backend", "frontend"]
 #: App parts built per release tag: short name -> image repository (the roles' default names).
 APP_PARTS = {
     "backend": "residency-scheduler-backend",
