@@ -168,6 +168,19 @@ def record_version(hs: HostSettings) -> object:
                      src=StringIO(hs.stack.version + "\n"), dest=version_file(hs), mode="644")
 
 
+def changed_operations(pyinfra_output: str) -> int:
+    """How many operations changed something, from pyinfra's summary (its "Success" column).
+
+    Example: ``changed_operations(run.stdout)`` -> ``0`` for a no-op re-run
+    """
+    import re
+
+    found = re.search(r"Grand total\s+\d+\s+(\d+|-)\s+(?:\d+|-)\s+(?:\d+|-)", pyinfra_output)
+    if not found:
+        raise ValueError("no pyinfra summary in the output")
+    return 0 if found.group(1) == "-" else int(found.group(1))
+
+
 def fail(message: str) -> None:
     """Stop this host's deploy with a clear message (used for facts that rule out a deploy)."""
     raise OperationError(message)

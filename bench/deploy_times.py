@@ -1,0 +1,58 @@
+"""Time the docker layout's rollout on a fresh sandbox host and print the figures.
+
+    .venv/bin/python bench/deploy_times.py [--keep]
+
+Bootstrap, first deploy (images pulled from the sandbox registry), and a no-op re-run with its
+changed-operation count (0 is the target). Images are built and pushed first (not timed here:
+bench/sandbox_times.py times those). The host is removed afterwards unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from rsdeploy import REPO_ROOT, images, sandbox
+from rsdeploy.apply import changed_operations
+
+PREFIX = "rs-bench"
+VERSION = "v1.0.0"
+
+
+def timed(box, *args: str) -> tuple[float, str]:
+    env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix})
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "rsdeploy.cli", *args,
+                           "-i", str(REPO_ROOT / "inventories" / "sandbox.py"),
+                           "--secrets", str(box.paths.secrets)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if proc.returncode:
+        sys.exit(f"rsdeploy {args[0]} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return elapsed, proc.stdout + proc.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
+    keep = parser.parse_args().keep
+    images.build(images.SANDBOX_STACK, [VERSION])
+    box = sandbox.up(PREFIX, 1)
+    try:
+        images.push(box.prefix, images.SANDBOX_STACK, [VERSION])
+        figures = [("bootstrap (bare host)", *timed(box, "bootstrap"))]
+        figures.append(("first deploy", *timed(box, "deploy", "--version", VERSION)))
+        figures.append(("no-op re-run", *timed(box, "deploy", "--version", VERSION)))
+        print(f"\n{'step':<24}{'seconds':>9}{'changed ops':>13}")
+        for name, seconds, output in figures:
+            print(f"{name:<24}{seconds:>9.1f}{changed_operations(output):>13}")
+    finally:
+        if not keep:
+            sandbox.down(box.prefix)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""End-to-end fixtures: a fresh sandbox host per scenario, driven only through the rsdeploy CLI
+as an operator would (bootstrap, deploy, verify), and looked at from this machine like a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rsdeploy import REPO_ROOT, images
+from rsdeploy.apply import changed_operations
+from rsdeploy import sandbox as sandbox_module
+
+
+FIRST_VERSION = "v1.0.0"
+SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
+
+
+@dataclass
+class Run:
+    """One rsdeploy command: exit code, output, and pyinfra's changed-operation count."""
+
+    code: int
+    output: str
+
+    @property
+    def changed(self) -> int:
+        """Operations that changed something."""
+        return changed_operations(self.output)
+
+    def check(self) -> Run:
+        assert self.code == 0, f"rsdeploy failed ({self.code}):\n{self.output[-6000:]}"
+        return self
+
+
+class Site:
+    """One sandbox stack: the operator's commands and a user's view of the site."""
+
+    def __init__(self, sandbox, delivery: str):
+        self.sandbox, self.delivery = sandbox, delivery
+        self.host = sandbox.hosts[0]
+        self.domain = f"{sandbox.prefix}.test"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, RS_SANDBOX_PREFIX=self.sandbox.prefix,
+                    RS_SANDBOX_DELIVERY=self.delivery)
+
+    def rsdeploy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
+        """``rsdeploy ARGS -i INVENTORY --secrets <sandbox secrets>``, output captured."""
+        command = [sys.executable, "-m", "rsdeploy.cli", *args, "-i", str(inventory),
+                   "--secrets", str(self.sandbox.paths.secrets)]
+        proc = subprocess.run(command, cwd=REPO_ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=1800)
+        return Run(proc.returncode, proc.stdout + proc.stderr)
+
+    def on_host(self, command: str, timeout: float = 120) -> str:
+        """A shell command on the sandbox host (as root, through SSH); its output."""
+        return self.sandbox.ssh(self.host.name, command, timeout=timeout).stdout
+
+    def reboot(self, seconds: float = 120) -> None:
+        """Restart the host's container (systemd boots again) and wait until SSH answers."""
+        sandbox_module.ensure_engine().containers.get(self.host.name).restart(timeout=30)
+        deadline = time.monotonic() + seconds
+        while self.sandbox.ssh(self.host.name, "systemctl is-system-running --wait", timeout=60,
+                               check=False).returncode not in (0, 1):
+            assert time.monotonic() < deadline, f"{self.host.name} did not come back"
+            time.sleep(2)
+
+    def curl(self, path: str, *extra: str) -> tuple[int, str]:
+        """HTTPS through the host's published 443 port, by the site's name (like a browser)."""
+        port = self.host.port(443)
+        proc = subprocess.run(
+            ["curl", "-sk", "--max-time", "10", "-w", "\n%{http_code}", "--resolve",
+             f"{self.domain}:{port}:127.0.0.1", *extra, f"https://{self.domain}:{port}{path}"],
+            capture_output=True, text=True)
+        body, _, code = proc.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def wait_healthy(self, seconds: float = 180) -> dict:
+        """Wait until /health through nginx says healthy; its JSON."""
+        deadline = time.monotonic() + seconds
+        while True:
+            code, body = self.curl("/health")
+            if code == 200:
+                return json.loads(body)
+            assert time.monotonic() < deadline, f"/health: {code} {body}"
+            time.sleep(3)
+
+    def containers(self) -> dict[str, dict]:
+        """The project's containers by service: id, state, start time."""
+        out = self.on_host("docker ps -a --filter label=com.docker.compose.project="
+                           "residency-scheduler --format '{{.Names}}' | xargs -r docker inspect")
+        return {c["Config"]["Labels"]["com.docker.compose.service"]:
+                {"id": c["Id"], "running": c["State"]["Running"],
+                 "started": c["State"]["StartedAt"], "env": c["Config"]["Env"]}
+                for c in json.loads(out or "[]")}
+
+
+def ready_site(prefix: str, delivery: str):
+    """A fresh one-host sandbox with the stack's images where ``delivery`` needs them."""
+    images.build(images.SANDBOX_STACK, [FIRST_VERSION])
+    with sandbox_module.session(prefix, 1) as sandbox:
+        site = Site(sandbox, delivery)
+        if delivery == "pull":
+            images.push(sandbox.prefix, images.SANDBOX_STACK, [FIRST_VERSION])
+        else:
+            images.bundle(sandbox.paths.root / "bundles", images.SANDBOX_STACK, [FIRST_VERSION])
+        yield site

@@ -1,0 +1,27 @@
+"""The docker layout on a fresh sandbox host for an air-gapped site: no registry, every image
+uploaded as a ``docker save`` bundle (sha256-checked) and loaded on the host."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import FIRST_VERSION, ready_site
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(scope="module")
+def site():
+    yield from ready_site("rs-e2e-bundle", "bundle")
+
+
+def test_bundle_delivery_deploys_verifies_and_reruns_clean(site):
+    site.rsdeploy("bootstrap").check()
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
+    images = site.on_host("docker images --format '{{.Repository}}:{{.Tag}}'").split()
+    assert "residency-scheduler-backend:v1.0.0" in images, images
+    assert not any("registry" in image for image in images), images
+    assert site.on_host("ls /var/lib/residency-scheduler/images 2>/dev/null | wc -l").strip() == "0"
+    site.rsdeploy("verify").check()
+    assert site.rsdeploy("deploy").check().changed == 0

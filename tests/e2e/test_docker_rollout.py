@@ -1,0 +1,126 @@
+"""The docker layout end to end on a fresh sandbox host, images pulled from the sandbox's private
+registry (TLS + login): bootstrap, first deploy, verify, a no-op re-run, a setting change that
+restarts only its readers, a host reboot, a crashed backend; the data written first survives all.
+
+The steps run in file order on one host, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+
+pytestmark = pytest.mark.sandbox
+
+#: Services that read app.env (LOG_LEVEL): a change restarts these and nothing else.
+APP_ENV_READERS = {"backend", "celery-worker", "celery-beat"}
+NOTE = {"body": "night shift swap, kept across every step: $HOME 'quotes' #1"}
+
+
+@pytest.fixture(scope="module")
+def site():
+    yield from ready_site("rs-e2e", "pull")
+
+
+def notes(site) -> list[dict]:
+    code, body = site.curl("/api/v1/notes")
+    assert code == 200, f"GET /api/v1/notes: {code} {body}"
+    return json.loads(body)
+
+
+def assert_note_survived(site) -> None:
+    assert any(n["body"] == NOTE["body"] for n in notes(site)), \
+        "the note written after the first deploy is gone"
+
+
+def test_bootstrap_and_first_deploy_serve_the_site(site):
+    site.rsdeploy("bootstrap").check()
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
+    code, body = site.curl("/api/v1/notes", "-X", "POST", "-H", "Content-Type: application/json",
+                           "--data", json.dumps(NOTE))
+    assert code in (200, 201), f"POST /api/v1/notes: {code} {body}"
+    assert_note_survived(site)
+
+
+def test_verify_suite_passes_after_the_rollout(site):
+    site.rsdeploy("verify").check()
+
+
+def test_second_run_changes_and_restarts_nothing(site):
+    before = site.containers()
+    run = site.rsdeploy("deploy").check()
+    assert run.changed == 0, run.output[-4000:]
+    assert site.containers() == before
+
+
+def changed_inventory(tmp_path, section: str, values: dict):
+    """The sandbox inventory with one settings section changed, as an operator would edit it."""
+    inventory = tmp_path / f"changed_{section}.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"base = runpy.run_path({str(SANDBOX_INVENTORY)!r})\n"
+        f"stack = dict(base['stack'], {section}={values!r})\n"
+        "sandbox_hosts = (base['sandbox_hosts'][0], stack)\n"
+    )
+    return inventory
+
+
+def test_dry_run_shows_a_change_but_changes_nothing(site, tmp_path):
+    before = site.containers()
+    env_before = site.on_host("sha256sum /opt/residency-scheduler/app.env")
+    inventory = changed_inventory(tmp_path, "backend", {"log_level": "DEBUG"})
+    run = site.rsdeploy("deploy", "--dry", inventory=inventory).check()
+    assert "/opt/residency-scheduler/app.env" in run.output
+    assert site.on_host("sha256sum /opt/residency-scheduler/app.env") == env_before
+    assert site.containers() == before
+
+
+def test_log_level_change_restarts_only_its_readers(site, tmp_path):
+    before = site.containers()
+    inventory = changed_inventory(tmp_path, "backend", {"log_level": "DEBUG"})
+    run = site.rsdeploy("deploy", inventory=inventory).check()
+    assert run.changed > 0
+    after = site.containers()
+    restarted = {name for name in before if before[name]["started"] != after[name]["started"]
+                 and before[name]["running"]}
+    assert restarted == APP_ENV_READERS, f"restarted: {sorted(restarted)}"
+    assert "LOG_LEVEL=DEBUG" in after["backend"]["env"]
+    site.wait_healthy()
+    assert_note_survived(site)
+    # Back to the inventory's setting (the following steps verify against it).
+    site.rsdeploy("deploy").check()
+
+
+def test_prometheus_setting_reloads_prometheus_without_restarting_anything(site, tmp_path):
+    before = site.containers()
+    inventory = changed_inventory(tmp_path, "prometheus", {"scrape_interval": "20s"})
+    site.rsdeploy("deploy", inventory=inventory).check()
+    assert site.containers() == before  # reloaded by SIGHUP, not restarted
+    config = site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/status/config")
+    assert "scrape_interval: 20s" in json.loads(config)["data"]["yaml"]
+    site.rsdeploy("deploy").check()
+
+
+def test_host_reboot_brings_everything_back(site):
+    site.reboot()
+    assert site.wait_healthy(300)["database"] == "connected"
+    site.rsdeploy("verify").check()
+    assert_note_survived(site)
+
+
+def test_crashed_backend_is_restarted_and_healthy_again(site):
+    before = site.containers()["backend"]
+    site.on_host("kill -9 $(docker inspect --format '{{.State.Pid}}' "
+                 "residency-scheduler-backend-1)")
+    deadline = time.monotonic() + 120
+    while site.containers()["backend"]["started"] == before["started"]:
+        assert time.monotonic() < deadline, "the killed backend was not restarted"
+        time.sleep(2)
+    assert site.wait_healthy()["status"] == "healthy"
+    assert_note_survived(site)
+
