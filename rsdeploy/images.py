@@ -288,7 +288,7 @@ def bundle(out: Path, names: list[str] | None = None, versions: list[str] | None
         image = _local_image(client, spec.ref)
         path = out / bundle_file_name(spec.ref, compressed)
         log(f"{spec.ref}: saving to {path} ...")
-        sha256 = _save(image, path, compressed)
+        sha256 = _save(image, spec.ref, path, compressed)
         entries.append({"image": spec.ref, "id": image.id, "file": path.name, "sha256": sha256,
                         "size": path.stat().st_size})
     manifest = out / "manifest.json"
@@ -306,14 +306,15 @@ def _local_image(client, ref: str):
         raise UserError(f"image {ref} is not built yet: run rsdeploy images build") from None
 
 
-def _save(image, path: Path, compressed: bool) -> str:
-    """Stream ``docker save`` into ``path``, hashing the bytes written; returns the sha256."""
+def _save(image, ref: str, path: Path, compressed: bool) -> str:
+    """Stream ``docker save`` of ``image`` as ``ref`` into ``path``, hashing the bytes written;
+    returns the sha256. (Named by ``ref``: the image's first tag may be a registry push tag.)"""
     digest = hashlib.sha256()
     with open(path, "wb") as raw:
         sink = gzip.GzipFile(fileobj=_HashingWriter(raw, digest), mode="wb", compresslevel=1,
                              mtime=0) if compressed else _HashingWriter(raw, digest)
         with sink:
-            for chunk in image.save(named=True):
+            for chunk in image.save(named=ref):
                 sink.write(chunk)
     return digest.hexdigest()
 
