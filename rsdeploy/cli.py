@@ -84,8 +84,9 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str]) -> int:
     env = dict(os.environ, **{INVENTORY_ENV: str(Path(args.inventory).resolve())})
     if args.secrets:
         env[FILE_ENV] = str(Path(args.secrets).resolve())
-    command = [sys.executable, "-m", "pyinfra", "-y", str(Path(args.inventory).resolve()),
-               str(DEPLOYS_DIR / deploy_file)]
+    # --dry shows pyinfra's detected changes and stops; -y (no prompt) would skip detecting them.
+    command = [sys.executable, "-m", "pyinfra", *([] if args.dry else ["-y"]),
+               str(Path(args.inventory).resolve()), str(DEPLOYS_DIR / deploy_file)]
     for key, value in data.items():
         command += ["--data", f"{key}={value}"]
     if args.host:
