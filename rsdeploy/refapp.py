@@ -118,6 +118,10 @@ def _make_repo(repo: Path) -> None:
     (repo / "README.md").write_text(_REPO_README)
     for tag in VERSIONS:
         checkout(tag, repo)
+        # copytree keeps mtimes, and a release's file can match the previous one in size and
+        # mtime (a fresh clone writes them in the same second): git's stat cache would call it
+        # unchanged. Without an index every file is hashed again.
+        (repo / ".git" / "index").unlink(missing_ok=True)
         _git(repo, "add", "-A")
         _git(repo, "commit", "-q", "-m", f"Residency Scheduler stand-in {tag}")
         _git(repo, "tag", "-a", tag, "-m", f"Residency Scheduler stand-in {tag}")
