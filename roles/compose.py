@@ -497,7 +497,10 @@ def react_to_mounted_files(hs: HostSettings, services: list[str], rendered: list
         if service == "db":  # passwords live in the database: re-run the roles script
             command, verb = _rerun_roles_sql(hs), "Apply changed database roles and passwords"
         elif service in RELOAD_ON_SIGHUP:
-            command, verb = compose_command(hs, "kill", "--signal", "HUP", service), f"Reload {service}"
+            # From inside: `docker kill --signal HUP` would mark the container as manually
+            # stopped, and a reboot would then leave it down. PID 1 (init) passes HUP on.
+            command = compose_command(hs, "exec", "-T", service, "sh", "-c", "kill -HUP 1")
+            verb = f"Reload {service}"
         else:
             command, verb = compose_command(hs, "restart", service), f"Restart {service}"
         server.shell(name=f"{verb} (its files changed)", commands=[command],
