@@ -4,7 +4,9 @@
 * ``applies(hs)``: whether the component belongs on a host (its roles, layout and switches);
 * ``render(hs)``: the files it needs on that host (pure; no host contacted);
 * optionally ``validate(tree, hs)``: run the real validator on the rendered files;
-* pyinfra ``@deploy`` functions that install and configure it, and react to changed files.
+* pyinfra ``@deploy`` functions that install and configure it, and optionally
+  ``react(hs, changed)``: reload or restart what reads its changed files (``changed`` maps a
+  service to the upload operations of the files it reads, see ``rsdeploy.apply.readers``).
 
 A role reads the shared settings model only; it never opens another role's files.
 """
