@@ -14,9 +14,12 @@ app's source (``rsdeploy.refapp``). A build is skipped when an image with the sa
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +36,8 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGES_DIR = TEMPLATES_DIR / "images"
 HASH_LABEL = "rsdeploy.content-hash"
+#: Part of every content hash: images built another way are rebuilt once.
+BUILDER = "buildkit"
 #: Every image and container rsdeploy makes carries this label (``docker images -f label=...``).
 OWNER_LABEL = "rsdeploy.managed"
 
@@ -64,6 +69,11 @@ class ImageSpec:
 
 
 HOST = ImageSpec("host", "rsdeploy/host:bookworm", "host", "a Debian 12 VM")
+#: The debootstrap base (made by ensure_base, not from a Dockerfile); pushed for hosts that
+#: build the app themselves (build delivery).
+BASE = ImageSpec("base", BASE_IMAGE, "", "debian:bookworm")
+#: Images named on the command line besides the infra and app images.
+SPECIAL = {HOST.name: HOST, BASE.name: BASE}
 #: The infrastructure images, by short name (the stack's settings point at these in the sandbox).
 INFRA = {s.name: s for s in [
     ImageSpec("postgres", "rsdeploy/postgres:15", "postgres", "pgvector/pgvector:pg15"),
@@ -152,23 +162,25 @@ def _configure_rootfs(rootfs: Path) -> None:
 
 
 def build_context(spec: ImageSpec, dest: Path) -> Path:
-    """Lay out the build context: the Dockerfile's directory and the CA bundle; app images get
-    ``src/`` (that part of the release) from :func:`rsdeploy.refapp.build_context`.
+    """Lay out the build context: the Dockerfile's directory (and the CA bundle for the infra
+    images); app images get that part of the release, whose own Dockerfile is part of the app.
 
     Example: ``build_context(INFRA["redis"], Path("/tmp/ctx"))``
     """
     if spec.name in APP_PARTS:
         from rsdeploy import refapp
 
-        return refapp.build_context(spec.tag, spec.name, dest, CA_BUNDLE)
+        return refapp.build_context(spec.tag, spec.name, dest)
     shutil.copytree(IMAGES_DIR / spec.directory, dest)
     shutil.copyfile(CA_BUNDLE, dest / "ca-certificates.crt")
     return dest
 
 
 def content_hash(context: Path, base_id: str) -> str:
-    """sha256 over every file's relative path, mode and bytes, and the base image id."""
-    digest = hashlib.sha256(base_id.encode())
+    """sha256 over the builder, the base image's id, the CA bundle (the builds' secret) and
+    every file's relative path, mode and bytes."""
+    digest = hashlib.sha256(f"{BUILDER}\0{base_id}\0".encode())
+    digest.update(CA_BUNDLE.read_bytes() if CA_BUNDLE.is_file() else b"")
     for path in sorted(p for p in context.rglob("*") if p.is_file() or p.is_symlink()):
         digest.update(str(path.relative_to(context)).encode() + b"\0")
         if path.is_symlink():
@@ -203,24 +215,56 @@ def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -
         log(f"{spec.ref}: building (stands in for {spec.upstream}) ...")
         labels = {HASH_LABEL: digest, OWNER_LABEL: "image", "rsdeploy.stands-in-for": spec.upstream,
                   "org.opencontainers.image.version": spec.tag}
-        _run_build(client, context, spec.ref, labels, no_cache)
+        _run_build(context, spec.ref, labels, no_cache)
     elapsed = time.monotonic() - started
     log(f"{spec.ref}: built in {elapsed:.0f} s")
     return elapsed
 
 
-def _run_build(client, context: Path, ref: str, labels: dict[str, str], no_cache: bool) -> None:
-    """Stream a classic docker build, echoing its steps; on failure show the tail of its output."""
+def _run_build(context: Path, ref: str, labels: dict[str, str], no_cache: bool) -> None:
+    """Build with BuildKit (the app Dockerfiles mount the CA bundle as the ``ca-certificates``
+    secret), echoing its steps; on failure show the tail of its output."""
+    from roles.compose import BUILD_CA_SECRET  # the same contract as builds on hosts
+
+    command = [buildkit_cli(), "build", "--progress=plain", "--tag", ref,
+               "--secret", f"id={BUILD_CA_SECRET},src={CA_BUNDLE}"]
+    command += [arg for key, value in sorted(labels.items()) for arg in ("--label", f"{key}={value}")]
+    command += ["--no-cache"] if no_cache else []
+    build = subprocess.Popen([*command, str(context)], env={**os.environ, "DOCKER_BUILDKIT": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
-    for chunk in client.api.build(path=str(context), tag=ref, labels=labels, rm=True,
-                                  forcerm=True, nocache=no_cache, decode=True):
-        if "error" in chunk:
-            tail = "".join(output[-25:])
-            raise UserError(f"{ref}: build failed: {chunk['error'].strip()}\n{tail}")
-        text = chunk.get("stream", "")
-        output.append(text)
-        if text.startswith("Step "):
-            log(f"  {ref}: {text.strip()[:110]}")
+    steps: set[str] = set()  # BuildKit repeats a step's header when steps interleave
+    for line in build.stdout:
+        output.append(line)
+        if re.match(r"#\d+ \[", line) and line not in steps:
+            steps.add(line)
+            log(f"  {ref}: {line.strip()[:110]}")
+    if build.wait():
+        raise UserError(f"{ref}: build failed\n{''.join(output[-25:])}")
+
+
+@functools.cache
+def buildkit_cli() -> str:
+    """A docker CLI that builds with BuildKit: one with the buildx plugin, or one older than 23
+    (those build with BuildKit when DOCKER_BUILDKIT=1). Debian's docker.io CLI is the fallback
+    when the first ``docker`` on PATH is a newer client without buildx.
+    """
+    for cli in dict.fromkeys(filter(None, [shutil.which("docker"), "/usr/bin/docker"])):
+        if _has_buildkit(cli):
+            return cli
+    raise UserError("no docker CLI here builds with BuildKit: install the buildx plugin "
+                    "(docker-buildx) or Debian's docker.io")
+
+
+def _has_buildkit(cli: str) -> bool:
+    if not Path(cli).is_file():
+        return False
+    if subprocess.run([cli, "buildx", "version"], capture_output=True).returncode == 0:
+        return True
+    version = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"],
+                             capture_output=True, text=True).stdout
+    major = re.match(r"(\d+)\.", version)
+    return major is not None and int(major.group(1)) < 23
 
 
 def select(names: list[str] | None, versions: list[str] | None) -> list[ImageSpec]:
@@ -229,17 +273,20 @@ def select(names: list[str] | None, versions: list[str] | None) -> list[ImageSpe
     Example: ``select(["postgres", "backend"], ["v1.0.0"])``
     """
     names = names or [*INFRA, *APP_PARTS]
-    unknown = [n for n in names if n not in INFRA and n not in APP_PARTS and n != HOST.name]
+    unknown = [n for n in names if n not in INFRA and n not in APP_PARTS and n not in SPECIAL]
     if unknown:
-        known = ", ".join([HOST.name, *INFRA, *APP_PARTS])
-        raise UserError(f"no image named {unknown[0]} (known: {known})")
-    specs = [HOST] if HOST.name in names else []
+        raise UserError(f"no image named {unknown[0]} (known: {', '.join(_known_names())})")
+    specs = [SPECIAL[n] for n in names if n in SPECIAL]
     specs += [INFRA[n] for n in names if n in INFRA]
     parts = [n for n in names if n in APP_PARTS]
     if parts:
         for version in versions or _app_versions():
             specs += [app_spec(part, version) for part in parts]
     return specs
+
+
+def _known_names() -> list[str]:
+    return [*SPECIAL, *INFRA, *APP_PARTS]
 
 
 def _app_versions() -> list[str]:
@@ -257,7 +304,8 @@ def build(names: list[str] | None = None, versions: list[str] | None = None,
     client = client or docker_client()
     specs = select(names, versions)
     base_id = ensure_base(client)
-    return {spec.ref: build_image(client, spec, base_id, no_cache) for spec in specs}
+    return {spec.ref: build_image(client, spec, base_id, no_cache)
+            for spec in specs if spec is not BASE}
 
 
 def ensure_host_image(client) -> str:
@@ -384,7 +432,7 @@ def registry_path(spec: ImageSpec) -> str:
 
 def _names_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"images (default: all): {', '.join([HOST.name, *INFRA, *APP_PARTS])}")
+                        help=f"images (default: all but host and base): {', '.join(_known_names())}")
     parser.add_argument("--versions", nargs="+", metavar="TAG",
                         help="app release tags for backend/frontend (default: every known tag)")
 

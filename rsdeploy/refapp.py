@@ -17,8 +17,7 @@ Example::
     from rsdeploy import refapp
 
     repo = refapp.build_repo(Path("/tmp/refapp.git"))      # git clone --branch v1.1.0 <repo>
-    context = refapp.build_context("v1.1.0", "backend", Path("/tmp/ctx"))
-    refapp.build_images(["v1.0.0"])                         # residency-scheduler-*:v1.0.0
+    context = refapp.build_context("v1.1.0", "backend", Path("/tmp/ctx"))  # its Dockerfile too
 """
 
 from __future__ import annotations
@@ -27,14 +26,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rsdeploy import REPO_ROOT, TEMPLATES_DIR
-
-if TYPE_CHECKING:
-    import docker
+from rsdeploy import REPO_ROOT
 
 REFAPP_DIR = REPO_ROOT / "examples" / "refapp"
 OVERLAYS_DIR = REFAPP_DIR / "versions"
@@ -46,13 +40,6 @@ PARTS = ("backend", "frontend")
 #: Image repository per part; the tag is the release (``residency-scheduler-backend:v1.0.0``).
 IMAGE_REPOSITORIES = {"backend": "residency-scheduler-backend",
                       "frontend": "residency-scheduler-frontend"}
-
-#: The debootstrap image every Dockerfile starts FROM (no registry is reachable).
-BASE_IMAGE = "rsdeploy/base:bookworm"
-
-#: The build machine's trusted CAs: copied into every image's trust store, because pip and npm
-#: must trust a TLS-intercepting proxy here (and hospital networks) at build and at run time.
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 #: Never part of a release: local build output and caches.
 _NOT_SOURCE = shutil.ignore_patterns("node_modules", ".next", "__pycache__", "*.pyc")
@@ -146,45 +133,21 @@ def build_repo(dest: Path) -> Path:
     return dest
 
 
-def build_context(tag: str, part: str, dest: Path, ca_bundle: Path = CA_BUNDLE) -> Path:
-    """Assemble the docker build context of ``part`` ("backend"/"frontend") at release ``tag``.
+def build_context(tag: str, part: str, dest: Path) -> Path:
+    """Write the docker build context of ``part`` ("backend"/"frontend") at release ``tag`` to
+    ``dest``: that directory of the release, with its own Dockerfile (as upstream keeps them).
 
-    ``dest`` gets the files of ``templates/images/<part>/`` (the Dockerfile), ``src/`` (that
-    part of the release) and ``ca-certificates.crt`` (extra trusted CAs; empty file = none).
-
-    Example: ``client.images.build(path=str(build_context("v1.0.0", "backend", Path("/tmp/c"))),
-    tag=image_name("v1.0.0", "backend"))``
+    Example: ``docker build --secret id=ca-certificates,src=... build_context("v1.0.0",
+    "backend", Path("/tmp/c"))`` (see :mod:`rsdeploy.images`)
     """
     if part not in PARTS:
         raise ValueError(f"unknown refapp part {part!r}; known: {', '.join(PARTS)}")
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(TEMPLATES_DIR / "images" / part, dest)
     with tempfile.TemporaryDirectory(prefix="refapp-src-") as tmp:
-        shutil.copytree(checkout(tag, Path(tmp)) / part, dest / "src")
-    (dest / "ca-certificates.crt").write_bytes(ca_bundle.read_bytes() if ca_bundle.is_file() else b"")
+        shutil.copytree(checkout(tag, Path(tmp)) / part, dest)
     return dest
 
 
 def image_name(tag: str, part: str) -> str:
     """``image_name("v1.0.0", "frontend")`` -> ``"residency-scheduler-frontend:v1.0.0"``."""
     return f"{IMAGE_REPOSITORIES[part]}:{tag}"
-
-
-def build_images(tags: Iterable[str] = VERSIONS, parts: Iterable[str] = PARTS,
-                 client: docker.DockerClient | None = None) -> list[str]:
-    """Build ``residency-scheduler-<part>:<tag>`` for each tag and part; returns the names.
-
-    Needs ``rsdeploy/base:bookworm`` in the engine. Example: ``build_images(["v1.0.0"])``.
-    """
-    import docker
-
-    client = client or docker.from_env()
-    built = []
-    for tag in tags:
-        for part in parts:
-            with tempfile.TemporaryDirectory(prefix=f"refapp-{part}-") as tmp:
-                context = build_context(tag, part, Path(tmp) / "context")
-                client.images.build(path=str(context), tag=image_name(tag, part), rm=True,
-                                    forcerm=True, pull=False)
-            built.append(image_name(tag, part))
-    return built

@@ -87,14 +87,13 @@ def test_checkout_refuses_an_unknown_tag(tmp_path):
 
 
 @pytest.mark.parametrize("part", refapp.PARTS)
-def test_build_context_has_dockerfile_source_and_trusted_cas(part, tmp_path):
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\nextra\n-----END CERTIFICATE-----\n")
-    context = refapp.build_context("v1.0.0", part, tmp_path / "ctx", ca_bundle=ca)
-    assert (context / "Dockerfile").read_text().startswith("#")
-    assert "FROM rsdeploy/base:bookworm" in (context / "Dockerfile").read_text()
-    assert (context / "ca-certificates.crt").read_text() == ca.read_text()
+def test_build_context_is_the_release_part_with_its_own_dockerfile(part, tmp_path):
+    context = refapp.build_context("v1.0.0", part, tmp_path / "ctx")
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=rsdeploy/base:bookworm" in dockerfile
+    # The CA bundle is a BuildKit secret, never a file in the context or a layer.
+    assert "id=ca-certificates" in dockerfile and not (context / "ca-certificates.crt").exists()
     manifest = "requirements.txt" if part == "backend" else "package-lock.json"
-    assert (context / "src" / manifest).is_file()
+    assert (context / manifest).is_file()
     leftovers = [p for p in context.rglob("*") if p.name in ("node_modules", ".next", "__pycache__")]
     assert not leftovers, f"local build output leaked into the context: {leftovers}"
