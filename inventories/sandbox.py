@@ -7,14 +7,20 @@
 Reads ``.sandbox/<prefix>/state.json`` (prefix: $RS_SANDBOX_PREFIX, default rs-sandbox). Hosts are
 reached over SSH on 127.0.0.1 with the sandbox's key, pinned host keys and strict checking; their
 ``address`` is their fixed IP on the sandbox network (names resolve there too, but not inside the
-containers Docker runs on a host, which get Docker's default resolvers). App images come from the
-sandbox registry (``images push``); with RS_SANDBOX_DELIVERY=bundle they are uploaded as
-``docker save`` files instead and every image keeps its local name.
+containers Docker runs on a host, which get Docker's default resolvers). Images come from the
+sandbox registry (``images push``). RS_SANDBOX_DELIVERY picks the app's delivery:
+
+- ``pull`` (default): every image from the registry;
+- ``bundle``: ``docker save`` files uploaded instead (``images bundle --out
+  .sandbox/<prefix>/bundles``), every image keeping its local name;
+- ``build``: the app images built on the host from the reference app's repository
+  (``.sandbox/<prefix>/refapp``, written by ``sandbox up``), FROM the base image in the
+  registry (``images push base``); the other images pulled.
 """
 
 import os
 
-from rsdeploy.images import INFRA, registry_path
+from rsdeploy.images import BASE, INFRA, registry_path
 from rsdeploy.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
@@ -25,7 +31,19 @@ registry = f"{sandbox.prefix}-registry:{REGISTRY_PORT}"
 def image(name: str) -> str:
     """The offline image standing in for a component's upstream one, as the hosts name it."""
     spec = INFRA[name]
-    return f"{registry}/{registry_path(spec)}" if delivery == "pull" else spec.ref
+    return spec.ref if delivery == "bundle" else f"{registry}/{registry_path(spec)}"
+
+
+APP_DELIVERY = {
+    "pull": {"delivery": "pull", "registry": f"{registry}/residency",
+             "registry_username": REGISTRY_USER},
+    # Written by: rsdeploy images bundle --out .sandbox/<prefix>/bundles
+    "bundle": {"delivery": "bundle", "bundle_dir": str(sandbox.paths.root / "bundles")},
+    "build": {"delivery": "build", "source_repo": str(sandbox.paths.app_source),
+              "registry": f"{registry}/residency", "registry_username": REGISTRY_USER,
+              # The app's Dockerfiles start FROM this; hosts reach no other registry.
+              "build_args": {"BASE_IMAGE": f"{registry}/{registry_path(BASE)}"}},
+}
 
 
 stack = {
@@ -33,12 +51,7 @@ stack = {
     "version": "v1.0.0",
     "domain": f"{sandbox.prefix}.test",
     "tls": {"mode": "self-signed"},
-    "app": (
-        {"delivery": "pull", "registry": f"{registry}/residency", "registry_username": REGISTRY_USER}
-        if delivery == "pull" else
-        # Written by: rsdeploy images bundle --out .sandbox/<prefix>/bundles
-        {"delivery": "bundle", "bundle_dir": str(sandbox.paths.root / "bundles")}
-    ),
+    "app": APP_DELIVERY[delivery],
     # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
     "docker": {"source": "distro"},
     # The sandbox CA (signs the registry's certificate) and this machine's bundle, which trusts

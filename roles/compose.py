@@ -321,7 +321,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
                      restarts=tuple(sources[name][1]))
         for name in compose_files(hs)
     ]
-    if hs.stack.app.delivery == "pull" and hs.stack.app.registry_username:
+    if hs.stack.app.registry_login:
         # Read by `docker login --password-stdin` during the rollout only.
         files.append(RenderedFile(registry_password_path(hs), hs.secrets.registry_password,
                                   "compose", mode="600", secret=True))
@@ -412,6 +412,13 @@ ONE_SHOT = ("migrate", "certbot")
 RELOAD_ON_SIGHUP = ("nginx", "prometheus", "alertmanager")
 #: Where bundled images wait on the host between upload and `docker load`.
 BUNDLE_STAGING = "images"
+#: The app parts whose images build delivery builds (a directory each in the app's repository,
+#: with its Dockerfile, as upstream keeps them).
+APP_PARTS = ("backend", "frontend")
+#: BuildKit secret id under which app builds get the host's CA bundle (the Dockerfiles'
+#: ``RUN --mount=type=secret,id=ca-certificates``), and that bundle (Debian's path).
+BUILD_CA_SECRET = "ca-certificates"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def compose_command(hs: HostSettings, *args: str) -> str:
@@ -463,11 +470,9 @@ def roll_out(hs: HostSettings, rendered: list[RenderedFile], metas: dict,
     """
     from pyinfra import host
 
-    from rsdeploy.facts import ComposeContainers, DockerImageId
+    from rsdeploy.facts import ComposeContainers
 
-    missing = [image for image in project_images(rendered)
-               if host.get_fact(DockerImageId, image=image) is None]
-    delivered = deliver_images(hs, missing)
+    delivered = deliver_images(hs, project_images(rendered))
     containers = host.get_fact(ComposeContainers, project=hs.stack.compose.project)
     down = [name for name in long_running(hs) if _down(containers.get(name))]
     changed = [metas[f.path] for f in rendered if tracked_by_compose(hs, f)] + delivered
@@ -517,22 +522,70 @@ def _rerun_roles_sql(hs: HostSettings) -> str:
 # --- image delivery ----------------------------------------------------------------------------
 
 
-def deliver_images(hs: HostSettings, missing: list[str]) -> list:
+def deliver_images(hs: HostSettings, images: list[str]) -> list:
     """Put the images this host lacks on it, by the configured delivery mode.
 
     pull: ``docker pull`` (registry login from the secret file, logged out right after);
     bundle: upload the ``docker save`` file from ``app.bundle_dir`` and ``docker load`` it;
-    build: build the app images on the host from the tagged source.
+    build: build the app images on the host from the release tag's source (again when the tag
+    now names another commit), pull the others.
     Returns the operations, so the rollout knows something new arrived.
+    Example: ``deliver_images(hs, project_images(rendered))``
     """
-    if not missing:
-        return []
+    from pyinfra import host
+
+    from rsdeploy.facts import DockerImageId
+
     mode = hs.stack.app.delivery
-    if mode == "pull":
-        return [pull_images(hs, missing)]
+    built = _built_on_host(hs, images) if mode == "build" else {}
+    missing = [image for image in images
+               if image not in built.values() and host.get_fact(DockerImageId, image=image) is None]
+    operations = [op for part, image in built.items() if (op := build_app_image(hs, part, image))]
     if mode == "bundle":
-        return [load_bundle(hs, image, bundle) for image, bundle in _bundles(hs, missing).items()]
-    apply.fail("app.delivery build is not available yet: use pull or bundle")
+        return operations + [load_bundle(hs, image, bundle)
+                             for image, bundle in _bundles(hs, missing).items()]
+    return operations + ([pull_images(hs, missing)] if missing else [])
+
+
+def _built_on_host(hs: HostSettings, images: list[str]) -> dict[str, str]:
+    """{app part: image} of the app images this host runs (build delivery builds these)."""
+    return {part: app_image(hs, part) for part in APP_PARTS if app_image(hs, part) in images}
+
+
+def build_app_image(hs: HostSettings, part: str, image: str):
+    """Build ``image`` from ``part/`` of the release's source, unless the host already has it
+    built from the same commit. The source goes up as ``git archive`` of the tag; BuildKit gets
+    the host's CA bundle as the ``ca-certificates`` secret (for a TLS-intercepting proxy) and
+    ``app.build_args``. Example: ``build_app_image(hs, "backend", app_image(hs, "backend"))``
+    """
+    import shlex
+
+    from pyinfra import host
+
+    from rsdeploy import source
+    from rsdeploy.facts import DockerImageRevision
+
+    repo, commit = source.release(hs)
+    if host.get_fact(DockerImageRevision, image=image) == commit:
+        host.noop(f"{image} is built from {commit[:12]}")
+        return None
+    staged = f"{apply.staging_dir(hs)}/{part}-{commit[:12]}.tar"
+    files.put(name=f"Upload the {part} source of {hs.stack.version} ({commit[:12]})",
+              src=str(source.archive(repo, commit, part)), dest=staged, mode="600",
+              add_deploy_dir=False)
+    args = ["docker", "build", "--progress=plain", "--tag", image,
+            "--secret", f"id={BUILD_CA_SECRET},src={HOST_CA_BUNDLE}",
+            "--label", f"{DockerImageRevision.LABEL}={commit}",
+            "--label", f"org.opencontainers.image.version={hs.stack.version}"]
+    for name, value in sorted(hs.stack.app.build_args.items()):
+        args += ["--build-arg", f"{name}={value}"]
+    build = f'DOCKER_BUILDKIT=1 {shlex.join(args)} "$src"/{shlex.quote(part)}'
+    return server.shell(
+        name=f"Build {image} on the host from {commit[:12]}",
+        commands=[f'src=$(mktemp -d) && trap \'rm -rf "$src" {shlex.quote(staged)}\' EXIT && '
+                  f'tar -x -C "$src" -f {shlex.quote(staged)} && '
+                  + with_registry_login(hs, build)],
+    )
 
 
 def pull_images(hs: HostSettings, images: list[str]):
@@ -541,18 +594,29 @@ def pull_images(hs: HostSettings, images: list[str]):
     from roles.docker_engine import registry_host
 
     pulls = " && ".join(f"docker pull --quiet {shlex.quote(image)}" for image in images)
-    registry, user = registry_host(hs), hs.stack.app.registry_username
-    if not (registry and user):
-        return server.shell(name=f"Pull {len(images)} image(s)", commands=[pulls])
-    # The password goes through stdin from its 0600 file; credentials leave the host's
-    # docker config again as soon as the pulls are done, whatever their outcome.
-    login = (f"docker login --username {shlex.quote(user)} --password-stdin "
-             f"{shlex.quote(registry)} < {shlex.quote(registry_password_path(hs))}")
-    return server.shell(
-        name=f"Pull {len(images)} image(s) from {registry}",
-        commands=[f"{login} >/dev/null && ({pulls}); status=$?; "
-                  f"docker logout {shlex.quote(registry)} >/dev/null; exit $status"],
-    )
+    where = f" from {registry_host(hs)}" if hs.stack.app.registry_login else ""
+    return server.shell(name=f"Pull {len(images)} image(s){where}",
+                        commands=[with_registry_login(hs, pulls)])
+
+
+def with_registry_login(hs: HostSettings, command: str) -> str:
+    """``command`` run while logged in to app.registry's host, when the settings log in.
+
+    The password goes through stdin from its 0600 file; credentials leave the host's docker
+    config again as soon as ``command`` is done, whatever its outcome.
+    Example: ``with_registry_login(hs, "docker pull registry.example.org/x:1")``
+    """
+    import shlex
+
+    from roles.docker_engine import registry_host
+
+    if not hs.stack.app.registry_login:
+        return command
+    registry = shlex.quote(registry_host(hs))
+    login = (f"docker login --username {shlex.quote(hs.stack.app.registry_username)} "
+             f"--password-stdin {registry} < {shlex.quote(registry_password_path(hs))}")
+    return (f"{login} >/dev/null && ({command}); status=$?; "
+            f"docker logout {registry} >/dev/null; exit $status")
 
 
 def registry_password_path(hs: HostSettings) -> str:

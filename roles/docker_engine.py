@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 DAEMON_JSON = "/etc/docker/daemon.json"
 COMPOSE_PLUGIN = "/usr/local/lib/docker/cli-plugins/docker-compose"
 DOCKER_APT_KEY = "/etc/apt/keyrings/docker.asc"
-OFFICIAL_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
+# buildx: the CLI builds with BuildKit only through it (build delivery's Dockerfiles need that).
+OFFICIAL_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin",
+                     "docker-compose-plugin"]
 
 
 class Settings(Section):
@@ -54,11 +56,11 @@ def daemon_settings(hs: HostSettings) -> dict:
 
 
 def registry_host(hs: HostSettings) -> str | None:
-    """``host[:port]`` of the registry images are pulled from (pull delivery), else None.
+    """``host[:port]`` of the registry images are pulled from (pull and build delivery), else None.
 
     Example: ``registry_host(hs)`` -> ``"registry.example.org:5000"``
     """
-    if hs.stack.app.delivery != "pull" or not hs.stack.app.registry:
+    if hs.stack.app.delivery == "bundle" or not hs.stack.app.registry:
         return None
     return hs.stack.app.registry.split("/", 1)[0]
 

@@ -70,10 +70,11 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
-def run_pyinfra(args, deploy_file: str, data: dict[str, str]) -> int:
+def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int:
     """Validate every host's settings, then run a deploy file with the pyinfra CLI.
 
-    Nothing contacts a host before the whole inventory has passed validation. Secrets reach the
+    Nothing contacts a host before the whole inventory has passed validation (and ``check``,
+    called with each host's settings, if given). Secrets reach the
     pyinfra process through the environment (RS_SECRETS_FILE), never its command line.
     Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"})``
     """
@@ -81,6 +82,8 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str]) -> int:
     from rsdeploy.secrets import FILE_ENV
 
     hosts = _selected(args, data)
+    for hs in hosts.values() if check else ():
+        check(hs)
     env = dict(os.environ, **{INVENTORY_ENV: str(Path(args.inventory).resolve())})
     if args.secrets:
         env[FILE_ENV] = str(Path(args.secrets).resolve())
@@ -103,7 +106,14 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_deploy(args) -> int:
     """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
-    return run_pyinfra(args, "deploy.py", {"version": args.version} if args.version else {})
+    from rsdeploy import source
+
+    def release_exists(hs) -> None:  # a tag missing from the app's repository stops it here
+        if source.needed(hs):
+            source.release(hs)
+
+    data = {"version": args.version} if args.version else {}
+    return run_pyinfra(args, "deploy.py", data, check=release_exists)
 
 
 def ssh_config(hosts: dict) -> str:

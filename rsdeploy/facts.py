@@ -87,6 +87,33 @@ class DockerImageId(FactBase):
         return text or None
 
 
+class DockerImageRevision(FactBase):
+    """
+    The source revision a local image was built from (its ``org.opencontainers.image.revision``
+    label): ``None`` when the host lacks the image, ``""`` when it has no such label.
+
+    .. code:: python
+
+        host.get_fact(DockerImageRevision, image="residency-scheduler-backend:v1.0.0")
+    """
+
+    LABEL = "org.opencontainers.image.revision"
+
+    def requires_command(self, image: str) -> str:
+        return "docker"
+
+    def command(self, image: str) -> str:
+        template = f'{{{{.Id}}}} {{{{index .Config.Labels "{self.LABEL}"}}}}'
+        return f"docker image inspect --format {_quote(template)} {_quote(image)} 2>/dev/null || true"
+
+    def process(self, output):
+        fields = "".join(output).split()
+        if not fields:
+            return None
+        revision = fields[1] if len(fields) > 1 else ""
+        return "" if revision == "<no value>" else revision
+
+
 def _quote(value: str) -> str:
     import shlex
 

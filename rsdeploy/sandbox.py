@@ -153,6 +153,11 @@ class SandboxPaths:
     def registry(self) -> Path:
         return self.root / "registry"
 
+    @property
+    def app_source(self) -> Path:
+        """The reference app's git repository (a tag per release): build delivery's source."""
+        return self.root / "refapp"
+
     def host_key(self, host: str) -> Path:
         return self.root / "hostkeys" / host / "ssh_host_ed25519_key"
 
@@ -463,7 +468,7 @@ def up(prefix: str | None = None, count: int = 1) -> Sandbox:
 
     Example: ``sandbox = up("rs-sandbox", 2)``
     """
-    from rsdeploy import images
+    from rsdeploy import images, refapp
 
     prefix = prefix or default_prefix()
     started = time.monotonic()
@@ -478,6 +483,7 @@ def up(prefix: str | None = None, count: int = 1) -> Sandbox:
     _ssh_keygen(paths.key, f"rsdeploy-sandbox-{prefix}")
     _ensure_ca(paths, prefix)
     _ensure_secrets(paths)
+    refapp.build_repo(paths.app_source)
     _ensure_network(client, prefix, state)
     _remove_extra_hosts(client, prefix, count, state)
     hosts = [_ensure_host(client, prefix, i, image, paths, state) for i in range(1, count + 1)]

@@ -81,8 +81,24 @@ class AppSettings(Section):
     # uploaded and loaded: air-gapped sites), or build on the host from the tagged source.
     delivery: Literal["pull", "bundle", "build"] = "pull"
     registry: str | None = None  # pull: image prefix, e.g. registry.example.org:5000/residency
-    registry_username: str | None = None  # pull: registry login (password: secret registry_password)
-    source_repo: str | None = None  # git URL of the app (build delivery, systemd layout)
+    registry_username: str | None = None  # pulls log in to app.registry (password: secret registry_password)
+    # build: the app's git repository (a path relative to the inventory, or a URL), read where
+    # rsdeploy runs; hosts get `git archive` of the release tag, never git or credentials.
+    source_repo: str | None = None
+    build_args: dict[str, str] = {}  # build: --build-arg values for the app's Dockerfiles
+
+    @field_validator("build_args")
+    @classmethod
+    def _arg_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a Dockerfile ARG name")
+        return value
+
+    @property
+    def registry_login(self) -> bool:
+        """Whether pulls log in to app.registry's host (pull and build delivery pull images)."""
+        return self.delivery != "bundle" and bool(self.registry and self.registry_username)
     bundle_dir: str | None = None  # bundle: `rsdeploy images bundle` output, relative to the inventory
 
 
@@ -396,7 +412,7 @@ def _check_secrets(hs: HostSettings, sources: SecretSources) -> None:
             raise rules.fail("slack_webhook_url", "must be an https:// URL")
         if am.pagerduty:
             rules.require("pagerduty_routing_key", "alertmanager.pagerduty")
-    if stack.layout == "docker" and stack.app.delivery == "pull" and stack.app.registry_username:
+    if stack.layout == "docker" and stack.app.registry_login:
         rules.require("registry_password", "app.registry_username")
 
 
@@ -405,6 +421,8 @@ def _check_cross_settings(hs: HostSettings) -> None:
     s, fail = hs.stack, lambda key, msg: SettingsError(hs.source, hs.name, key, msg)
     if s.layout == "docker" and s.app.delivery == "pull" and not s.app.registry:
         raise fail("app.registry", "app.delivery pull needs app.registry (image prefix)")
+    if s.app.registry_username and not s.app.registry:
+        raise fail("app.registry_username", "needs app.registry (the registry to log in to)")
     if s.layout == "docker" and s.app.delivery == "bundle" and not s.app.bundle_dir:
         raise fail("app.bundle_dir", "app.delivery bundle needs app.bundle_dir (the output of "
                    "rsdeploy images bundle --out DIR)")

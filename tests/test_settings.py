@@ -77,6 +77,9 @@ def with_key(stack: dict, dotted: str, value) -> dict:
         ("backend.cors_origins", ["*"], "backend.cors_origins[0]: must not contain '*'"),
         ("alertmanager.routes", [{"severity": "critical", "receivers": ["slack"]}],
          "alertmanager.routes[0].receivers: receiver slack is not configured"),
+        ("app.build_args", {"BASE IMAGE": "x"}, "app.build_args: 'BASE IMAGE' is "
+                                                "not a Dockerfile ARG name"),
+        ("app.registry_username", "deploy", "app.registry_username: needs app.registry"),
     ],
 )
 def test_bad_setting_is_one_line_naming_file_host_and_key(tmp_path, capsys, key, value, expected):

@@ -105,12 +105,17 @@ class Site:
 
 
 def ready_site(prefix: str, delivery: str):
-    """A fresh one-host sandbox with the stack's images where ``delivery`` needs them."""
-    images.build(images.SANDBOX_STACK, [FIRST_VERSION])
+    """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
+    the infra images and the base the app's Dockerfiles start FROM; the app is built on the host).
+    """
+    wanted = images.SANDBOX_STACK
+    if delivery == "build":
+        wanted = ["base"] + [name for name in wanted if name not in images.APP_PARTS]
+    images.build(wanted, [FIRST_VERSION])
     with sandbox_module.session(prefix, 1) as sandbox:
         site = Site(sandbox, delivery)
-        if delivery == "pull":
-            images.push(sandbox.prefix, images.SANDBOX_STACK, [FIRST_VERSION])
+        if delivery == "bundle":
+            images.bundle(sandbox.paths.root / "bundles", wanted, [FIRST_VERSION])
         else:
-            images.bundle(sandbox.paths.root / "bundles", images.SANDBOX_STACK, [FIRST_VERSION])
+            images.push(sandbox.prefix, wanted, [FIRST_VERSION])
         yield site
