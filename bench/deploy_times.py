@@ -1,9 +1,9 @@
 """Time the docker layout's rollout on a fresh sandbox host and print the figures.
 
-    .venv/bin/python bench/deploy_times.py [--keep]
+    .venv/bin/python bench/deploy_times.py [--delivery pull|build] [--keep]
 
-Bootstrap, first deploy (images pulled from the sandbox registry), and a no-op re-run with its
-changed-operation count (0 is the target). Images are built and pushed first (not timed here:
+Bootstrap, first deploy (images pulled from the sandbox registry, or the app built on the host
+from its tagged source), and a no-op re-run with its changed-operation count (0 is the target). Images are built and pushed first (not timed here:
 bench/sandbox_times.py times those). The host is removed afterwards unless --keep.
 """
 
@@ -22,8 +22,8 @@ PREFIX = "rs-bench"
 VERSION = "v1.0.0"
 
 
-def timed(box, *args: str) -> tuple[float, str]:
-    env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix})
+def timed(box, delivery: str, *args: str) -> tuple[float, str]:
+    env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix}, RS_SANDBOX_DELIVERY=delivery)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "rsdeploy.cli", *args,
                            "-i", str(REPO_ROOT / "inventories" / "sandbox.py"),
@@ -37,20 +37,23 @@ def timed(box, *args: str) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delivery", choices=["pull", "build"], default="pull",
+                        help="how the app's images reach the host")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
-    keep = parser.parse_args().keep
-    images.build(images.SANDBOX_STACK, [VERSION])
+    args = parser.parse_args()
+    wanted = images.sandbox_images(args.delivery)
+    images.build(wanted, [VERSION])
     box = sandbox.up(PREFIX, 1)
     try:
-        images.push(box.prefix, images.SANDBOX_STACK, [VERSION])
-        figures = [("bootstrap (bare host)", *timed(box, "bootstrap"))]
-        figures.append(("first deploy", *timed(box, "deploy", "--version", VERSION)))
-        figures.append(("no-op re-run", *timed(box, "deploy", "--version", VERSION)))
+        images.push(box.prefix, wanted, [VERSION])
+        figures = [("bootstrap (bare host)", *timed(box, args.delivery, "bootstrap"))]
+        figures.append(("first deploy", *timed(box, args.delivery, "deploy", "--version", VERSION)))
+        figures.append(("no-op re-run", *timed(box, args.delivery, "deploy", "--version", VERSION)))
         print(f"\n{'step':<24}{'seconds':>9}{'changed ops':>13}")
         for name, seconds, output in figures:
             print(f"{name:<24}{seconds:>9.1f}{changed_operations(output):>13}")
     finally:
-        if not keep:
+        if not args.keep:
             sandbox.down(box.prefix)
 
 

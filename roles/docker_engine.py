@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -115,8 +116,8 @@ def install_official(hs: HostSettings) -> None:
                    dest=DOCKER_APT_KEY, mode="644")
     source = apt.repo(
         name="Add Docker's apt repository",
-        src=f"deb [arch=amd64 signed-by={DOCKER_APT_KEY}] https://download.docker.com/linux/{name} "
-            f"{codename} stable",
+        src=f"deb [arch={host.get_fact(DebArch)} signed-by={DOCKER_APT_KEY}] "
+            f"https://download.docker.com/linux/{name} {codename} stable",
         filename="docker",
     )
     apt.update(name="Refresh package lists for Docker's repository", _if=source.did_change)

@@ -99,6 +99,16 @@ APP_PARTS = {
 }
 
 
+def sandbox_images(delivery: str) -> list[str]:
+    """The images a sandbox site needs from this machine for ``delivery``: the stack's, or, for
+    ``build``, the infra images and the base the app's Dockerfiles start FROM (hosts build the
+    app). Example: ``images.push(prefix, sandbox_images("build"), ["v1.0.0"])``
+    """
+    if delivery != "build":
+        return list(SANDBOX_STACK)
+    return [BASE.name] + [name for name in SANDBOX_STACK if name not in APP_PARTS]
+
+
 def app_spec(part: str, version: str) -> ImageSpec:
     """The image of one app part at one release. Example: ``app_spec("backend", "v1.0.0")``."""
     return ImageSpec(part, f"{APP_PARTS[part]}:{version}", part, f"the app's {part}")

@@ -108,9 +108,7 @@ def ready_site(prefix: str, delivery: str):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
     the infra images and the base the app's Dockerfiles start FROM; the app is built on the host).
     """
-    wanted = images.SANDBOX_STACK
-    if delivery == "build":
-        wanted = ["base"] + [name for name in wanted if name not in images.APP_PARTS]
+    wanted = images.sandbox_images(delivery)
     images.build(wanted, [FIRST_VERSION])
     with sandbox_module.session(prefix, 1) as sandbox:
         site = Site(sandbox, delivery)

@@ -43,7 +43,8 @@ def test_build_delivery_builds_the_tagged_source_on_the_host(site):
     commit = tag_commit(site, FIRST_VERSION)
     assert set(built_revisions(site, FIRST_VERSION).values()) == {commit}
     # Built from source, not pulled: the registry never held app images for this site.
-    assert "residency" not in site.on_host("docker images --format '{{.Repository}}'")
+    repositories = site.on_host("docker images --format '{{.Repository}}'").split()
+    assert not [repo for repo in repositories if "/residency/" in repo], repositories
     assert site.on_host("command -v git || echo none").strip() == "none"
     staged = site.on_host("ls -A /var/lib/residency-scheduler/.staging").split()
     assert not [name for name in staged if name.endswith(".tar")], f"sources left: {staged}"
