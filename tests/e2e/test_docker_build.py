@@ -1,6 +1,6 @@
 """The docker layout with ``build`` delivery on a fresh sandbox host: the app images are built
 on the host from the release tag's source (``git archive`` uploaded from the app's repository;
-the host has no git and no access to the repository), FROM a base image in the site's registry."""
+the host needs neither a clone nor access to the repository), FROM a base image in the site's registry."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def test_build_delivery_builds_the_tagged_source_on_the_host(site):
     # Built from source, not pulled: the registry never held app images for this site.
     repositories = site.on_host("docker images --format '{{.Repository}}'").split()
     assert not [repo for repo in repositories if "/residency/" in repo], repositories
-    assert site.on_host("command -v git || echo none").strip() == "none"
+    # The host got archives, never a clone of the repository.
+    clones = site.on_host("find /opt/residency-scheduler /var/lib/residency-scheduler -name .git")
+    assert clones.strip() == "", clones
     staged = site.on_host("ls -A /var/lib/residency-scheduler/.staging").split()
     assert not [name for name in staged if name.endswith(".tar")], f"sources left: {staged}"
     site.rsdeploy("verify").check()
