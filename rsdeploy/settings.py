@@ -85,7 +85,7 @@ class AppSettings(Section):
     # build: the app's git repository (a path relative to the inventory, or a URL), read where
     # rsdeploy runs; hosts get `git archive` of the release tag, never git or credentials.
     source_repo: str | None = None
-    build_args: dict[str, str] = {}  # build: --build-arg values for the app's Dockerfiles
+    build_args: dict[str, str] = {}  # build: --build-arg values (not secrets: images keep them)
 
     @field_validator("build_args")
     @classmethod
