@@ -21,7 +21,7 @@ from pyinfra.operations import server
 
 from rsdeploy import apply
 from rsdeploy.escape import nginx_representable
-from rsdeploy.types import Email, Image, Port, Resources, Section, Size
+from rsdeploy.types import Email, HttpsUrl, Image, Port, Resources, Section, Size
 
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
@@ -49,11 +49,17 @@ class TlsSettings(Section):
     cert_path: str | None = None  # provided: full-chain certificate path on the host
     key_path: str | None = None  # provided: private key path on the host
     staging: bool = False  # certbot: use the Let's Encrypt staging CA
+    # certbot: ACME directory URL of another CA (step-ca, a sandbox's pebble); None: Let's
+    # Encrypt. Its TLS certificate must chain to the host's trust store (trusted_ca_certs).
+    acme_server: HttpsUrl | None = None
 
     @model_validator(mode="after")
     def _mode_needs(self):
         if self.mode == "certbot" and not self.email:
             raise ValueError("tls.mode certbot needs tls.email")
+        if self.staging and self.acme_server:
+            raise ValueError("tls.staging (Let's Encrypt's staging CA) and tls.acme_server "
+                             "exclude each other: set one")
         if self.mode == "provided" and not (self.cert_path and self.key_path):
             raise ValueError("tls.mode provided needs tls.cert_path and tls.key_path")
         for field in ("cert_path", "key_path"):
@@ -169,6 +175,8 @@ def certbot_certonly_args(hs: HostSettings) -> list[str]:
     """certbot arguments (after ``certbot``) that obtain the first certificate over the webroot.
 
     The lineage is named after the primary domain, which :func:`certificate_paths` relies on.
+    The CA (``--server`` or ``--staging``) is recorded in the lineage's renewal
+    configuration, so ``certbot renew`` goes back to it.
     Example: ``["certonly", "--webroot", "-w", "/var/www/certbot", "--cert-name", "a.org", ...]``
     """
     tls = hs.stack.tls
@@ -176,6 +184,8 @@ def certbot_certonly_args(hs: HostSettings) -> list[str]:
             "--email", tls.email, "--agree-tos", "--non-interactive", "--keep-until-expiring"]
     for domain in hs.stack.domains:
         args += ["-d", domain]
+    if tls.acme_server:
+        args += ["--server", tls.acme_server]
     return args + (["--staging"] if tls.staging else [])
 
 
@@ -480,15 +490,24 @@ def _copy_provided(src: str, dest: str, mode: str):
     )
 
 
+def first_certificate_args(hs: HostSettings) -> list[str]:
+    """certbot arguments for the first certificate: :func:`certbot_certonly_args`, but answering
+    the challenge itself (``--standalone``), as nginx cannot start without a certificate.
+
+    Example: ``["certonly", "--standalone", "--cert-name", "a.org", ...]``
+    """
+    args = certbot_certonly_args(hs)
+    return ["certonly", "--standalone"] + args[args.index("--cert-name"):]
+
+
 def _first_certbot_certificate(hs: HostSettings):
     from roles.compose import compose_command
 
-    args = certbot_certonly_args(hs)
-    standalone = ["certonly", "--standalone"] + args[args.index("--cert-name"):]
     port = f"{hs.stack.nginx.http_port}:80"
+    ca = hs.stack.tls.acme_server or "Let's Encrypt"
     return server.shell(
-        name=f"Obtain the first Let's Encrypt certificate for {hs.stack.domain}",
+        name=f"Obtain the first certificate for {hs.stack.domain} from {ca}",
         commands=[compose_command(hs, "run", "--rm", "--no-deps", "--publish", port,
-                                  "certbot", *standalone)],
+                                  "certbot", *first_certificate_args(hs))],
         _chdir=hs.stack.paths.base_dir,
     )

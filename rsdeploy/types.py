@@ -2,6 +2,7 @@
 
 import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -33,6 +34,17 @@ Tag = Annotated[str, _matches(_TAG, "a valid version tag (letters, digits, '.', 
 #: A Unix user, group or database identifier.
 Name = Annotated[str, _matches(_NAME, "a valid name (lower case letters, digits, '_', '-')")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or re.search(r"[\s\"'\\]", value):
+        raise ValueError(f"{value!r} is not an https:// URL")
+    return value
+
+
+#: An https:// URL with a host (an ACME directory, for example); kept as written.
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 LogLevel = Annotated[str, _matches(re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$"),
                                    "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")]
 
