@@ -87,11 +87,14 @@ INFRA = {s.name: s for s in [
     ImageSpec("redis-exporter", "rsdeploy/redis-exporter:1.45", "redis-exporter",
               "oliver006/redis_exporter"),
     ImageSpec("registry", "rsdeploy/registry:2.8", "registry", "registry:2"),
+    ImageSpec("certbot", "rsdeploy/certbot:2.1", "certbot", "certbot/certbot"),
+    # The sandbox's test ACME server (tls.mode certbot end to end), not part of the stack.
+    ImageSpec("pebble", "rsdeploy/pebble:2.4", "pebble", "letsencrypt/pebble"),
 ]}
 #: What the docker layout runs in the sandbox (Grafana, Loki, Alloy and cAdvisor have no offline
 #: source): the demo and the end-to-end tests build, push or bundle these.
-SANDBOX_STACK = ["postgres", "redis", "nginx", "prometheus", "alertmanager", "node-exporter",
-                 "postgres-exporter", "redis-exporter", "backend", "frontend"]
+SANDBOX_STACK = ["postgres", "redis", "nginx", "certbot", "prometheus", "alertmanager",
+                 "node-exporter", "postgres-exporter", "redis-exporter", "backend", "frontend"]
 #: App parts built per release tag: short name -> image repository (the roles' default names).
 APP_PARTS = {
     "backend": "residency-scheduler-backend",
