@@ -16,16 +16,25 @@ sandbox registry (``images push``). RS_SANDBOX_DELIVERY picks the app's delivery
 - ``build``: the app images built on the host from the reference app's repository
   (``.sandbox/<prefix>/refapp``, written by ``sandbox up``), FROM the base image in the
   registry (``images push base``); the other images pulled.
+
+The site's certificate is self-signed; with RS_SANDBOX_TLS=certbot it comes from the sandbox's
+ACME server instead (tls.mode certbot against pebble, for ``<prefix>.test`` and
+``www.<prefix>.test``): start that first with ``rsdeploy.sandbox.ensure_acme(prefix, client,
+{name: web host address})``, as tests/e2e/test_docker_certbot.py does. Hosts trust its TLS
+certificate through the sandbox CA; nothing trusts the certificates it issues.
 """
 
 import os
 
+from rsdeploy.errors import UserError
 from rsdeploy.images import BASE, INFRA, registry_path
 from rsdeploy.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
+tls_mode = os.environ.get("RS_SANDBOX_TLS", "self-signed")
 registry = f"{sandbox.prefix}-registry:{REGISTRY_PORT}"
+domain = f"{sandbox.prefix}.test"
 
 
 def image(name: str) -> str:
@@ -46,11 +55,25 @@ APP_DELIVERY = {
 }
 
 
+def tls(mode: str) -> dict:
+    """The ``tls`` section (and the names on the certificate) for RS_SANDBOX_TLS."""
+    if mode == "self-signed":
+        return {"tls": {"mode": "self-signed"}}
+    if mode != "certbot":
+        raise UserError(f"RS_SANDBOX_TLS={mode}: expected self-signed or certbot")
+    if not sandbox.acme:
+        raise UserError(f"RS_SANDBOX_TLS=certbot: sandbox {sandbox.prefix} runs no ACME server "
+                        "(start it with rsdeploy.sandbox.ensure_acme)")
+    return {"tls": {"mode": "certbot", "email": f"ops@{domain}",
+                    "acme_server": sandbox.acme["directory"]},
+            "extra_domains": [f"www.{domain}"]}
+
+
 stack = {
     "layout": "docker",
     "version": "v1.0.0",
-    "domain": f"{sandbox.prefix}.test",
-    "tls": {"mode": "self-signed"},
+    "domain": domain,
+    **tls(tls_mode),
     "app": APP_DELIVERY[delivery],
     # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
     "docker": {"source": "distro"},
@@ -60,6 +83,7 @@ stack = {
     "postgres": {"image": image("postgres")},
     "redis": {"image": image("redis")},
     "nginx": {"image": image("nginx")},
+    "compose": {"certbot_image": image("certbot")},
     "prometheus": {"image": image("prometheus")},
     "alertmanager": {"image": image("alertmanager")},
     "exporters": {

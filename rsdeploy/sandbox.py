@@ -51,6 +51,9 @@ HOST_PORTS = {22: "ssh", 80: "http", 443: "https", 9090: "prometheus", 9093: "al
               3001: "grafana"}
 REGISTRY_PORT = 5000
 REGISTRY_USER = "rsdeploy"
+#: The test ACME server's ports: the ACME API (directory at /dir) and the management API.
+ACME_PORT = 14000
+ACME_MANAGEMENT_PORT = 15000
 #: Secrets of the sandbox stack (random, made once per sandbox), by name and length in bytes.
 SECRET_BYTES = {"db_password": 24, "redis_password": 24, "secret_key": 48, "webhook_secret": 48,
                 "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24}
@@ -158,6 +161,10 @@ class SandboxPaths:
         """The reference app's git repository (a tag per release): build delivery's source."""
         return self.root / "refapp"
 
+    @property
+    def acme(self) -> Path:
+        return self.root / "acme"
+
     def host_key(self, host: str) -> Path:
         return self.root / "hostkeys" / host / "ssh_host_ed25519_key"
 
@@ -185,6 +192,7 @@ class Sandbox:
     subnet: str
     hosts: tuple[Host, ...]
     registry: dict | None
+    acme: dict | None = None  # the test ACME server (ensure_acme): directory and roots URLs
 
     @classmethod
     def load(cls, prefix: str | None = None) -> Sandbox:
@@ -197,7 +205,8 @@ class Sandbox:
         state = json.loads(paths.state.read_text())
         hosts = tuple(Host(h["name"], h["address"], {int(k): v for k, v in h["ports"].items()})
                       for h in state["hosts"])
-        return cls(prefix, paths, state["network"], state["subnet"], hosts, state.get("registry"))
+        return cls(prefix, paths, state["network"], state["subnet"], hosts, state.get("registry"),
+                   state.get("acme"))
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -653,8 +662,8 @@ def ensure_registry(prefix: str, client) -> dict:
         images.build_image(client, image, images.ensure_base(client))
         log(f"{name}: starting (127.0.0.1:{registry['port']}) ...")
         _ensure_volume(client, f"{name}-data", prefix)
-        container = client.containers.run(
-            image.ref, name=name, detach=True,
+        container = _run_service(
+            client, sandbox, name, registry["address"], image.ref, "registry",
             ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", registry["port"])},
             volumes={str(paths.registry / "certs"): {"bind": "/certs", "mode": "ro"},
                      str(paths.registry / "auth"): {"bind": "/auth", "mode": "ro"},
@@ -666,11 +675,6 @@ def ensure_registry(prefix: str, client) -> dict:
                 "REGISTRY_AUTH_HTPASSWD_REALM": f"rsdeploy sandbox {prefix}",
                 "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
             },
-            labels={LABEL: prefix, "rsdeploy.sandbox.role": "registry"},
-            network=sandbox.network,
-            networking_config={sandbox.network: client.api.create_endpoint_config(
-                ipv4_address=registry["address"], aliases=[name])},
-            restart_policy={"Name": "unless-stopped"},
         )
     elif container.status != "running":
         container.start()
@@ -679,6 +683,23 @@ def ensure_registry(prefix: str, client) -> dict:
     _write_state(paths, state)
     _wait_for_registry(paths, registry["port"])
     return registry
+
+
+def _run_service(client, sandbox: Sandbox, name: str, address: str, image: str, role: str,
+                 **options):
+    """Start a labelled service container at a fixed ``address`` on the sandbox network.
+
+    Example: ``_run_service(client, sandbox, "rs-sandbox-registry", "10.213.5.5", ref, "registry")``
+    """
+    return client.containers.run(
+        image, name=name, detach=True,
+        labels={LABEL: sandbox.prefix, "rsdeploy.sandbox.role": role},
+        network=sandbox.network,
+        networking_config={sandbox.network: client.api.create_endpoint_config(
+            ipv4_address=address, aliases=[name])},
+        restart_policy={"Name": "unless-stopped"},
+        **options,
+    )
 
 
 def _registry_files(paths: SandboxPaths, registry: dict) -> None:
@@ -736,6 +757,93 @@ def _forget_registry(client, registry: dict) -> list[str]:
                 client.images.remove(tag, noprune=True)
                 removed.append(f"tag {tag}")
     return removed
+
+
+# --- the test ACME server (tls.mode certbot) ---------------------------------------------------
+
+
+def ensure_acme(prefix: str, client, names: dict[str, str]) -> dict:
+    """Run ``<prefix>-acme``, a pebble ACME server, on the sandbox network; returns its record
+    (also in the state file: ``Sandbox.acme``), with ``directory`` (tls.acme_server) and
+    ``roots`` (its current root certificate, from the management API).
+
+    ``names`` maps each site name to the sandbox host that answers its HTTP-01 challenges on
+    port 80 (pebble reads them from its /etc/hosts); other names change it, which re-creates
+    the server (with a new root). Its TLS certificate comes from the sandbox CA, which the
+    hosts trust. Example: ``ensure_acme("rs-acme", client, {"rs-acme.test": "10.213.9.11"})``
+    """
+    from rsdeploy import images
+
+    sandbox = Sandbox.load(prefix)
+    state = _read_state(sandbox.paths)
+    name, address = f"{prefix}-acme", _address(sandbox.subnet, 6)
+    base = f"https://{address}"
+    acme = {"name": name, "address": address, "names": dict(sorted(names.items())),
+            "directory": f"{base}:{ACME_PORT}/dir", "roots": f"{base}:{ACME_MANAGEMENT_PORT}/roots/0"}
+    _acme_files(sandbox.paths, acme)
+    container = _get_container(client, name, prefix)
+    if container is not None and (state.get("acme") or {}).get("names") != acme["names"]:
+        container.remove(force=True)
+        container = None
+    if container is None:
+        image = images.INFRA["pebble"]
+        images.build_image(client, image, images.ensure_base(client))
+        log(f"{name}: starting ({acme['directory']}) ...")
+        _run_service(client, sandbox, name, address, image.ref, "acme",
+                     volumes={str(sandbox.paths.acme): {"bind": "/test/config", "mode": "ro"}},
+                     # No artificial validation delays, no random nonce rejections.
+                     environment={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+                     extra_hosts=acme["names"])
+    elif container.status != "running":
+        container.start()
+    state["acme"] = acme
+    _write_state(sandbox.paths, state)
+    _wait_for_acme(sandbox.paths, acme)
+    return acme
+
+
+def _acme_files(paths: SandboxPaths, acme: dict) -> None:
+    """pebble's configuration and its listeners' certificate (sandbox CA, IP SAN), once."""
+    paths.acme.mkdir(parents=True, exist_ok=True)
+    if not (paths.acme / "server.crt").exists():
+        _issue_cert(paths, acme["name"], paths.acme / "server",
+                    [f"DNS:{acme['name']}", f"IP:{acme['address']}"])
+    config = {"pebble": {
+        "listenAddress": f"0.0.0.0:{ACME_PORT}",
+        "managementListenAddress": f"0.0.0.0:{ACME_MANAGEMENT_PORT}",
+        "certificate": "/test/config/server.crt",
+        "privateKey": "/test/config/server.key",
+        "httpPort": 80,  # HTTP-01: the site's port 80, where certbot or nginx answers
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }}
+    (paths.acme / "pebble-config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _wait_for_acme(paths: SandboxPaths, acme: dict, timeout: float = 30) -> None:
+    """Until the directory answers over TLS that the sandbox CA vouches for."""
+    context = ssl.create_default_context(cafile=str(paths.ca_cert))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            urllib.request.urlopen(acme["directory"], context=context, timeout=3)
+            return
+        time.sleep(0.5)
+    raise UserError(f"the sandbox ACME server did not answer at {acme['directory']}")
+
+
+def acme_root(prefix: str) -> str:
+    """The PEM root certificate the sandbox's ACME server issues under now (management API).
+
+    Example: ``acme_root("rs-acme")`` -> ``"-----BEGIN CERTIFICATE-----..."``
+    """
+    sandbox = Sandbox.load(prefix)
+    if not sandbox.acme:
+        raise UserError(f"sandbox {prefix} runs no ACME server (rsdeploy.sandbox.ensure_acme)")
+    context = ssl.create_default_context(cafile=str(sandbox.paths.ca_cert))
+    with urllib.request.urlopen(sandbox.acme["roots"], context=context, timeout=10) as answer:
+        return answer.read().decode()
 
 
 # --- command line -----------------------------------------------------------------------------
