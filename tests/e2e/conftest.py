@@ -43,15 +43,20 @@ class Run:
 class Site:
     """One sandbox stack: the operator's commands and a user's view of the site."""
 
-    def __init__(self, sandbox, delivery: str):
-        self.sandbox, self.delivery = sandbox, delivery
+    def __init__(self, sandbox, delivery: str, tls: str = "self-signed"):
+        self.sandbox, self.delivery, self.tls = sandbox, delivery, tls
         self.host = sandbox.hosts[0]
         self.domain = f"{sandbox.prefix}.test"
 
     @property
+    def domains(self) -> list[str]:
+        """The names the sandbox inventory serves (certbot mode adds ``www.``)."""
+        return [self.domain] + ([f"www.{self.domain}"] if self.tls == "certbot" else [])
+
+    @property
     def env(self) -> dict[str, str]:
         return dict(os.environ, RS_SANDBOX_PREFIX=self.sandbox.prefix,
-                    RS_SANDBOX_DELIVERY=self.delivery)
+                    RS_SANDBOX_DELIVERY=self.delivery, RS_SANDBOX_TLS=self.tls)
 
     def rsdeploy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
         """``rsdeploy ARGS -i INVENTORY --secrets <sandbox secrets>``, output captured."""
@@ -104,14 +109,18 @@ class Site:
                 for c in json.loads(out or "[]")}
 
 
-def ready_site(prefix: str, delivery: str):
+def ready_site(prefix: str, delivery: str, tls: str = "self-signed"):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
-    the infra images and the base the app's Dockerfiles start FROM; the app is built on the host).
+    the infra images and the base the app's Dockerfiles start FROM; the app is built on the host)
+    and, for ``tls`` certbot, the sandbox's ACME server resolving the site's names to the host.
     """
     wanted = images.sandbox_images(delivery)
     images.build(wanted, [FIRST_VERSION])
     with sandbox_module.session(prefix, 1) as sandbox:
-        site = Site(sandbox, delivery)
+        site = Site(sandbox, delivery, tls)
+        if tls == "certbot":
+            sandbox_module.ensure_acme(sandbox.prefix, sandbox_module.ensure_engine(),
+                                       {name: site.host.address for name in site.domains})
         if delivery == "bundle":
             images.bundle(sandbox.paths.root / "bundles", wanted, [FIRST_VERSION])
         else:

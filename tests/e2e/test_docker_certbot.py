@@ -1,0 +1,121 @@
+"""tls.mode certbot end to end on a fresh sandbox host, against a real ACME server (the sandbox's
+pebble): the first certificate before nginx holds port 80, a re-run that leaves it alone, and a
+renewal through the real renewal unit, answered by nginx from the shared webroot and picked up
+by a reload, not a restart.
+
+The steps run in file order on one host, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from rsdeploy import sandbox as sandbox_module
+from tests.e2e.conftest import FIRST_VERSION, ready_site
+
+pytestmark = pytest.mark.sandbox
+
+LETSENCRYPT = "/etc/letsencrypt"
+CLI_INI = f"{LETSENCRYPT}/cli.ini"
+RENEW_UNIT = "rs-certbot-renew.service"
+CHALLENGE = re.compile(r'"GET /\.well-known/acme-challenge/[\w-]+ HTTP/1\.1" 200 ')
+
+
+@pytest.fixture(scope="module")
+def site():
+    yield from ready_site("rs-acme", "pull", tls="certbot")
+
+
+@pytest.fixture(scope="module")
+def pebble_root(site, tmp_path_factory):
+    """pebble's root certificate, from its management API (a file for curl and openssl)."""
+    path = tmp_path_factory.mktemp("acme") / "pebble-root.pem"
+    path.write_text(sandbox_module.acme_root(site.sandbox.prefix))
+    return path
+
+
+def served_certificate(site, name: str) -> str:
+    """The PEM certificate nginx presents for ``name`` on the host's 443 (through loopback)."""
+    hello = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{site.host.port(443)}",
+         "-servername", name], input="", capture_output=True, text=True, timeout=30)
+    found = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", hello.stdout,
+                      re.DOTALL)
+    assert found, f"no certificate for {name}: {hello.stdout[-2000:]}{hello.stderr[-2000:]}"
+    return found.group(0)
+
+
+def serial(site) -> str:
+    pem = served_certificate(site, site.domain)
+    return subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def renewal_conf(site) -> dict[str, str]:
+    """The lineage's renewal settings (what ``certbot renew`` will do), as key -> value."""
+    text = site.on_host(f"cat {LETSENCRYPT}/renewal/{site.domain}.conf")
+    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
+
+
+def challenges_answered_by_nginx(site) -> int:
+    logs = site.on_host("docker logs residency-scheduler-nginx-1 2>&1")
+    return len(CHALLENGE.findall(logs))
+
+
+def assert_trusted_through_pebble_root(site, pebble_root) -> None:
+    """For every name: curl, trusting only pebble's root, gets /health (chain and name checked,
+    as a browser trusting that CA would)."""
+    port = site.host.port(443)
+    for name in site.domains:
+        proc = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", str(pebble_root), "-o", "/dev/null",
+             "-w", "%{http_code}", "--resolve", f"{name}:{port}:127.0.0.1",
+             f"https://{name}:{port}/health"], capture_output=True, text=True)
+        assert proc.stdout == "200", f"{name}: {proc.stdout} {proc.stderr}"
+
+
+def test_first_deploy_serves_a_certificate_from_the_acme_server(site, pebble_root):
+    site.rsdeploy("bootstrap").check()
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    assert site.wait_healthy()["status"] == "healthy"
+    assert_trusted_through_pebble_root(site, pebble_root)
+    conf = renewal_conf(site)
+    assert conf["server"] == sandbox_module.Sandbox.load(site.sandbox.prefix).acme["directory"]
+    assert conf["authenticator"] == "standalone"  # nginx was not running yet
+
+
+def test_verify_suite_passes_with_certbot(site):
+    site.rsdeploy("verify").check()
+
+
+def test_second_run_changes_nothing_and_asks_for_no_certificate(site):
+    before, nginx_before = serial(site), site.containers()["nginx"]
+    run = site.rsdeploy("deploy").check()
+    assert run.changed == 0, run.output[-4000:]
+    assert "Obtain the first certificate" not in run.output
+    assert serial(site) == before
+    assert site.containers()["nginx"] == nginx_before
+
+
+def test_renewal_unit_renews_through_nginx_and_reloads_it(site, pebble_root):
+    before, nginx_before = serial(site), site.containers()["nginx"]["started"]
+    answered_before = challenges_answered_by_nginx(site)
+    # Certificates from pebble are not due for years: make this one run of the unit renew.
+    site.on_host(f"printf 'force-renewal = True\\n' > {CLI_INI}")
+    try:
+        unit = site.sandbox.ssh(site.host.name, f"systemctl start {RENEW_UNIT}", timeout=300,
+                                check=False)
+    finally:
+        site.on_host(f"rm -f {CLI_INI}")
+    journal = site.on_host(f"journalctl -u {RENEW_UNIT} --no-pager -n 60")
+    assert unit.returncode == 0, f"{unit.stderr}\n{journal}"
+    assert serial(site) != before, journal
+    assert site.containers()["nginx"]["started"] == nginx_before  # reloaded, not restarted
+    # pebble fetched one challenge per name from port 80 while nginx held it.
+    assert challenges_answered_by_nginx(site) - answered_before == len(site.domains), journal
+    conf = renewal_conf(site)
+    assert conf["authenticator"] == "webroot" and "/var/www/certbot" in conf.values(), conf
+    assert_trusted_through_pebble_root(site, pebble_root)
