@@ -290,8 +290,10 @@ def _renewal_files(hs: HostSettings) -> list[RenderedFile]:
     compose = [DOCKER_CLI, "compose", *compose_args(hs)]
     service = template(
         "certbot/rs-certbot-renew.service.j2", hs,
+        # The timer spreads the runs already (as Debian's certbot.timer, whose service also
+        # turns off certbot's own random sleep of up to 8 minutes before renewing).
         renew_command=[*compose, "run", "--rm", "--no-deps", "certbot", "renew",
-                       "--webroot", "-w", ACME_WEBROOT],
+                       "--webroot", "-w", ACME_WEBROOT, "--no-random-sleep-on-renew"],
         reload_command=[*compose, "exec", "-T", "nginx", "nginx", "-s", "reload"],
     )
     timer = "rs-certbot-renew.timer"

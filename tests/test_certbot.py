@@ -106,3 +106,11 @@ def test_certbot_keeps_its_own_store_without_extra_cas(tmp_path):
     certbot = resolved_web_services(web_host("example_docker"), tmp_path)["certbot"]
     assert "/etc/ssl/certs" not in mounts(certbot)
     assert "REQUESTS_CA_BUNDLE" not in (certbot.get("environment") or {})
+
+
+def test_renewal_unit_leaves_the_spreading_to_its_timer():
+    service = next(f.content for f in nginx.render(web_host("example_docker"))
+                   if f.path.endswith("rs-certbot-renew.service"))
+    # certbot sleeps up to 8 minutes before a non-interactive renew unless told not to; the
+    # timer's RandomizedDelaySec spreads the runs already (as Debian's certbot.timer does).
+    assert '"renew" "--webroot" "-w" "/var/www/certbot" "--no-random-sleep-on-renew"' in service
