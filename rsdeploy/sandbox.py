@@ -791,8 +791,10 @@ def ensure_acme(prefix: str, client, names: dict[str, str]) -> dict:
         log(f"{name}: starting ({acme['directory']}) ...")
         _run_service(client, sandbox, name, address, image.ref, "acme",
                      volumes={str(sandbox.paths.acme): {"bind": "/test/config", "mode": "ro"}},
-                     # No artificial validation delays, no random nonce rejections.
-                     environment={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+                     # No artificial validation delays, no random nonce rejections, and
+                     # every order validated anew (a renewal proves its challenge path too).
+                     environment={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                                  "PEBBLE_AUTHZREUSE": "0"},
                      extra_hosts=acme["names"])
     elif container.status != "running":
         container.start()

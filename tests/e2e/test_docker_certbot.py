@@ -61,7 +61,7 @@ def renewal_conf(site) -> dict[str, str]:
 
 
 def challenges_answered_by_nginx(site) -> int:
-    logs = site.on_host("docker logs residency-scheduler-nginx-1 2>&1")
+    logs = site.on_host(f"docker logs {site.containers()['nginx']['id']} 2>&1")
     return len(CHALLENGE.findall(logs))
 
 
