@@ -613,6 +613,9 @@ def status(prefix: str | None = None) -> list[dict]:
         reg = sandbox.registry
         print(f"{reg['name']:24} registry {reg['name']}:{REGISTRY_PORT} "
               f"(127.0.0.1:{reg['port']}, user {reg['username']})")
+    if sandbox.acme:
+        print(f"{sandbox.acme['name']:24} acme     {sandbox.acme['directory']} "
+              f"(names: {', '.join(sandbox.acme['names'])})")
     print(f"ssh: ssh -F {sandbox.paths.ssh_config} {sandbox.hosts[0].name}")
     return rows
 
