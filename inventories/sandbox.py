@@ -22,6 +22,9 @@ ACME server instead (tls.mode certbot against pebble, for ``<prefix>.test`` and
 ``www.<prefix>.test``): start that first with ``rsdeploy.sandbox.ensure_acme(prefix, client,
 {name: web host address})``, as tests/e2e/test_docker_certbot.py does. Hosts trust its TLS
 certificate through the sandbox CA; nothing trusts the certificates it issues.
+
+RS_SANDBOX_MONITORING=off runs the stack without Prometheus, Alertmanager and the exporters
+(scenarios that do not concern them: fewer images to push and pull).
 """
 
 import os
@@ -33,6 +36,7 @@ from rsdeploy.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
 tls_mode = os.environ.get("RS_SANDBOX_TLS", "self-signed")
+monitoring = os.environ.get("RS_SANDBOX_MONITORING", "on") != "off"
 registry = f"{sandbox.prefix}-registry:{REGISTRY_PORT}"
 domain = f"{sandbox.prefix}.test"
 
@@ -84,8 +88,8 @@ stack = {
     "redis": {"image": image("redis")},
     "nginx": {"image": image("nginx")},
     "compose": {"certbot_image": image("certbot")},
-    "prometheus": {"image": image("prometheus")},
-    "alertmanager": {"image": image("alertmanager")},
+    "prometheus": {"enabled": monitoring, "image": image("prometheus")},
+    "alertmanager": {"enabled": monitoring, "image": image("alertmanager")},
     "exporters": {
         "node_exporter": {"image": image("node-exporter"), "port": 9100},
         "postgres_exporter": {"image": image("postgres-exporter"), "port": 9187},

@@ -21,6 +21,9 @@ from rsdeploy import sandbox as sandbox_module
 
 FIRST_VERSION = "v1.0.0"
 SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
+#: The images only monitoring uses (RS_SANDBOX_MONITORING=off runs none of them).
+MONITORING_IMAGES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter",
+                     "redis-exporter")
 
 
 @dataclass
@@ -43,8 +46,8 @@ class Run:
 class Site:
     """One sandbox stack: the operator's commands and a user's view of the site."""
 
-    def __init__(self, sandbox, delivery: str, tls: str = "self-signed"):
-        self.sandbox, self.delivery, self.tls = sandbox, delivery, tls
+    def __init__(self, sandbox, delivery: str, tls: str = "self-signed", monitoring: bool = True):
+        self.sandbox, self.delivery, self.tls, self.monitoring = sandbox, delivery, tls, monitoring
         self.host = sandbox.hosts[0]
         self.domain = f"{sandbox.prefix}.test"
 
@@ -56,7 +59,8 @@ class Site:
     @property
     def env(self) -> dict[str, str]:
         return dict(os.environ, RS_SANDBOX_PREFIX=self.sandbox.prefix,
-                    RS_SANDBOX_DELIVERY=self.delivery, RS_SANDBOX_TLS=self.tls)
+                    RS_SANDBOX_DELIVERY=self.delivery, RS_SANDBOX_TLS=self.tls,
+                    RS_SANDBOX_MONITORING="on" if self.monitoring else "off")
 
     def rsdeploy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
         """``rsdeploy ARGS -i INVENTORY --secrets <sandbox secrets>``, output captured."""
@@ -109,15 +113,17 @@ class Site:
                 for c in json.loads(out or "[]")}
 
 
-def ready_site(prefix: str, delivery: str, tls: str = "self-signed"):
+def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring: bool = True):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
     the infra images and the base the app's Dockerfiles start FROM; the app is built on the host)
     and, for ``tls`` certbot, the sandbox's ACME server resolving the site's names to the host.
+    Without ``monitoring`` the stack runs no monitoring, and its images stay on this machine.
     """
-    wanted = images.sandbox_images(delivery)
+    wanted = [name for name in images.sandbox_images(delivery)
+              if monitoring or name not in MONITORING_IMAGES]
     images.build(wanted, [FIRST_VERSION])
     with sandbox_module.session(prefix, 1) as sandbox:
-        site = Site(sandbox, delivery, tls)
+        site = Site(sandbox, delivery, tls, monitoring)
         if tls == "certbot":
             sandbox_module.ensure_acme(sandbox.prefix, sandbox_module.ensure_engine(),
                                        {name: site.host.address for name in site.domains})

@@ -28,7 +28,8 @@ CHALLENGE = re.compile(r'^(\S+) .*"GET /\.well-known/acme-challenge/([\w-]+) HTT
 
 @pytest.fixture(scope="module")
 def site():
-    yield from ready_site("rs-acme", "pull", tls="certbot")
+    # Nothing here concerns monitoring: without it the run is shorter (CI has 2 cores).
+    yield from ready_site("rs-acme", "pull", tls="certbot", monitoring=False)
 
 
 @pytest.fixture(scope="module")
