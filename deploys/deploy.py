@@ -21,7 +21,9 @@ metas = apply.upload(hs, rendered)
 changed = apply.readers(rendered, metas)
 base.react(hs, changed)
 docker_engine.react(hs, changed)
+# Images first: the first certificate is obtained with the certbot image (`compose run`).
+delivered = compose.deliver_images(hs, compose.project_images(rendered))
 certificate = nginx.ensure_certificate(hs) if nginx.applies(hs) else []
-compose.roll_out(hs, rendered, metas, extra_changes={"nginx": certificate})
+compose.roll_out(hs, rendered, metas, delivered, extra_changes={"nginx": certificate})
 apply.enable_timers(changed)
 apply.record_version(hs)

@@ -460,19 +460,20 @@ def _down(container: dict | None) -> bool:
 
 
 @deploy("Roll out the Compose project")
-def roll_out(hs: HostSettings, rendered: list[RenderedFile], metas: dict,
+def roll_out(hs: HostSettings, rendered: list[RenderedFile], metas: dict, delivered: list,
              extra_changes: dict[str, list] | None = None) -> None:
-    """Deliver missing images, bring the project up (health-gated), then reload or restart each
-    service whose mounted files changed. Nothing runs when nothing changed and all is healthy.
+    """Bring the project up (health-gated), then reload or restart each service whose mounted
+    files changed. Nothing runs when nothing changed and all is healthy.
 
-    ``extra_changes`` maps a service to further operations whose change concerns it (e.g. a new
-    certificate for nginx). Example: ``roll_out(hs, rendered, apply.upload(hs, rendered))``
+    ``delivered``: the operations of :func:`deliver_images` (new images recreate their
+    services); ``extra_changes`` maps a service to further operations whose change concerns it
+    (e.g. a new certificate for nginx).
+    Example: ``roll_out(hs, rendered, metas, deliver_images(hs, project_images(rendered)))``
     """
     from pyinfra import host
 
     from rsdeploy.facts import ComposeContainers
 
-    delivered = deliver_images(hs, project_images(rendered))
     containers = host.get_fact(ComposeContainers, project=hs.stack.compose.project)
     down = [name for name in long_running(hs) if _down(containers.get(name))]
     changed = [metas[f.path] for f in rendered if tracked_by_compose(hs, f)] + delivered

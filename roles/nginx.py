@@ -503,11 +503,9 @@ def first_certificate_args(hs: HostSettings) -> list[str]:
 
 
 def _first_certbot_certificate(hs: HostSettings):
-    from roles.compose import compose_command, deliver_images
+    from roles.compose import compose_command
 
-    # Before `compose run`, which would pull it without the registry login (or cannot pull at
-    # all: bundle delivery). The rollout delivers the stack's other images.
-    deliver_images(hs, [hs.stack.compose.certbot_image])
+    # The certbot image is there already: the deploy delivers images first.
     port = f"{hs.stack.nginx.http_port}:80"
     ca = hs.stack.tls.acme_server or "Let's Encrypt"
     return server.shell(
