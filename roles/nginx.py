@@ -503,14 +503,24 @@ def first_certificate_args(hs: HostSettings) -> list[str]:
 
 
 def _first_certbot_certificate(hs: HostSettings):
-    from roles.compose import compose_command
+    """certbot's first run (its image is there already: the deploy delivers images first).
 
-    # The certbot image is there already: the deploy delivers images first.
-    port = f"{hs.stack.nginx.http_port}:80"
+    On a new site nothing holds port 80 yet, so certbot answers the challenge itself. A site
+    switching to certbot from another TLS mode keeps serving: its running nginx answers the
+    challenge from the shared webroot (mounted in every mode) and is recreated afterwards.
+    """
+    from roles.compose import compose_command
+    from rsdeploy.facts import ComposeContainers
+
+    running = host.get_fact(ComposeContainers, project=hs.stack.compose.project).get("nginx")
+    if running and running["state"] == "running":
+        run, how = ["certbot", *certbot_certonly_args(hs)], "through the running nginx"
+    else:
+        port = f"{hs.stack.nginx.http_port}:80"
+        run, how = ["--publish", port, "certbot", *first_certificate_args(hs)], "standalone"
     ca = hs.stack.tls.acme_server or "Let's Encrypt"
     return server.shell(
-        name=f"Obtain the first certificate for {hs.stack.domain} from {ca}",
-        commands=[compose_command(hs, "run", "--rm", "--no-deps", "--publish", port,
-                                  "certbot", *first_certificate_args(hs))],
+        name=f"Obtain the first certificate for {hs.stack.domain} from {ca} ({how})",
+        commands=[compose_command(hs, "run", "--rm", "--no-deps", *run)],
         _chdir=hs.stack.paths.base_dir,
     )

@@ -69,8 +69,8 @@ def private_ca(tmp_path: Path) -> str:
 
 
 def resolved_web_services(hs, tmp_path: Path) -> dict:
-    """nginx and certbot as ``docker compose config`` resolves the host's whole project, with
-    certbot's profile on (as ``docker compose run certbot`` turns it on)."""
+    """nginx and certbot (if the host has it) as ``docker compose config`` resolves the host's
+    whole project, with certbot's profile on (as ``docker compose run certbot`` turns it on)."""
     write_tree(render_host(hs), tmp_path / "tree")
     base_dir = tmp_path / "tree" / hs.stack.paths.base_dir.lstrip("/")
     files = [arg for name in compose.compose_files(hs) for arg in ("-f", name)]
@@ -81,7 +81,7 @@ def resolved_web_services(hs, tmp_path: Path) -> dict:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     services = json.loads(proc.stdout)["services"]
-    return {name: services[name] for name in ("nginx", "certbot")}
+    return {name: services[name] for name in ("nginx", "certbot") if name in services}
 
 
 def mounts(service: dict) -> dict[str, tuple[str, bool]]:
@@ -114,3 +114,11 @@ def test_renewal_unit_leaves_the_spreading_to_its_timer():
     # certbot sleeps up to 8 minutes before a non-interactive renew unless told not to; the
     # timer's RandomizedDelaySec spreads the runs already (as Debian's certbot.timer does).
     assert '"renew" "--webroot" "-w" "/var/www/certbot" "--no-random-sleep-on-renew"' in service
+
+
+@pytest.mark.parametrize("tls", [{"mode": "self-signed"}, CERTBOT])
+def test_nginx_shares_the_challenge_webroot_with_certbot_in_every_mode(tmp_path, tls):
+    # A self-signed site switching to certbot gets its first certificate through the nginx
+    # already running (it holds port 80), so that nginx must serve the webroot too.
+    nginx_service = resolved_web_services(web_host("example_docker", tls=tls), tmp_path)["nginx"]
+    assert mounts(nginx_service)[nginx.ACME_WEBROOT] == ("acme-webroot", True)

@@ -103,6 +103,28 @@ class Site:
             assert time.monotonic() < deadline, f"/health: {code} {body}"
             time.sleep(3)
 
+    def renewal_conf(self) -> dict[str, str]:
+        """certbot's settings for the site's lineage (what ``certbot renew`` will do)."""
+        text = self.on_host(f"cat /etc/letsencrypt/renewal/{self.domain}.conf")
+        return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
+
+    def assert_trusted_through(self, root: Path) -> None:
+        """For every name: curl, trusting only the CA ``root``, gets /health (chain and name
+        checked, as a browser trusting that CA would)."""
+        port = self.host.port(443)
+        for name in self.domains:
+            proc = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", str(root), "-o", "/dev/null",
+                 "-w", "%{http_code}", "--resolve", f"{name}:{port}:127.0.0.1",
+                 f"https://{name}:{port}/health"], capture_output=True, text=True)
+            assert proc.stdout == "200", f"{name}: {proc.stdout} {proc.stderr}"
+
+    def acme_root(self, directory: Path) -> Path:
+        """The sandbox ACME server's root certificate, written to ``directory``."""
+        path = directory / "acme-root.pem"
+        path.write_text(sandbox_module.acme_root(self.sandbox.prefix))
+        return path
+
     def containers(self) -> dict[str, dict]:
         """The project's containers by service: id, state, start time."""
         out = self.on_host("docker ps -a --filter label=com.docker.compose.project="

@@ -1,7 +1,8 @@
-"""tls.mode certbot end to end on a fresh sandbox host, against a real ACME server (the sandbox's
-pebble): the first certificate before nginx holds port 80, a re-run that leaves it alone, and a
-renewal through the real renewal unit, answered by nginx from the shared webroot and picked up
-by a reload, not a restart.
+"""tls.mode certbot end to end on a sandbox host, against a real ACME server (the sandbox's
+pebble): a self-signed site switching to certbot (its running nginx answers the first
+challenges), a re-run that leaves the certificate alone, and a renewal through the real renewal
+unit, answered by nginx from the shared webroot and picked up by a reload, not a restart. (A new
+site's first certificate, before nginx holds port 80, is in test_docker_bundle.py.)
 
 The steps run in file order on one host, as an operator would run them.
 """
@@ -34,10 +35,8 @@ def site():
 
 @pytest.fixture(scope="module")
 def pebble_root(site, tmp_path_factory):
-    """pebble's root certificate, from its management API (a file for curl and openssl)."""
-    path = tmp_path_factory.mktemp("acme") / "pebble-root.pem"
-    path.write_text(sandbox_module.acme_root(site.sandbox.prefix))
-    return path
+    """pebble's root certificate, from its management API (a file for curl)."""
+    return site.acme_root(tmp_path_factory.mktemp("acme"))
 
 
 def served_certificate(site, name: str) -> str:
@@ -57,12 +56,6 @@ def serial(site) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def renewal_conf(site) -> dict[str, str]:
-    """The lineage's renewal settings (what ``certbot renew`` will do), as key -> value."""
-    text = site.on_host(f"cat {LETSENCRYPT}/renewal/{site.domain}.conf")
-    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
-
-
 def challenges_answered_to_pebble(site) -> set[str]:
     """The challenge tokens nginx served to the ACME server (which asks several times each)."""
     pebble = sandbox_module.Sandbox.load(site.sandbox.prefix).acme["address"]
@@ -70,26 +63,20 @@ def challenges_answered_to_pebble(site) -> set[str]:
     return {token for client, token in CHALLENGE.findall(logs) if client == pebble}
 
 
-def assert_trusted_through_pebble_root(site, pebble_root) -> None:
-    """For every name: curl, trusting only pebble's root, gets /health (chain and name checked,
-    as a browser trusting that CA would)."""
-    port = site.host.port(443)
-    for name in site.domains:
-        proc = subprocess.run(
-            ["curl", "-sS", "--max-time", "10", "--cacert", str(pebble_root), "-o", "/dev/null",
-             "-w", "%{http_code}", "--resolve", f"{name}:{port}:127.0.0.1",
-             f"https://{name}:{port}/health"], capture_output=True, text=True)
-        assert proc.stdout == "200", f"{name}: {proc.stdout} {proc.stderr}"
-
-
-def test_first_deploy_serves_a_certificate_from_the_acme_server(site, pebble_root):
+def test_a_self_signed_site_switches_to_certbot_through_its_running_nginx(site, pebble_root):
+    site.tls = "self-signed"  # how many sites start, until their DNS points at them
     site.rsdeploy("bootstrap").check()
     site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
     assert site.wait_healthy()["status"] == "healthy"
-    assert_trusted_through_pebble_root(site, pebble_root)
-    conf = renewal_conf(site)
+    site.tls = "certbot"
+    run = site.rsdeploy("deploy").check()
+    # nginx kept port 80 and answered the challenges: the site served all along.
+    assert "through the running nginx" in run.output, run.output[-4000:]
+    assert site.wait_healthy()["status"] == "healthy"
+    site.assert_trusted_through(pebble_root)
+    conf = site.renewal_conf()
     assert conf["server"] == sandbox_module.Sandbox.load(site.sandbox.prefix).acme["directory"]
-    assert conf["authenticator"] == "standalone"  # nginx was not running yet
+    assert conf["authenticator"] == "webroot", conf
 
 
 def test_verify_suite_passes_with_certbot(site):
@@ -122,6 +109,6 @@ def test_renewal_unit_renews_through_nginx_and_reloads_it(site, pebble_root):
     # pebble fetched a challenge per name from port 80 while nginx held it.
     new_tokens = challenges_answered_to_pebble(site) - answered_before
     assert len(new_tokens) == len(site.domains), journal
-    conf = renewal_conf(site)
+    conf = site.renewal_conf()
     assert conf["authenticator"] == "webroot" and "/var/www/certbot" in conf.values(), conf
-    assert_trusted_through_pebble_root(site, pebble_root)
+    site.assert_trusted_through(pebble_root)
