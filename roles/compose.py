@@ -538,26 +538,35 @@ def deliver_images(hs: HostSettings, images: list[str]) -> list:
     from rsdeploy.facts import DockerImageId
 
     mode = hs.stack.app.delivery
-    built = _built_on_host(hs, images) if mode == "build" else {}
+    operations, built = build_app_images(hs, images) if mode == "build" else ([], [])
     missing = [image for image in images
-               if image not in built.values() and host.get_fact(DockerImageId, image=image) is None]
-    operations = [op for part, image in built.items() if (op := build_app_image(hs, part, image))]
+               if image not in built and host.get_fact(DockerImageId, image=image) is None]
     if mode == "bundle":
         return operations + [load_bundle(hs, image, bundle)
                              for image, bundle in _bundles(hs, missing).items()]
     return operations + ([pull_images(hs, missing)] if missing else [])
 
 
-def _built_on_host(hs: HostSettings, images: list[str]) -> dict[str, str]:
-    """{app part: image} of the app images this host runs (build delivery builds these)."""
-    return {part: app_image(hs, part) for part in APP_PARTS if app_image(hs, part) in images}
+def build_app_images(hs: HostSettings, images: list[str]) -> tuple[list, list[str]]:
+    """Build those of ``images`` that are app images from the release's source (build
+    delivery); returns the build operations and the app images.
+
+    Example: ``operations, built = build_app_images(hs, project_images(rendered))``
+    """
+    from rsdeploy import source
+
+    repo, commit = source.release(hs)  # once: a URL's mirror is fetched for every resolve
+    parts = {part: app_image(hs, part) for part in APP_PARTS}
+    parts = {part: image for part, image in parts.items() if image in images}
+    operations = [build_app_image(hs, part, image, repo, commit) for part, image in parts.items()]
+    return [op for op in operations if op], list(parts.values())
 
 
-def build_app_image(hs: HostSettings, part: str, image: str):
-    """Build ``image`` from ``part/`` of the release's source, unless the host already has it
-    built from the same commit. The source goes up as ``git archive`` of the tag; BuildKit gets
-    the host's CA bundle as the ``ca-certificates`` secret (for a TLS-intercepting proxy) and
-    ``app.build_args``. Example: ``build_app_image(hs, "backend", app_image(hs, "backend"))``
+def build_app_image(hs: HostSettings, part: str, image: str, repo: Path, commit: str):
+    """Build ``image`` from ``part/`` of ``commit`` in ``repo``, unless the host already has it
+    built from that commit. The source goes up as ``git archive``; BuildKit gets the host's CA
+    bundle as the ``ca-certificates`` secret (for a TLS-intercepting proxy) and
+    ``app.build_args``. Example: ``build_app_image(hs, "backend", image, *source.release(hs))``
     """
     import shlex
 
@@ -566,7 +575,6 @@ def build_app_image(hs: HostSettings, part: str, image: str):
     from rsdeploy import source
     from rsdeploy.facts import DockerImageRevision
 
-    repo, commit = source.release(hs)
     if host.get_fact(DockerImageRevision, image=image) == commit:
         host.noop(f"{image} is built from {commit[:12]}")
         return None
