@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 
-from rsdeploy import REPO_ROOT, images, sandbox
+from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
+from rsdeploy_dev import images, sandbox
 
 PREFIX = "rs-bench"
 VERSION = "v1.0.0"
@@ -45,7 +46,7 @@ def main() -> None:
     images.build(wanted, [VERSION])
     box = sandbox.up(PREFIX, 1)
     try:
-        images.push(box.prefix, wanted, [VERSION])
+        sandbox.push_images(box.prefix, wanted, [VERSION])
         figures = [("bootstrap (bare host)", *timed(box, args.delivery, "bootstrap"))]
         figures.append(("first deploy", *timed(box, args.delivery, "deploy", "--version", VERSION)))
         figures.append(("no-op re-run", *timed(box, args.delivery, "deploy", "--version", VERSION)))

@@ -1,7 +1,7 @@
 """Measure the sandbox and image build times on this machine.
 
-    /work/venv/bin/python bench/sandbox_times.py           # warm builds, sandbox up/up/down
-    /work/venv/bin/python bench/sandbox_times.py --cold    # also rebuild every image from scratch
+    .venv/bin/python bench/sandbox_times.py           # warm builds, sandbox up/up/down
+    .venv/bin/python bench/sandbox_times.py --cold    # also rebuild every image from scratch
 
 Prints one line per measurement: seconds and what was measured. Uses its own sandbox prefix
 (rs-bench) and removes it at the end; images stay (they are the cache).
@@ -13,7 +13,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from rsdeploy import images, sandbox
+from rsdeploy_dev import images, sandbox
 
 PREFIX = "rs-bench"
 

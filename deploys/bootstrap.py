@@ -8,9 +8,9 @@ firewall and the stack's directories; on docker-layout hosts also Docker Engine 
 """
 
 from roles import base, docker_engine
-from rsdeploy import apply
+from rsdeploy import stack
 
-hs = apply.current()
+hs = stack.current()
 base.bootstrap(hs)
 if docker_engine.applies(hs):
     docker_engine.install(hs)

@@ -19,7 +19,7 @@ sandbox registry (``images push``). RS_SANDBOX_DELIVERY picks the app's delivery
 
 The site's certificate is self-signed; with RS_SANDBOX_TLS=certbot it comes from the sandbox's
 ACME server instead (tls.mode certbot against pebble, for ``<prefix>.test`` and
-``www.<prefix>.test``): start that first with ``rsdeploy.sandbox.ensure_acme(prefix, client,
+``www.<prefix>.test``): start that first with ``rsdeploy_dev.sandbox.ensure_acme(prefix, client,
 {name: web host address})``, as tests/e2e/test_docker_certbot.py does. Hosts trust its TLS
 certificate through the sandbox CA; nothing trusts the certificates it issues.
 
@@ -30,8 +30,8 @@ RS_SANDBOX_MONITORING=off runs the stack without Prometheus, Alertmanager and th
 import os
 
 from rsdeploy.errors import UserError
-from rsdeploy.images import BASE, INFRA, registry_path
-from rsdeploy.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
+from rsdeploy_dev.images import BASE, INFRA, registry_path
+from rsdeploy_dev.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
@@ -62,14 +62,14 @@ APP_DELIVERY = {
 def tls(mode: str) -> dict:
     """The ``tls`` section (and the names on the certificate) for RS_SANDBOX_TLS."""
     if mode == "self-signed":
-        return {"tls": {"mode": "self-signed"}}
+        return {"tls": {"mode": "self-signed", "certbot_image": image("certbot")}}
     if mode != "certbot":
         raise UserError(f"RS_SANDBOX_TLS={mode}: expected self-signed or certbot")
     if not sandbox.acme:
         raise UserError(f"RS_SANDBOX_TLS=certbot: sandbox {sandbox.prefix} runs no ACME server "
-                        "(start it with rsdeploy.sandbox.ensure_acme)")
+                        "(start it with rsdeploy_dev.sandbox.ensure_acme)")
     return {"tls": {"mode": "certbot", "email": f"ops@{domain}",
-                    "acme_server": sandbox.acme["directory"]},
+                    "acme_server": sandbox.acme["directory"], "certbot_image": image("certbot")},
             "extra_domains": [f"www.{domain}"]}
 
 
@@ -87,7 +87,6 @@ stack = {
     "postgres": {"image": image("postgres")},
     "redis": {"image": image("redis")},
     "nginx": {"image": image("nginx")},
-    "compose": {"certbot_image": image("certbot")},
     "prometheus": {"enabled": monitoring, "image": image("prometheus")},
     "alertmanager": {"enabled": monitoring, "image": image("alertmanager")},
     "exporters": {

@@ -15,12 +15,21 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from rsdeploy.component_files import (
+    MONITORING_SECRETS_DIR,
+    MONITORING_USER,
+    debian_default,
+    secret_file,
+    secret_read_path,
+)
+from rsdeploy.errors import SettingsError
+from rsdeploy.layout import Reload
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Duration, Email, Image, Port, Resources, Section
+from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
-    from rsdeploy.settings import HostSettings
-    from rsdeploy.validate import Verdict
+    from rsdeploy.settings import HostSettings, SecretRules
 
 ROLE = "alertmanager"
 IMAGE_UID = 65534  # prom/alertmanager runs as nobody
@@ -98,11 +107,28 @@ def routes(hs: HostSettings) -> dict[str, list[str]]:
             for severity, receivers in chosen.items() if receivers}
 
 
+def check(hs: HostSettings, rules: SecretRules) -> None:
+    """Each configured receiver's secret, and routes that name only configured receivers."""
+    am = hs.stack.alertmanager
+    if am.email and am.email.smtp_username:
+        rules.require("smtp_password", "alertmanager.email.smtp_username")
+    if am.slack and not rules.require("slack_webhook_url", "alertmanager.slack").startswith(
+            "https://"):
+        raise rules.fail("slack_webhook_url", "must be an https:// URL")
+    if am.pagerduty:
+        rules.require("pagerduty_routing_key", "alertmanager.pagerduty")
+    configured = configured_receivers(hs)
+    for i, route in enumerate(am.routes or []):
+        for name in route.receivers:
+            if name not in configured:
+                raise SettingsError(hs.source, hs.name, f"alertmanager.routes[{i}].receivers",
+                                    f"receiver {name} is not configured (set alertmanager.{name})")
+
+
 def config_path(hs: HostSettings) -> str:
     """alertmanager.yml on the host (Debian's package reads /etc/prometheus/alertmanager.yml)."""
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/alertmanager/alertmanager.yml"
-    return "/etc/prometheus/alertmanager.yml"
+    return hs.layout.config_path(hs, "alertmanager", "alertmanager.yml",
+                                 "/etc/prometheus/alertmanager.yml")
 
 
 def command_flags(hs: HostSettings) -> list[str]:
@@ -110,15 +136,15 @@ def command_flags(hs: HostSettings) -> list[str]:
 
     One instance, so clustering (gossip on :9094) is off. Example: ``command_flags(hs)``
     """
-    port = hs.stack.alertmanager.port
-    if hs.stack.layout == "docker":
-        return ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager",
-                f"--web.listen-address=0.0.0.0:{port}", "--cluster.listen-address="]
-    return [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    # The image's own defaults (container paths), restated since Compose's command replaces them.
+    image = (["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager"]
+             if hs.layout.runs_in_containers else [])
+    listen = f"{hs.layout.listen_address(hs, False)}:{hs.stack.alertmanager.port}"
+    return [*image, f"--web.listen-address={listen}", "--cluster.listen-address="]
 
 
 def _service(hs: HostSettings) -> str:
-    return "alertmanager" if hs.stack.layout == "docker" else "prometheus-alertmanager"
+    return hs.layout.service("alertmanager", "prometheus-alertmanager")
 
 
 def secret_names(hs: HostSettings) -> list[str]:
@@ -131,28 +157,23 @@ def secret_names(hs: HostSettings) -> list[str]:
             if r != "email" or (email and email.smtp_username)]
 
 
-def _secret_files(hs: HostSettings) -> list[RenderedFile]:
-    from roles.prometheus import secret_file
-
-    return [secret_file(hs, name, getattr(hs.secrets, name), role=ROLE, image_uid=IMAGE_UID,
-                        restarts=(_service(hs),))
-            for name in secret_names(hs)]
-
-
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from roles.prometheus import debian_default, secret_read_path
-    from rsdeploy.render import RenderedFile, template
-
+    # Alertmanager rereads its config, and the *_file secrets with it, on SIGHUP / reload.
+    reactions = (Reload(_service(hs)),)
     content = template(
         "alertmanager/alertmanager.yml.j2", hs,
         am=hs.stack.alertmanager,
         routes=routes(hs),
         null_receiver=NULL_RECEIVER,
-        secret_paths={r: secret_read_path(hs, RECEIVER_SECRETS[r]) for r in RECEIVERS},
+        secret_paths={r: secret_read_path(hs, RECEIVER_SECRETS[r], MONITORING_SECRETS_DIR)
+                      for r in RECEIVERS},
     )
-    files = [RenderedFile(config_path(hs), content, ROLE, restarts=(_service(hs),)),
-             *_secret_files(hs)]
-    if hs.stack.layout == "systemd":
+    files = [RenderedFile(config_path(hs), content, ROLE, reactions=reactions)]
+    files += [secret_file(hs, name, getattr(hs.secrets, name), role=ROLE, image_uid=IMAGE_UID,
+                          native_user=MONITORING_USER, native_dir=MONITORING_SECRETS_DIR,
+                          reactions=reactions)
+              for name in secret_names(hs)]
+    if not hs.layout.runs_in_containers:  # the package reads its flags from /etc/default
         files.append(debian_default("prometheus-alertmanager", {"ARGS": " ".join(command_flags(hs))},
                                     hs=hs, role=ROLE, comment="Alertmanager flags"))
     return files
@@ -176,8 +197,6 @@ def route_checks(hs: HostSettings) -> list[RouteCheck]:
 
 def check_routes(config: Path, path: str, checks: list[RouteCheck]) -> list[Verdict]:
     """``amtool config routes test --verify.receivers`` for each severity (exit 1 on mismatch)."""
-    from rsdeploy.validate import run_tool
-
     return [run_tool(["amtool", "config", "routes", "test", f"--config.file={config}",
                       f"--verify.receivers={','.join(c.receivers)}", f"severity={c.severity}"],
                      path, f"amtool config routes test severity={c.severity}")
@@ -189,8 +208,6 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
 
     amtool 0.25+ does not open the ``*_file`` secrets; the config is checked as rendered.
     """
-    from rsdeploy.validate import run_tool
-
     path = config_path(hs)
     config = tree / path.lstrip("/")
     return [run_tool(["amtool", "check-config", str(config)], path, "amtool check-config"),

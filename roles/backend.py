@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
+from rsdeploy.errors import SettingsError
 from rsdeploy.escape import url_part
+from rsdeploy.layout import Recreate
 from rsdeploy.render import RenderedFile, template
-from rsdeploy.types import LogLevel, Port, Resources, Section, Size
-from rsdeploy.validate import Verdict, run_tool
+from rsdeploy.secrets import WEAK_VALUES
+from rsdeploy.types import LogLevel, Port, Resources, Section
+from rsdeploy.units import UNIT_DIR, AppUnit, unit_safe_path, verify_units
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from rsdeploy.settings import HostSettings
+    from rsdeploy.settings import HostSettings, SecretRules
+    from rsdeploy.validate import Verdict
 
 CELERY_QUEUES = ["default", "resilience", "notifications", "metrics", "exports", "security"]
 
@@ -87,22 +90,36 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("app")
 
 
-def _carrier(hs: HostSettings, role: str):
-    """The settings of the host carrying ``role`` (its port and names are the ones to dial)."""
-    return hs.stack_settings[hs.topology.one(role).name]
+def check(hs: HostSettings, rules: SecretRules) -> None:
+    """The backend's own production rules: the secrets it refuses to start without (lengths,
+    known weak values) and CORS origins it refuses. Example: ``check(hs, rules)``
+    """
+    rules.require("db_password", "the database", 12)
+    rules.require("redis_password", "Redis", 16)
+    key = rules.require("secret_key", "the backend", 32)
+    if key.lower() in WEAK_VALUES or len(set(key)) < 8:
+        raise rules.fail("secret_key", "is a known weak value; generate one with: "
+                         "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'")
+    if hs.secrets.webhook_secret:
+        rules.length("webhook_secret", hs.secrets.webhook_secret, 32)
+    for i, origin in enumerate(hs.stack.backend.cors_origins):
+        if "*" in origin:
+            raise SettingsError(hs.source, hs.name, f"backend.cors_origins[{i}]",
+                                "must not contain '*' (the backend refuses it)")
 
 
 def database_url(hs: HostSettings) -> str:
-    """``postgresql://user:pw@host:port/db`` as this host's processes reach the database."""
-    pg = _carrier(hs, "db").postgres
+    """``postgresql://user:pw@host:port/db`` as this host's processes reach the database
+    (the db host's port and names are the ones to dial)."""
+    pg = hs.peer("db").stack.postgres
     return (f"postgresql://{url_part(pg.user)}:{url_part(hs.secrets.db_password)}"
-            f"@{hs.endpoint('db')}:{pg.port}/{pg.database}")
+            f"@{hs.endpoint('db', 'db')}:{pg.port}/{pg.database}")
 
 
 def redis_url(hs: HostSettings) -> str:
     """``redis://:pw@host:port/0`` as this host's processes reach Redis."""
-    port = _carrier(hs, "redis").redis.port
-    return f"redis://:{url_part(hs.secrets.redis_password)}@{hs.endpoint('redis')}:{port}/0"
+    port = hs.peer("redis").stack.redis.port
+    return f"redis://:{url_part(hs.secrets.redis_password)}@{hs.endpoint('redis', 'redis')}:{port}/0"
 
 
 def cors_origins(hs: HostSettings) -> list[str]:
@@ -139,17 +156,28 @@ def app_environment(hs: HostSettings) -> dict[str, str]:
 
 
 def app_env_path(hs: HostSettings) -> str:
-    """Where app.env lives: ``<base_dir>/app.env`` (docker) or ``<config_dir>/app.env`` (systemd)."""
+    """Where app.env lives: beside the Compose files (``<base_dir>/app.env``) when the app runs
+    from images, else with the host's config (``<config_dir>/app.env``)."""
     paths = hs.stack.paths
-    return f"{paths.base_dir}/app.env" if hs.stack.layout == "docker" else f"{paths.config_dir}/app.env"
+    # Not a Layout.config_path: the Compose project reads it from its own directory.
+    return f"{paths.base_dir}/app.env" if hs.layout.runs_in_containers else f"{paths.config_dir}/app.env"
 
 
-#: What must restart when app.env changes, per layout (Compose services / systemd units).
-APP_ENV_READERS = {
-    "docker": ("backend", "celery-worker", "celery-beat", "migrate"),
-    "systemd": ("residency-backend.service", "residency-celery-worker.service",
-                "residency-celery-beat.service"),
-}
+#: Who reads app.env at start: (Compose service, systemd unit). The one-shot migrations read it
+#: too: Compose recreates its ``migrate`` with the others; the systemd layout starts its oneshot
+#: residency-migrate.service itself on each rollout, so no unit is named (never restarted).
+APP_ENV_READERS = (
+    ("backend", "residency-backend.service"),
+    ("celery-worker", "residency-celery-worker.service"),
+    ("celery-beat", "residency-celery-beat.service"),
+    ("migrate", ""),
+)
+
+
+def app_env_reactions(hs: HostSettings) -> tuple[Recreate, ...]:
+    """Every reader of app.env is recreated when it changes. Example: ``app_env_reactions(hs)``"""
+    return tuple(Recreate(name) for container, unit in APP_ENV_READERS
+                 if (name := hs.layout.service(container, unit)))
 
 
 def app_env_file(hs: HostSettings) -> RenderedFile:
@@ -157,24 +185,19 @@ def app_env_file(hs: HostSettings) -> RenderedFile:
 
     Root owns it in both layouts: Compose (docker CLI) and PID 1 read it, never the app itself.
     """
-    layout = hs.stack.layout
-    content = template(f"app/app.env.{layout}.j2", hs, env=app_environment(hs))
+    content = template(f"app/app.env.{hs.layout.name}.j2", hs, env=app_environment(hs))
     return RenderedFile(app_env_path(hs), content, "backend", mode="600", secret=True,
-                        restarts=APP_ENV_READERS[layout])
+                        reactions=app_env_reactions(hs))
 
 
 # --- systemd layout ----------------------------------------------------------------------------
 
-UNIT_DIR = "/etc/systemd/system"
 #: The Celery beat schedule lives in /var/lib/<this> (systemd StateDirectory=).
 BEAT_STATE_DIR = "residency-celery-beat"
 #: Seconds a warm Celery shutdown may take before the pool children are killed.
 WORKER_STOP_TIMEOUT = 300
 #: Same-host services the app units start after (Debian unit names), by role.
 LOCAL_DEPENDENCIES = {"db": "postgresql.service", "redis": "redis-server.service"}
-_UNIT_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*$")
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
-               "gb": 1024**3}
 
 
 def release_dir(hs: HostSettings) -> str:
@@ -186,60 +209,13 @@ def release_dir(hs: HostSettings) -> str:
     return f"{hs.stack.paths.base_dir}/current"
 
 
-def memory_bytes(size: Size) -> int:
-    """A Docker-style size (``512m``, ``1g``; binary units) in bytes. Example: ``memory_bytes("1g")``"""
-    digits = size.rstrip("bBkKmMgG")
-    return int(digits) * _SIZE_UNITS[size[len(digits):].lower()]
-
-
-def cpu_quota(resources: Resources) -> str:
-    """systemd ``CPUQuota=`` for a share in cores. Example: ``cpu_quota(Resources(cpus=0.5))`` -> ``"50%"``"""
-    return f"{round(resources.cpus * 100)}%"
-
-
 def listen_address(hs: HostSettings, *consumer_roles: str) -> str:
     """Loopback when every host that connects (``consumer_roles``) is this one, else the
     host's stack address. Example: ``listen_address(hs, "web", "monitoring")``
     """
     remote = [r for r in consumer_roles
-              if (carrier := hs.topology.one(r)) is not None and carrier.name != hs.name]
+              if (carrier := hs.peer(r)) is not None and carrier.name != hs.name]
     return hs.address if remote else "127.0.0.1"
-
-
-def unit_safe_path(path: str) -> str:
-    """Refuse a path that unit files cannot carry unquoted (spaces, ``%``, quotes, ``$``)."""
-    if not _UNIT_SAFE_PATH.match(path):
-        raise ValueError(f"{path!r}: systemd-layout paths may only hold letters, digits and /._+-")
-    return path
-
-
-@dataclass(frozen=True)
-class AppUnit:
-    """What one app unit template needs (see templates/systemd/_app_unit.j2)."""
-
-    name: str
-    description: str
-    exec_start: list[str]
-    resources: Resources
-    resources_key: str
-    type: str = "exec"
-    stop_timeout: int = 30
-    state_dir: str = BEAT_STATE_DIR
-    user: str = APP_USER
-    uid: int = APP_UID
-    env_file: str = ""
-    workdir: str = ""
-    log_dir: str = ""
-    multiproc_dir: str | None = None
-    after: tuple[str, ...] = ()
-
-    @property
-    def memory_max(self) -> int:
-        return memory_bytes(self.resources.memory)
-
-    @property
-    def cpu_quota(self) -> str:
-        return cpu_quota(self.resources)
 
 
 def app_units(hs: HostSettings) -> list[AppUnit]:
@@ -248,6 +224,8 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
     venv = f"{release}/venv/bin"
     celery = [f"{venv}/celery", "-A", "app.core.celery_app"]
     shared = dict(
+        user=APP_USER,
+        uid=APP_UID,
         env_file=unit_safe_path(app_env_path(hs)),
         workdir=unit_safe_path(f"{release}/backend"),
         log_dir=unit_safe_path(hs.stack.paths.log_dir),
@@ -256,7 +234,7 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
     )
     uvicorn = [f"{venv}/uvicorn", "app.main:app", "--host", listen_address(hs, "web", "monitoring"),
                "--port", str(b.port), "--workers", str(b.workers), "--proxy-headers",
-               "--forwarded-allow-ips", hs.endpoint("nginx")]
+               "--forwarded-allow-ips", hs.endpoint("web", "nginx")]
     worker = [*celery, "worker", "-Q", ",".join(b.celery_queues), "--concurrency",
               str(b.celery_concurrency), "--loglevel", b.celery_log_level]
     beat = [*celery, "beat", "--schedule", f"/var/lib/{BEAT_STATE_DIR}/celerybeat-schedule",
@@ -268,7 +246,7 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
                 b.worker_resources, "backend.worker_resources",
                 stop_timeout=WORKER_STOP_TIMEOUT, **shared),
         AppUnit("residency-celery-beat.service", "Residency Scheduler Celery beat", beat,
-                b.beat_resources, "backend.beat_resources", **shared),
+                b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR, **shared),
         AppUnit("residency-migrate.service", "Residency Scheduler database migrations",
                 [f"{venv}/alembic", "upgrade", "head"], b.resources, "backend.resources",
                 type="oneshot", **shared),
@@ -276,9 +254,10 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
 
 
 def unit_file(hs: HostSettings, unit: AppUnit) -> RenderedFile:
+    """One app unit; a changed long-running one is recreated (the oneshot runs per rollout)."""
     content = template(f"systemd/{unit.name}.j2", hs, unit=unit)
-    restarts = () if unit.type == "oneshot" else (unit.name,)
-    return RenderedFile(f"{UNIT_DIR}/{unit.name}", content, "backend", restarts=restarts)
+    reactions = () if unit.type == "oneshot" else (Recreate(unit.name),)
+    return RenderedFile(f"{UNIT_DIR}/{unit.name}", content, "backend", reactions=reactions)
 
 
 def sysusers_file(hs: HostSettings) -> RenderedFile:
@@ -290,46 +269,17 @@ def sysusers_file(hs: HostSettings) -> RenderedFile:
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [app_env_file(hs)]
-    if hs.stack.layout == "systemd":
+    if not hs.layout.runs_in_containers:  # from images, Compose runs the app: no units
         files += [sysusers_file(hs), *(unit_file(hs, unit) for unit in app_units(hs))]
     return files
 
 
 # --- validation --------------------------------------------------------------------------------
 
-_NOT_INSTALLED_YET = re.compile(r"^(\S+): Command (/\S+) is not executable: No such file or directory$")
-
-
-def verify_units(tree: Path, paths: list[str], installed_later: tuple[str, ...]) -> list[Verdict]:
-    """``systemd-analyze verify`` on rendered units (host paths ``paths`` under ``tree``).
-
-    Verify also checks that each ``ExecStart`` binary exists. Binaries the deploy installs
-    later (paths starting with one of ``installed_later``: the release's venv, npm's pm2, our
-    own scripts) cannot exist on the machine that renders: exactly that message is tolerated
-    for exactly those paths; every other line verify prints fails the unit.
-    Example: ``verify_units(tree, ["/etc/systemd/system/x.service"], ("/opt/x/current/",))``
-    """
-    verdicts = []
-    for path in paths:
-        verdict = run_tool(["systemd-analyze", "verify", str(tree / path.lstrip("/"))], path,
-                           "systemd-analyze verify")
-        problems = [line for line in verdict.detail.splitlines()
-                    if not _installed_later(line, installed_later)]
-        tolerated = "" if verdict.ok or problems else "binaries installed by the deploy: " + \
-            ", ".join(sorted({m.group(2) for m in map(_NOT_INSTALLED_YET.match,
-                                                       verdict.detail.splitlines()) if m}))
-        verdicts.append(Verdict(path, verdict.tool, not problems, "\n".join(problems) or tolerated))
-    return verdicts
-
-
-def _installed_later(line: str, prefixes: tuple[str, ...]) -> bool:
-    match = _NOT_INSTALLED_YET.match(line.strip())
-    return bool(match) and match.group(2).startswith(prefixes)
-
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """Systemd layout: verify the app units (the env file is checked by the test suite's parsers)."""
-    if hs.stack.layout != "systemd":
+    """Native units: verify them (the env file is checked by the test suite's parsers)."""
+    if hs.layout.runs_in_containers:
         return []
     units = [f"{UNIT_DIR}/{unit.name}" for unit in app_units(hs)]
     return verify_units(tree, units, (f"{release_dir(hs)}/",))

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from roles import compose
-from roles.backend import UNIT_DIR, unit_safe_path, verify_units
-from roles.status import check_script, version_file
+from rsdeploy.layout import EnableTimer
+from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
-from rsdeploy.validate import run_tool
+from rsdeploy.units import UNIT_DIR, unit_safe_path, verify_units
+from rsdeploy.validate import check_script, run_tool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,15 +61,14 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     s = hs.stack
     script = template("backup/rs-backup.sh.j2", hs, database=s.postgres.database,
                       db_user=s.postgres.user, version_file=version_file(hs),
-                      compose_args=compose.compose_args(hs) if s.layout == "docker" else [])
-    after = "docker.service" if s.layout == "docker" else "postgresql.service"
+                      **hs.layout.script_context(hs))
     service = template("backup/rs-backup.service.j2", hs, script=unit_safe_path(SCRIPT),
-                       after=after)
+                       after=hs.layout.unit_after("db"))
     timer = template("backup/rs-backup.timer.j2", hs)
     return [
         RenderedFile(SCRIPT, script, "backup", mode="755"),
         RenderedFile(f"{UNIT_DIR}/{SERVICE}", service, "backup"),
-        RenderedFile(f"{UNIT_DIR}/{TIMER}", timer, "backup", restarts=(TIMER,)),
+        RenderedFile(f"{UNIT_DIR}/{TIMER}", timer, "backup", reactions=(EnableTimer(TIMER),)),
     ]
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from rsdeploy import apply
+from rsdeploy.layout import HostCommand, UnitReload
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import Name, Port, Section
 from rsdeploy.validate import Verdict, run_tool
@@ -61,9 +61,9 @@ def _ip(text: str):
 def render(hs: HostSettings) -> list[RenderedFile]:
     out = [
         RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs)),
-                     "base", restarts=(FIREWALL_UNIT,)),
+                     "base", reactions=(UnitReload(FIREWALL_UNIT),)),
         RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}", static("base/rsdeploy-firewall.service"),
-                     "base", restarts=(FIREWALL_UNIT,)),
+                     "base", reactions=(UnitReload(FIREWALL_UNIT),)),
         RenderedFile("/etc/sudoers.d/rsdeploy-deploy", template("base/sudoers-deploy.j2", hs),
                      "base", mode="440"),
     ]
@@ -71,7 +71,8 @@ def render(hs: HostSettings) -> list[RenderedFile]:
         out.append(RenderedFile("/etc/apt/apt.conf.d/20auto-upgrades", static("base/20auto-upgrades"),
                                 "base"))
     out += [
-        RenderedFile(f"{CA_DIR}/{name}.crt", pem, "base", restarts=("update-ca-certificates",))
+        RenderedFile(f"{CA_DIR}/{name}.crt", pem, "base",
+                     reactions=(HostCommand("update-ca-certificates"),))
         for name, pem in hs.trusted_ca_certificates().items()
     ]
     return out
@@ -97,22 +98,18 @@ def bootstrap(hs: HostSettings) -> None:
     install_packages(hs)
     create_directories(hs)
     rendered = render(hs)
-    react(hs, apply.readers(rendered, apply.upload(hs, rendered)))
+    apply.react_on_host(apply.reactions(rendered, apply.upload(hs, rendered)))
+    ensure_firewall(hs)
     enable_time_sync(hs)
     create_deploy_user(hs)
 
 
-def react(hs: HostSettings, changed: dict[str, list]) -> None:
-    """Apply changed CA certificates and firewall rules (the firewall runs in any case)."""
-    if "update-ca-certificates" in changed:
-        server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"],
-                     _if=any_changed(*changed["update-ca-certificates"]))
-    firewall_changed = any_changed(*changed[FIREWALL_UNIT])
-    systemd.daemon_reload(name="Reload systemd (firewall unit changed)", _if=firewall_changed)
+def ensure_firewall(hs: HostSettings) -> None:
+    """The firewall is enabled and running on every run, changed or not (changed rules are
+    reloaded by their ``UnitReload`` reaction). Example: ``ensure_firewall(hs)``
+    """
     systemd.service(name="Enable and start the firewall", service=FIREWALL_UNIT,
                     running=True, enabled=True)
-    systemd.service(name="Reload the changed firewall rules", service=FIREWALL_UNIT,
-                    reloaded=True, _if=firewall_changed)
 
 
 @deploy("Install base packages")

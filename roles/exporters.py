@@ -12,11 +12,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from rsdeploy.component_files import (
+    MONITORING_SECRETS_DIR,
+    MONITORING_USER,
+    debian_default,
+    secret_file,
+    secret_read_path,
+)
+from rsdeploy.layout import Restart
 from rsdeploy.types import Image, Port, Resources, Section
 
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
-    from rsdeploy.settings import HostSettings
+    from rsdeploy.settings import HostSettings, SecretRules
 
 ROLE = "exporters"
 POSTGRES_EXPORTER_UID = 65534  # quay.io/prometheuscommunity/postgres-exporter runs as nobody
@@ -25,6 +33,10 @@ POSTGRES_PASSWORD_SECRET = "db_monitor_password"
 REDIS_PASSWORD_SECRET = "redis_exporter_passwords"  # JSON map {redis URI: password}
 #: Units node-exporter's systemd collector reports (systemd layout): the stack's, not all ~200.
 SYSTEMD_UNITS = "(residency-.+|postgresql.*|redis-server|nginx|prometheus.*)[.]service"
+#: The role an exporter runs beside (the others run on every host).
+BESIDE = {"postgres_exporter": "db", "redis_exporter": "redis"}
+#: Exporters only a layout running containers has: cAdvisor reports the containers.
+CONTAINERS_ONLY = ("cadvisor",)
 
 
 class Exporter(Section):
@@ -43,20 +55,49 @@ class Settings(Section):
     redis_exporter: Exporter = Exporter(image="oliver006/redis_exporter:v1.74.0", port=9121)  # Redis
 
 
+def applies(hs: HostSettings) -> bool:
+    return hs.monitoring_enabled("prometheus")
+
+
+def exporter_applies(hs: HostSettings, name: str) -> bool:
+    """Whether exporter ``name`` runs on this host: Prometheus scrapes it and it is enabled;
+    node-exporter on every host, cAdvisor on every host whose components run in containers,
+    postgres-exporter beside the database, redis-exporter beside Redis.
+
+    Example: ``exporter_applies(hs, "postgres_exporter")`` -> ``True`` on the db host
+    """
+    beside = BESIDE.get(name)
+    return (hs.monitoring_enabled("prometheus")
+            and getattr(hs.stack.exporters, name).enabled
+            and (beside is None or hs.has_role(beside))
+            and (name not in CONTAINERS_ONLY or hs.layout.runs_in_containers))
+
+
+def systemd_collector(hs: HostSettings) -> bool:
+    """Whether node-exporter reports the stack's systemd units (:data:`SYSTEMD_UNITS`): only when
+    it runs as the host's own package; a container has no access to the host's systemd.
+    """
+    return exporter_applies(hs, "node_exporter") and not hs.layout.runs_in_containers
+
+
+def check(hs: HostSettings, rules: SecretRules) -> None:
+    """postgres-exporter logs in with its own password (also the database's monitor role)."""
+    if exporter_applies(hs, "postgres_exporter"):
+        rules.require(POSTGRES_PASSWORD_SECRET, "postgres-exporter", 12)
+
+
 def node_exporter_listen(hs: HostSettings) -> str:
     """``host:port`` node-exporter listens on; it runs in the host's network namespace.
 
-    Alone on one host it listens only where local Prometheus reaches it (the Compose network's
-    gateway in the docker layout, loopback in the systemd layout); in a multi-host stack on the
-    host's private address, so the monitoring host can scrape it.
+    Alone on one host it listens only where local Prometheus reaches the host (the Compose
+    network's gateway in the docker layout, loopback in the systemd layout); in a multi-host stack
+    on the host's private address, so the monitoring host can scrape it.
     Example: ``node_exporter_listen(hs)`` -> ``"172.30.0.1:9100"``
     """
-    from roles.compose import gateway
-
     port = hs.stack.exporters.node_exporter.port
     if not hs.has_role("monitoring"):
         return f"{hs.address}:{port}"
-    return f"{gateway(hs) if hs.stack.layout == 'docker' else '127.0.0.1'}:{port}"
+    return f"{hs.layout.host_address(hs)}:{port}"
 
 
 def exporter_listen(hs: HostSettings, exporter: str) -> str:
@@ -64,7 +105,7 @@ def exporter_listen(hs: HostSettings, exporter: str) -> str:
     else the host's private address. Example: ``exporter_listen(hs, "redis_exporter")``
     """
     port = getattr(hs.stack.exporters, exporter).port
-    return f"{'127.0.0.1' if hs.has_role('monitoring') else hs.address}:{port}"
+    return f"{hs.layout.listen_address(hs, not hs.has_role('monitoring'))}:{port}"
 
 
 def node_exporter_flags(hs: HostSettings) -> list[str]:
@@ -75,9 +116,13 @@ def node_exporter_flags(hs: HostSettings) -> list[str]:
     Example: ``node_exporter_flags(hs)`` -> ``["--web.listen-address=172.30.0.1:9100", ...]``
     """
     flags = [f"--web.listen-address={node_exporter_listen(hs)}"]
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:  # a container path: the image sees the host's root there
         return [*flags, "--path.rootfs=/host"]
     return [*flags, "--collector.systemd", f"--collector.systemd.unit-include={SYSTEMD_UNITS}"]
+
+
+def _secret_read_path(hs: HostSettings, name: str) -> str:
+    return secret_read_path(hs, name, MONITORING_SECRETS_DIR)
 
 
 def postgres_exporter_environment(hs: HostSettings) -> dict[str, str]:
@@ -86,83 +131,76 @@ def postgres_exporter_environment(hs: HostSettings) -> dict[str, str]:
     The password stays in a file (DATA_SOURCE_PASS_FILE), never in the environment.
     Example: ``postgres_exporter_environment(hs)["DATA_SOURCE_URI"]`` -> ``"db:5432/..."``
     """
-    from roles.prometheus import secret_read_path
-
     pg = hs.stack.postgres
     return {
-        "DATA_SOURCE_URI": f"{hs.endpoint('db')}:{pg.port}/{pg.database}?sslmode=disable",
+        "DATA_SOURCE_URI": f"{hs.endpoint('db', 'db')}:{pg.port}/{pg.database}?sslmode=disable",
         "DATA_SOURCE_USER": pg.monitor_user,
-        "DATA_SOURCE_PASS_FILE": secret_read_path(hs, POSTGRES_PASSWORD_SECRET),
+        "DATA_SOURCE_PASS_FILE": _secret_read_path(hs, POSTGRES_PASSWORD_SECRET),
     }
 
 
 def redis_exporter_address(hs: HostSettings) -> str:
     """The Redis URI redis-exporter scrapes; also the key of its password map."""
-    return f"redis://{hs.endpoint('redis')}:{hs.stack.redis.port}"
+    return f"redis://{hs.endpoint('redis', 'redis')}:{hs.stack.redis.port}"
 
 
 def redis_exporter_environment(hs: HostSettings) -> dict[str, str]:
     """redis-exporter's environment on the redis host (docker layout: Compose ``environment``)."""
-    from roles.prometheus import secret_read_path
-
     return {
         "REDIS_ADDR": redis_exporter_address(hs),
-        "REDIS_PASSWORD_FILE": secret_read_path(hs, REDIS_PASSWORD_SECRET),
+        "REDIS_PASSWORD_FILE": _secret_read_path(hs, REDIS_PASSWORD_SECRET),
     }
-
-
-def applies(hs: HostSettings) -> bool:
-    return hs.monitoring_enabled("prometheus")
 
 
 def _service_name(hs: HostSettings, compose_service: str) -> str:
     """The Compose service (docker) or Debian unit (systemd) of an exporter."""
-    return compose_service if hs.stack.layout == "docker" else f"prometheus-{compose_service}"
+    return hs.layout.service(compose_service, f"prometheus-{compose_service}")
+
+
+def _secret_file(hs: HostSettings, name: str, content: str, image_uid: int,
+                 service: str) -> RenderedFile:
+    return secret_file(hs, name, content, role=ROLE, image_uid=image_uid,
+                       native_user=MONITORING_USER, native_dir=MONITORING_SECRETS_DIR,
+                       reactions=(Restart(service),))
 
 
 def _postgres_files(hs: HostSettings) -> list[RenderedFile]:
-    from roles.prometheus import debian_default, secret_file
-
-    unit = _service_name(hs, "postgres-exporter")
-    files = [secret_file(hs, POSTGRES_PASSWORD_SECRET, hs.secrets.db_monitor_password, role=ROLE,
-                         image_uid=POSTGRES_EXPORTER_UID, restarts=(unit,))]
-    if hs.stack.layout == "systemd":
+    service = _service_name(hs, "postgres-exporter")
+    files = [_secret_file(hs, POSTGRES_PASSWORD_SECRET, hs.secrets.db_monitor_password,
+                          POSTGRES_EXPORTER_UID, service)]
+    if not hs.layout.runs_in_containers:  # the package reads /etc/default, the image Compose's
         variables = {**postgres_exporter_environment(hs),
                      "ARGS": f"--web.listen-address={exporter_listen(hs, 'postgres_exporter')}"}
-        files.append(debian_default(unit, variables, hs=hs, role=ROLE,
+        files.append(debian_default(service, variables, hs=hs, role=ROLE,
                                     comment="postgres-exporter connection and flags"))
     return files
 
 
 def _redis_files(hs: HostSettings) -> list[RenderedFile]:
-    from roles.prometheus import debian_default, secret_file
-
-    unit = _service_name(hs, "redis-exporter")
+    service = _service_name(hs, "redis-exporter")
     passwords = json.dumps({redis_exporter_address(hs): hs.secrets.redis_password})
-    files = [secret_file(hs, REDIS_PASSWORD_SECRET, passwords + "\n", role=ROLE,
-                         image_uid=REDIS_EXPORTER_UID, restarts=(unit,))]
-    if hs.stack.layout == "systemd":
+    files = [_secret_file(hs, REDIS_PASSWORD_SECRET, passwords + "\n", REDIS_EXPORTER_UID,
+                          service)]
+    if not hs.layout.runs_in_containers:  # the package reads /etc/default, the image Compose's
         # Debian's 1.45 reads flags only from ARGS; the password stays in the file.
         environment = redis_exporter_environment(hs)
         args = [f"-web.listen-address={exporter_listen(hs, 'redis_exporter')}",
                 f"-redis.addr={environment['REDIS_ADDR']}",
                 f"-redis.password-file={environment['REDIS_PASSWORD_FILE']}"]
-        files.append(debian_default(unit, {"ARGS": " ".join(args)}, hs=hs, role=ROLE,
+        files.append(debian_default(service, {"ARGS": " ".join(args)}, hs=hs, role=ROLE,
                                     comment="redis-exporter flags"))
     return files
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from roles.prometheus import debian_default
-
-    exporters = hs.stack.exporters
     files: list[RenderedFile] = []
-    if hs.stack.layout == "systemd" and exporters.node_exporter.enabled:
+    # The package reads /etc/default; the image takes the same flags as Compose's command.
+    if not hs.layout.runs_in_containers and exporter_applies(hs, "node_exporter"):
         files.append(debian_default("prometheus-node-exporter",
                                     {"ARGS": " ".join(node_exporter_flags(hs))}, hs=hs,
                                     role=ROLE, comment="node-exporter flags"))
-    if hs.has_role("db") and exporters.postgres_exporter.enabled:
+    if exporter_applies(hs, "postgres_exporter"):
         files += _postgres_files(hs)
-    if hs.has_role("redis") and exporters.redis_exporter.enabled:
+    if exporter_applies(hs, "redis_exporter"):
         files += _redis_files(hs)
     return files

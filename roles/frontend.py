@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles.backend import (
-    APP_USER, UNIT_DIR, AppUnit, listen_address, memory_bytes, release_dir, unit_safe_path,
-    verify_units,
-)
+from roles.backend import APP_UID, APP_USER, listen_address, release_dir
+from rsdeploy.layout import Recreate, Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Port, Resources, Section
+from rsdeploy.units import UNIT_DIR, AppUnit, memory_bytes, unit_safe_path, verify_units
 from rsdeploy.validate import run_tool
 
 if TYPE_CHECKING:
@@ -78,30 +77,31 @@ def pm2_unit(hs: HostSettings) -> AppUnit:
     return AppUnit(
         PM2_UNIT, "Residency Scheduler frontend (PM2)",
         [f"{PM2_BIN}/pm2-runtime", "start", ecosystem_path(hs)], resources,
-        "frontend.resources x frontend.pm2_instances + PM2 itself",
+        "frontend.resources x frontend.pm2_instances + PM2 itself", APP_USER, APP_UID,
         workdir=unit_safe_path(hs.stack.paths.base_dir),
         log_dir=unit_safe_path(hs.stack.paths.log_dir),
     )
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    if hs.stack.layout != "systemd":
+    """Native only: PM2 and its unit (from images, Compose runs the frontend)."""
+    if hs.layout.runs_in_containers:
         return []
     unit = pm2_unit(hs)
     ecosystem = template("pm2/ecosystem.config.js.j2", hs, app=pm2_app(hs), user=APP_USER)
     service = template("systemd/pm2-residency.service.j2", hs, unit=unit, pm2_bin=PM2_BIN,
                        pm2_state_dir=PM2_STATE_DIR, ecosystem=ecosystem_path(hs))
     return [
-        RenderedFile(ecosystem_path(hs), ecosystem, "frontend", restarts=(PM2_UNIT,)),
-        RenderedFile(f"{UNIT_DIR}/{PM2_UNIT}", service, "frontend", restarts=(PM2_UNIT,)),
+        RenderedFile(ecosystem_path(hs), ecosystem, "frontend", reactions=(Restart(PM2_UNIT),)),
+        RenderedFile(f"{UNIT_DIR}/{PM2_UNIT}", service, "frontend", reactions=(Recreate(PM2_UNIT),)),
     ]
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """Systemd layout: node loads the ecosystem file; verify the PM2 unit (pm2 itself is
+    """Native only: node loads the ecosystem file; verify the PM2 unit (pm2 itself is
     installed by the deploy via npm, so its missing binary is tolerated).
     """
-    if hs.stack.layout != "systemd":
+    if hs.layout.runs_in_containers:
         return []
     ecosystem = run_tool(["node", "-e", "require(process.argv[1])",
                           str(tree / ecosystem_path(hs).lstrip("/"))],

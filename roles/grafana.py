@@ -16,11 +16,14 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from roles.log_shipper import APP_LOG_JOB
+from roles.loki import base_url
+from rsdeploy.layout import Restart
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Name, Port, Resources, Section
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
-    from rsdeploy.settings import HostSettings
+    from rsdeploy.settings import HostSettings, SecretRules
 
 PROMETHEUS = {"type": "prometheus", "uid": "rs-prometheus"}  # datasource reference
 LOKI = {"type": "loki", "uid": "rs-loki"}  # datasource reference
@@ -28,6 +31,7 @@ DASHBOARDS_DIR = "/var/lib/grafana/dashboards"  # where Grafana reads dashboards
 PROVISIONING_DIR = "/etc/grafana/provisioning"  # where Grafana reads provisioning (both layouts)
 SECRET_NAME = "grafana_admin_password"
 CONTAINER_UID = "472"  # the grafana user of the upstream image
+NATIVE_DIR = "/etc/grafana"  # the package's configuration directory (grafana.ini, the password)
 GRID_WIDTH = 24  # Grafana's dashboard grid is 24 columns wide
 
 
@@ -41,6 +45,12 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.grafana.enabled
+
+
+def check(hs: HostSettings, rules: SecretRules) -> None:
+    """The admin password Grafana is provisioned with."""
+    if hs.monitoring_enabled("grafana"):
+        rules.require(SECRET_NAME, "Grafana", 12)
 
 
 # --- server settings (grafana.ini on systemd, GF_* variables in Docker) ------------------------
@@ -60,7 +70,7 @@ def server_settings(hs: HostSettings) -> dict[str, dict[str, str]]:
         "security": {"admin_user": g.admin_user, "disable_gravatar": "true"},
         "users": {"allow_sign_up": "false"},
     }
-    if hs.stack.layout == "systemd":  # a container keeps its port 3000; Compose publishes g.port
+    if not hs.layout.runs_in_containers:  # a container keeps port 3000; Compose publishes g.port
         settings["server"] = {"http_addr": "127.0.0.1", "http_port": str(g.port)}
     return dict(sorted(settings.items()))
 
@@ -76,7 +86,7 @@ def environment(hs: HostSettings) -> dict[str, str]:
         for section, values in server_settings(hs).items()
         for key, value in values.items()
     }
-    env["GF_SECURITY_ADMIN_PASSWORD__FILE"] = f"/run/secrets/{SECRET_NAME}"
+    env["GF_SECURITY_ADMIN_PASSWORD__FILE"] = secret_read_path(hs)
     return dict(sorted(env.items()))
 
 
@@ -85,9 +95,15 @@ def secret_path(hs: HostSettings) -> str:
 
     Example: ``secret_path(hs)`` -> ``"/opt/residency-scheduler/secrets/grafana_admin_password"``
     """
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/secrets/{SECRET_NAME}"
-    return f"/etc/grafana/{SECRET_NAME}"
+    return f"{hs.layout.secrets_dir(hs, NATIVE_DIR)}/{SECRET_NAME}"
+
+
+def secret_read_path(hs: HostSettings) -> str:
+    """The admin password file as Grafana opens it.
+
+    Example: ``secret_read_path(hs)`` -> ``"/run/secrets/grafana_admin_password"``
+    """
+    return f"{hs.layout.secret_read_dir(hs, NATIVE_DIR)}/{SECRET_NAME}"
 
 
 # --- datasources ------------------------------------------------------------------------------
@@ -98,13 +114,11 @@ def datasources(hs: HostSettings) -> list[dict]:
 
     Example: ``datasources(hs)[0]["url"]`` -> ``"http://prometheus:9090"``
     """
-    from roles.loki import base_url
-
     found = []
     if hs.monitoring_enabled("prometheus"):
         prom = hs.stack.prometheus
         found.append({**PROMETHEUS, "name": "Prometheus", "default": True,
-                      "url": f"http://{hs.endpoint('prometheus')}:{prom.port}",
+                      "url": f"http://{hs.endpoint('monitoring', 'prometheus')}:{prom.port}",
                       "json_data": {"httpMethod": "POST", "timeInterval": prom.scrape_interval}})
     if hs.monitoring_enabled("loki"):
         found.append({**LOKI, "name": "Loki", "default": not found, "url": base_url(hs),
@@ -229,7 +243,7 @@ def dashboard(uid: str, title: str, panels: list[Panel], variables: list[dict] =
 
 def _app_health(hs: HostSettings) -> Query:
     """1 when a backend/Celery process is up: containers (cAdvisor) or systemd units."""
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:
         return Query('max by (name) (container_last_seen{name=~".*(backend|celery).*"})'
                      " > bool (time() - 60)", "{{name}}")
     return Query('max by (name) (node_systemd_unit_state{name=~"residency-(backend|celery-.*)'
@@ -267,13 +281,11 @@ def _log_labels(hs: HostSettings) -> list[tuple[str, str]]:
     if not hs.monitoring_enabled("loki"):
         return []
     journal = [("unit", "systemd unit")]
-    return [("service", "Compose service"), *journal] if hs.stack.layout == "docker" else journal
+    return [("service", "Compose service"), *journal] if hs.layout.runs_in_containers else journal
 
 
 def app_log_files() -> str:
     """LogQL selector of the application's log files (``paths.log_dir/*.log``)."""
-    from roles.log_shipper import APP_LOG_JOB
-
     return f'{{job="{APP_LOG_JOB}"}}'
 
 
@@ -344,7 +356,7 @@ def system_resources(hs: HostSettings) -> dict:
                   f"{RATE}))", f"{{{{instance}}}} {way}") for way in ("receive", "transmit")),
             unit="Bps"),
     ]
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:
         panels += [
             timeseries("Container memory (working set)",
                        Query('max by (name) (container_memory_working_set_bytes{name!=""})',
@@ -387,7 +399,7 @@ def resilience_metrics(hs: HostSettings) -> dict:
     ]
     if hs.monitoring_enabled("loki"):
         words = ' |~ "(?i)resilience|contingency|defense|fallback"'
-        backend = ('{service=~"backend|celery-worker|celery-beat"}' if hs.stack.layout == "docker"
+        backend = ('{service=~"backend|celery-worker|celery-beat"}' if hs.layout.runs_in_containers
                    else '{unit=~"residency-(backend|celery-worker|celery-beat)[.]service"}')
         panels.append(logs("Resilience events in the logs",
                            *(source + words for source in (backend, app_log_files()))))
@@ -409,28 +421,27 @@ def dashboards(hs: HostSettings) -> dict[str, dict]:
 
 def _dirs(hs: HostSettings) -> tuple[str, str]:
     """(provisioning dir, dashboards dir) on the host."""
-    if hs.stack.layout == "docker":
-        base = f"{hs.stack.paths.base_dir}/config/grafana"
-        return f"{base}/provisioning", f"{base}/dashboards"
-    return PROVISIONING_DIR, DASHBOARDS_DIR
+    return (hs.layout.config_path(hs, "grafana", "provisioning", PROVISIONING_DIR),
+            hs.layout.config_path(hs, "grafana", "dashboards", DASHBOARDS_DIR))
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
-    docker = hs.stack.layout == "docker"
-    service = "grafana" if docker else "grafana-server"
+    # Grafana reads provisioning, its password and grafana.ini only at start.
+    restart = (Restart(hs.layout.service("grafana", "grafana-server")),)
     provisioning, dashboards_dir = _dirs(hs)
     files = [
         RenderedFile(f"{provisioning}/datasources/residency-scheduler.yml",
                      template("grafana/datasources.yml.j2", hs, datasources=datasources(hs)),
-                     "grafana", restarts=(service,)),
+                     "grafana", reactions=restart),
         RenderedFile(f"{provisioning}/dashboards/residency-scheduler.yml",
                      template("grafana/dashboards.yml.j2", hs, dashboards_dir=DASHBOARDS_DIR),
-                     "grafana", restarts=(service,)),
+                     "grafana", reactions=restart),
+        # Owned by the user Grafana runs as; the group likewise: root beside the image's uid,
+        # the package's group natively.
         RenderedFile(secret_path(hs), hs.secrets.grafana_admin_password or "", "grafana",
-                     mode="600", owner=CONTAINER_UID if docker else "grafana",
-                     group="root" if docker else "grafana", secret=True, restarts=(service,)),
+                     mode="600", owner=hs.layout.file_owner(CONTAINER_UID, "grafana"),
+                     group=hs.layout.file_owner("root", "grafana"), secret=True,
+                     reactions=restart),
     ]
     # Grafana rescans the dashboards directory by itself: no restart for dashboard changes.
     files += [
@@ -438,10 +449,10 @@ def render(hs: HostSettings) -> list[RenderedFile]:
                      json.dumps(model, indent=2, sort_keys=True) + "\n", "grafana")
         for uid, model in dashboards(hs).items()
     ]
-    if not docker:
+    if not hs.layout.runs_in_containers:  # the image takes these as GF_* variables instead
         files.append(RenderedFile(
-            "/etc/grafana/grafana.ini",
+            f"{NATIVE_DIR}/grafana.ini",
             template("grafana/grafana.ini.j2", hs, settings=server_settings(hs),
-                     password_file=secret_path(hs)),
-            "grafana", mode="640", group="grafana", restarts=(service,)))
+                     password_file=secret_read_path(hs)),
+            "grafana", mode="640", group="grafana", reactions=restart))
     return files

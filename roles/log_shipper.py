@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from roles.loki import push_url
+from rsdeploy.layout import Restart
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Port, Resources, Section
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
 
 #: The Docker Engine API as the shipper reaches it (socket mounted at the same path).
@@ -48,18 +50,16 @@ def config_path(hs: HostSettings) -> str:
     Example: ``config_path(hs)`` -> ``"/etc/alloy/config.alloy"``
     """
     name = "config.alloy" if hs.stack.log_shipper.kind == "alloy" else "config.yml"
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/{service_name(hs)}/{name}"
-    return f"/etc/{service_name(hs)}/{name}"
+    service = service_name(hs)
+    return hs.layout.config_path(hs, service, name, f"/etc/{service}/{name}")
 
 
 def _context(hs: HostSettings) -> dict:
     """Values both shippers' templates share."""
-    from roles.loki import push_url
-
     return {
         "push_url": push_url(hs),
-        "docker": hs.stack.layout == "docker",
+        # The stack's own processes log from containers too: read them from the Docker API.
+        "docker": hs.layout.runs_in_containers,
         "docker_host": DOCKER_HOST,
         "log_glob": f"{hs.stack.paths.log_dir}/*.log",
         "app_log_job": APP_LOG_JOB,
@@ -67,15 +67,15 @@ def _context(hs: HostSettings) -> dict:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
     if hs.stack.log_shipper.kind == "alloy":
         content = template("alloy/config.alloy.j2", hs, **_context(hs))
     else:
         content = template(
             "promtail/config.yml.j2", hs,
-            listen_address="0.0.0.0" if hs.stack.layout == "docker" else "127.0.0.1",
+            listen_address=hs.layout.listen_address(hs, shared=False),  # never shared: loopback
             positions_file="/var/lib/promtail/positions.yaml",
             **_context(hs),
         )
-    return [RenderedFile(config_path(hs), content, "log_shipper", restarts=(service_name(hs),))]
+    # Either shipper reads its config only at start.
+    return [RenderedFile(config_path(hs), content, "log_shipper",
+                         reactions=(Restart(service_name(hs)),))]

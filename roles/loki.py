@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
+from rsdeploy.layout import Restart
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Duration, Image, Port, Resources, Section
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
 
 #: The first day of the tsdb/v13 schema period; never change it once Loki has stored data.
 SCHEMA_FROM = "2024-04-01"
-#: Where Loki keeps chunks, index and the compactor's state, per layout.
-DATA_DIRS = {"docker": "/loki", "systemd": "/var/lib/loki"}
+#: Where Loki keeps chunks, index and the compactor's state: in its image (a volume), natively.
+CONTAINER_DATA_DIR, NATIVE_DATA_DIR = "/loki", "/var/lib/loki"
 
 
 class Settings(Section):
@@ -48,9 +49,12 @@ def config_path(hs: HostSettings) -> str:
 
     Example: ``config_path(hs)`` -> ``"/opt/residency-scheduler/config/loki/config.yml"``
     """
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/loki/config.yml"
-    return "/etc/loki/config.yml"
+    return hs.layout.config_path(hs, "loki", "config.yml", "/etc/loki/config.yml")
+
+
+def data_dir(hs: HostSettings) -> str:
+    """Where Loki keeps its state, as Loki sees it. Example: ``data_dir(hs)`` -> ``"/loki"``"""
+    return hs.layout.data_dir(CONTAINER_DATA_DIR, NATIVE_DATA_DIR)
 
 
 def listen_address(hs: HostSettings) -> str:
@@ -60,9 +64,7 @@ def listen_address(hs: HostSettings) -> str:
     natively loopback, or the host's private address when other hosts ship logs to it.
     Example: ``listen_address(hs)`` -> ``"127.0.0.1"``
     """
-    if hs.stack.layout == "docker":
-        return "0.0.0.0"
-    return hs.address if len(hs.topology.hosts) > 1 else "127.0.0.1"
+    return hs.layout.listen_address(hs, shared=len(hs.topology.hosts) > 1)
 
 
 def push_url(hs: HostSettings) -> str:
@@ -75,17 +77,16 @@ def push_url(hs: HostSettings) -> str:
 
 def base_url(hs: HostSettings) -> str:
     """Loki's HTTP root as processes on host ``hs`` reach it. Example: ``"http://loki:3100"``"""
-    loki = hs.monitoring_host().loki
-    return f"http://{hs.endpoint('loki')}:{loki.port}"
+    loki = hs.peer("monitoring").stack.loki
+    return f"http://{hs.endpoint('monitoring', 'loki')}:{loki.port}"
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
     content = template(
         "loki/config.yml.j2", hs,
-        data_dir=DATA_DIRS[hs.stack.layout],
+        data_dir=data_dir(hs),
         listen_address=listen_address(hs),
         schema_from=SCHEMA_FROM,
     )
-    return [RenderedFile(config_path(hs), content, "loki", restarts=("loki",))]
+    # Loki reads its config only at start (Compose service and systemd unit: loki).
+    return [RenderedFile(config_path(hs), content, "loki", reactions=(Restart("loki"),))]

@@ -1,77 +1,33 @@
-"""Nginx reverse proxy with TLS (role ``web``): HTTPS termination, /api and /health* to the
-backend, everything else to the frontend; certificates from certbot, the operator, or self-signed.
+"""Nginx reverse proxy (role ``web``): HTTPS termination, /api and /health* to the backend,
+everything else to the frontend. The certificate it serves comes from the tls role
+(:mod:`roles.tls`), which also owns the ACME webroot it serves challenges from.
 """
 
 from __future__ import annotations
 
 import pwd
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from pydantic import model_validator
-from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.facts.files import File, Sha256File
-from pyinfra.operations import server
-
-from rsdeploy import apply
-from rsdeploy.escape import nginx_representable
-from rsdeploy.types import Email, HttpsUrl, Image, Port, Resources, Section, Size
+from roles.tls import ACME_WEBROOT, certificate_paths
+from rsdeploy.layout import Reload
+from rsdeploy.render import RenderedFile, static, template
+from rsdeploy.types import Image, Port, Resources, Section, Size
+from rsdeploy.validate import Verdict
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
-    from rsdeploy.validate import Verdict
 
-#: Where certbot puts HTTP-01 challenge files and nginx serves them from (both layouts; a
-#: shared named volume ``acme-webroot`` in the docker layout).
-ACME_WEBROOT = "/var/www/certbot"
 #: The first nginx whose ``http2`` directive replaces ``listen ... http2`` (deprecated there).
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 #: Debian 12's nginx, which the systemd layout runs.
 DEBIAN_NGINX = (1, 22, 1)
-#: The docker CLI on docker-layout hosts (docker.io and docker-ce both install it here).
-DOCKER_CLI = "/usr/bin/docker"
 #: The host's own nginx configuration, wrapped around the systemd layout's site when validating.
 DEBIAN_NGINX_CONF = Path("/etc/nginx/nginx.conf")
-
-
-class TlsSettings(Section):
-    # certbot: Let's Encrypt over the ACME webroot; provided: certificate files already on the
-    # host; self-signed: made on the host (sandboxes and tests only).
-    mode: Literal["certbot", "provided", "self-signed"] = "certbot"
-    email: Email | None = None  # certbot: account e-mail for expiry notices (required for certbot)
-    cert_path: str | None = None  # provided: full-chain certificate path on the host
-    key_path: str | None = None  # provided: private key path on the host
-    staging: bool = False  # certbot: use the Let's Encrypt staging CA
-    # certbot: ACME directory URL of another CA (step-ca, a sandbox's pebble); None: Let's
-    # Encrypt. Its TLS certificate must chain to the host's trust store (trusted_ca_certs).
-    acme_server: HttpsUrl | None = None
-
-    @model_validator(mode="after")
-    def _mode_needs(self):
-        if self.mode == "certbot" and not self.email:
-            raise ValueError("tls.mode certbot needs tls.email")
-        if self.staging and self.acme_server:
-            raise ValueError("tls.staging (Let's Encrypt's staging CA) and tls.acme_server "
-                             "exclude each other: set one")
-        if self.mode == "provided" and not (self.cert_path and self.key_path):
-            raise ValueError("tls.mode provided needs tls.cert_path and tls.key_path")
-        for field in ("cert_path", "key_path"):
-            path = getattr(self, field)
-            if path is not None and not path.startswith("/"):
-                raise ValueError(f"tls.{field} must be an absolute path on the host")
-            if path is not None and not nginx_representable(path):
-                raise ValueError(f"tls.{field} must not contain '$' or control characters "
-                                 "(nginx would read '$' as a variable)")
-        return self
-
-
 
 
 class Settings(Section):
@@ -97,23 +53,31 @@ def applies(hs: HostSettings) -> bool:
 # --- paths ------------------------------------------------------------------------------------
 
 
+def _host_path(hs: HostSettings, nginx_path: str) -> str:
+    """Where a file nginx reads at ``nginx_path`` (under /etc/nginx) lives on the host.
+
+    Example: ``_host_path(hs, "/etc/nginx/nginx.conf")`` ->
+    ``"/opt/residency-scheduler/config/nginx/nginx.conf"``
+    """
+    return hs.layout.config_path(hs, "nginx", nginx_path.removeprefix("/etc/nginx/"), nginx_path)
+
+
 def config_dir(hs: HostSettings) -> str:
     """The host directory that nginx sees as /etc/nginx (docker: mounted piecewise).
 
     Example: ``config_dir(hs)`` -> ``"/opt/residency-scheduler/config/nginx"``
     """
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/nginx"
-    return "/etc/nginx"
+    return str(PurePosixPath(_host_path(hs, "/etc/nginx/nginx.conf")).parent)
 
 
 def snippets_dir(hs: HostSettings) -> str:
     """Where the site's include files live, as nginx sees them.
 
-    Docker: inside the mounted conf.d/ (a subdirectory, so ``conf.d/*.conf`` skips them);
-    systemd: Debian's /etc/nginx/snippets/, in a directory of our own.
+    Docker: inside the mounted conf.d/ (a subdirectory, so ``conf.d/*.conf`` skips them), as
+    only nginx.conf and conf.d/ of the image's /etc/nginx are ours; systemd: Debian's
+    /etc/nginx/snippets/, in a directory of our own.
     """
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:
         return "/etc/nginx/conf.d/snippets"
     return "/etc/nginx/snippets/residency-scheduler"
 
@@ -125,68 +89,7 @@ def site_path(hs: HostSettings) -> str:
     sites-enabled symlink has to be managed (the deploy removes Debian's default site, whose
     default_server would clash with ours).
     """
-    return f"{config_dir(hs)}/conf.d/residency-scheduler.conf"
-
-
-def _host_path(hs: HostSettings, nginx_path: str) -> str:
-    """Where a file nginx reads at ``nginx_path`` (under /etc/nginx) lives on the host."""
-    return config_dir(hs) + nginx_path.removeprefix("/etc/nginx")
-
-
-def _tls_dir(hs: HostSettings) -> tuple[str, str]:
-    """(as nginx sees it, on the host): the directory of self-signed or copied certificates."""
-    if hs.stack.layout == "docker":
-        return "/etc/nginx/tls", f"{hs.stack.paths.base_dir}/tls"
-    return "/etc/ssl/residency-scheduler", "/etc/ssl/residency-scheduler"
-
-
-def certificate_paths(hs: HostSettings) -> tuple[str, str]:
-    """(full chain, private key) as nginx reads them.
-
-    Example: ``certificate_paths(hs)`` ->
-    ``("/etc/letsencrypt/live/scheduler.example.org/fullchain.pem", ".../privkey.pem")``
-    """
-    tls = hs.stack.tls
-    if tls.mode == "certbot":
-        live = f"/etc/letsencrypt/live/{hs.stack.domain}"
-        return f"{live}/fullchain.pem", f"{live}/privkey.pem"
-    if tls.mode == "provided" and hs.stack.layout == "systemd":
-        return tls.cert_path, tls.key_path
-    directory = _tls_dir(hs)[0]
-    return f"{directory}/fullchain.pem", f"{directory}/privkey.pem"
-
-
-def host_certificate_paths(hs: HostSettings) -> tuple[str, str]:
-    """(full chain, private key) where the deploy must put them on the host.
-
-    certbot: where certbot writes them; provided: tls.cert_path/key_path (systemd) or the
-    copies under base/tls/ (docker); self-signed: where the deploy generates them.
-    Example: ``host_certificate_paths(hs)`` ->
-    ``("/opt/residency-scheduler/tls/fullchain.pem", "/opt/residency-scheduler/tls/privkey.pem")``
-    """
-    tls = hs.stack.tls
-    if tls.mode == "certbot" or (tls.mode == "provided" and hs.stack.layout == "systemd"):
-        return certificate_paths(hs)
-    directory = _tls_dir(hs)[1]
-    return f"{directory}/fullchain.pem", f"{directory}/privkey.pem"
-
-
-def certbot_certonly_args(hs: HostSettings) -> list[str]:
-    """certbot arguments (after ``certbot``) that obtain the first certificate over the webroot.
-
-    The lineage is named after the primary domain, which :func:`certificate_paths` relies on.
-    The CA (``--server`` or ``--staging``) is recorded in the lineage's renewal
-    configuration, so ``certbot renew`` goes back to it.
-    Example: ``["certonly", "--webroot", "-w", "/var/www/certbot", "--cert-name", "a.org", ...]``
-    """
-    tls = hs.stack.tls
-    args = ["certonly", "--webroot", "-w", ACME_WEBROOT, "--cert-name", hs.stack.domain,
-            "--email", tls.email, "--agree-tos", "--non-interactive", "--keep-until-expiring"]
-    for domain in hs.stack.domains:
-        args += ["-d", domain]
-    if tls.acme_server:
-        args += ["--server", tls.acme_server]
-    return args + (["--staging"] if tls.staging else [])
+    return _host_path(hs, "/etc/nginx/conf.d/residency-scheduler.conf")
 
 
 # --- nginx syntax -----------------------------------------------------------------------------
@@ -216,7 +119,7 @@ def uses_http2_directive(hs: HostSettings) -> bool:
     nginx = hs.stack.nginx
     if nginx.http2_directive is not None:
         return nginx.http2_directive
-    if hs.stack.layout == "systemd":
+    if not hs.layout.runs_in_containers:  # the distribution's package, not nginx.image
         return DEBIAN_NGINX >= HTTP2_DIRECTIVE_SINCE
     version = _version(_image_tag(nginx.image))
     return version is None or version >= HTTP2_DIRECTIVE_SINCE
@@ -230,10 +133,10 @@ def _proxy_targets(hs: HostSettings) -> dict:
     """
     stack = hs.stack
     addresses = {
-        "rs_backend": f"{hs.endpoint('backend')}:{stack.backend.port}",
-        "rs_frontend": f"{hs.endpoint('frontend')}:{stack.frontend.port}",
+        "rs_backend": f"{hs.endpoint('app', 'backend')}:{stack.backend.port}",
+        "rs_frontend": f"{hs.endpoint('app', 'frontend')}:{stack.frontend.port}",
     }
-    if stack.layout == "docker":
+    if hs.layout.runs_in_containers:  # Docker's embedded DNS; containers change addresses
         return {"upstreams": {}, "upstream_variables": addresses, "resolver": "127.0.0.11",
                 "backend": "$rs_backend", "frontend": "$rs_frontend"}
     return {"upstreams": addresses, "upstream_variables": {}, "resolver": stack.nginx.resolver,
@@ -243,7 +146,8 @@ def _proxy_targets(hs: HostSettings) -> dict:
 def _listen_variables(hs: HostSettings) -> dict:
     nginx = hs.stack.nginx
     http2_directive = uses_http2_directive(hs)
-    ipv6 = hs.stack.layout == "systemd" and nginx.listen_ipv6
+    # In a container nginx listens on the container's interfaces; Docker publishes IPv6.
+    ipv6 = not hs.layout.runs_in_containers and nginx.listen_ipv6
     return {
         "listen_prefixes": ["", "[::]:"] if ipv6 else [""],
         "http2_directive": http2_directive,
@@ -259,54 +163,23 @@ SNIPPETS = ("tls.conf", "security-headers.conf.j2", "api-headers.conf.j2", "prox
 
 
 def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, static, template
-
     variables = {"snippets_dir": snippets_dir(hs), "acme_webroot": ACME_WEBROOT,
                  **_proxy_targets(hs), **_listen_variables(hs)}
     certificate, certificate_key = certificate_paths(hs)
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,
                                      certificate_key=certificate_key, **variables)}
-    if hs.stack.layout == "docker":
-        files[f"{config_dir(hs)}/nginx.conf"] = template("nginx/nginx.conf.j2", hs)
+    if hs.layout.runs_in_containers:  # natively the site runs inside Debian's own nginx.conf
+        files[_host_path(hs, "/etc/nginx/nginx.conf")] = template("nginx/nginx.conf.j2", hs)
     for name in SNIPPETS:
         text = template(f"nginx/{name}", hs, **variables) if name.endswith(".j2") else static(
             f"nginx/{name}")
         files[_host_path(hs, f"{snippets_dir(hs)}/{name.removesuffix('.j2')}")] = text
-    return [RenderedFile(path, text, "nginx", restarts=("nginx",))
+    return [RenderedFile(path, text, "nginx", reactions=(Reload("nginx"),))
             for path, text in sorted(files.items())]
 
 
-def _renewal_files(hs: HostSettings) -> list[RenderedFile]:
-    """Certbot renewal: the distro timer + a reload hook (systemd), a host timer (docker)."""
-    from rsdeploy.render import RenderedFile, static, template
-
-    if hs.stack.tls.mode != "certbot":
-        return []
-    if hs.stack.layout == "systemd":
-        return [RenderedFile("/etc/letsencrypt/renewal-hooks/deploy/reload-nginx",
-                             static("certbot/reload-nginx"), "nginx", mode="755")]
-    from roles.compose import compose_args  # the whole project: compose.web.yml alone is not
-
-    compose = [DOCKER_CLI, "compose", *compose_args(hs)]
-    service = template(
-        "certbot/rs-certbot-renew.service.j2", hs,
-        # The timer spreads the runs already (as Debian's certbot.timer, whose service also
-        # turns off certbot's own random sleep of up to 8 minutes before renewing).
-        renew_command=[*compose, "run", "--rm", "--no-deps", "certbot", "renew",
-                       "--webroot", "-w", ACME_WEBROOT, "--no-random-sleep-on-renew"],
-        reload_command=[*compose, "exec", "-T", "nginx", "nginx", "-s", "reload"],
-    )
-    timer = "rs-certbot-renew.timer"
-    return [
-        RenderedFile("/etc/systemd/system/rs-certbot-renew.service", service, "nginx",
-                     restarts=(timer,)),
-        RenderedFile(f"/etc/systemd/system/{timer}", static(f"certbot/{timer}"), "nginx",
-                     restarts=(timer,)),
-    ]
-
-
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return _nginx_files(hs) + _renewal_files(hs)
+    return _nginx_files(hs)
 
 
 # --- validate ---------------------------------------------------------------------------------
@@ -321,22 +194,11 @@ _SSL_LISTEN = re.compile(r"^(\s*listen\s+[^;]*\bssl\b)", re.MULTILINE)
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """``nginx -t`` on the rendered site (one verdict per nginx file), ``systemd-analyze
-    verify`` on the renewal units, ``sh -n`` on the renewal hook.
+    """``nginx -t`` on the rendered site (one verdict per nginx file).
 
     Example: ``validate(Path("/tmp/out/rs1"), hs)``
     """
-    from rsdeploy.validate import run_tool
-
-    verdicts = _nginx_verdicts(tree, hs)
-    for f in _renewal_files(hs):
-        local = str(tree / f.path.lstrip("/"))
-        if f.path.endswith((".service", ".timer")):
-            verdicts.append(run_tool(["systemd-analyze", "verify", "--man=no", local], f.path,
-                                     "systemd-analyze verify"))
-        else:
-            verdicts.append(run_tool(["sh", "-n", local], f.path, "sh -n"))
-    return verdicts
+    return _nginx_verdicts(tree, hs)
 
 
 def _nginx_verdicts(tree: Path, hs: HostSettings) -> list[Verdict]:
@@ -349,8 +211,6 @@ def _nginx_verdicts(tree: Path, hs: HostSettings) -> list[Verdict]:
     Proxy targets are not looked up by ``nginx -t`` in the docker layout (variables, resolved
     per request), so Compose service names need no /etc/hosts entries.
     """
-    from rsdeploy.validate import Verdict
-
     paths = [f.path for f in _nginx_files(hs)]
     with tempfile.TemporaryDirectory(prefix="rsdeploy-nginx-") as tmp:
         root = Path(tmp)
@@ -376,7 +236,7 @@ def build_validation_root(tree: Path, hs: HostSettings, root: Path) -> list[str]
         target = etc / path.removeprefix(config_dir(hs) + "/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tree / path.lstrip("/"), target)
-    if hs.stack.layout == "systemd":  # the site runs inside Debian's own nginx.conf
+    if not (etc / "nginx.conf").exists():  # no nginx.conf of ours: the site runs inside Debian's
         shutil.copyfile(DEBIAN_NGINX_CONF, etc / "nginx.conf")
     shutil.copyfile(DEBIAN_NGINX_CONF.parent / "mime.types", etc / "mime.types")
     for directory in ("var/log/nginx", "run"):
@@ -439,88 +299,3 @@ def _nginx_test(root: Path) -> tuple[bool, str]:
     output = (proc.stdout + proc.stderr).strip()
     ok = proc.returncode == 0 and "[warn]" not in output
     return ok, "" if ok else output
-
-
-# --- deploy ------------------------------------------------------------------------------------
-
-
-@deploy("Put the site's TLS certificate in place")
-def ensure_certificate(hs: HostSettings) -> list:
-    """Self-signed: made once on the host. Provided: copied where nginx reads it (docker).
-    Certbot: the first certificate over HTTP (standalone, before nginx holds port 80); renewals
-    run from the timer. Returns the operations that changed the certificate, to reload nginx.
-
-    Example: ``changed = nginx.ensure_certificate(hs)``
-    """
-    tls = hs.stack.tls
-    cert, key = host_certificate_paths(hs)
-    if tls.mode == "self-signed":
-        return [_self_signed(hs, cert, key)] if host.get_fact(File, path=cert) is None else []
-    if tls.mode == "provided" and (cert, key) != (tls.cert_path, tls.key_path):
-        copies = [_copy_provided(tls.cert_path, cert, "644"), _copy_provided(tls.key_path, key, "600")]
-        return [op for op in copies if op is not None]
-    if tls.mode == "certbot" and host.get_fact(File, path=cert) is None:
-        return [_first_certbot_certificate(hs)]
-    return []
-
-
-def _self_signed(hs: HostSettings, cert: str, key: str):
-    names = ",".join(f"DNS:{domain}" for domain in hs.stack.domains)
-    return server.shell(
-        name=f"Make a self-signed certificate for {', '.join(hs.stack.domains)}",
-        commands=[
-            f"mkdir -p {shlex.quote(str(Path(cert).parent))}",
-            "umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-            f"-days 825 -subj {shlex.quote('/CN=' + hs.stack.domain)} "
-            f"-addext {shlex.quote('subjectAltName=' + names)} "
-            f"-keyout {shlex.quote(key)} -out {shlex.quote(cert)} 2>/dev/null",
-            f"chmod 644 {shlex.quote(cert)}",
-        ],
-    )
-
-
-def _copy_provided(src: str, dest: str, mode: str):
-    if host.get_fact(Sha256File, path=src) is None:
-        apply.fail(f"tls: provided certificate file {src} does not exist on the host")
-    if host.get_fact(Sha256File, path=src) == host.get_fact(Sha256File, path=dest):
-        host.noop(f"{dest} is up to date")
-        return None
-    return server.shell(
-        name=f"Copy the provided {Path(src).name} to {dest}",
-        commands=[f"mkdir -p {shlex.quote(str(Path(dest).parent))} && umask 077 && "
-                  f"install -m {mode} {shlex.quote(src)} {shlex.quote(dest)}"],
-    )
-
-
-def first_certificate_args(hs: HostSettings) -> list[str]:
-    """certbot arguments for the first certificate: :func:`certbot_certonly_args`, but answering
-    the challenge itself (``--standalone``), as nginx cannot start without a certificate.
-
-    Example: ``["certonly", "--standalone", "--cert-name", "a.org", ...]``
-    """
-    args = certbot_certonly_args(hs)
-    return ["certonly", "--standalone"] + args[args.index("--cert-name"):]
-
-
-def _first_certbot_certificate(hs: HostSettings):
-    """certbot's first run (its image is there already: the deploy delivers images first).
-
-    On a new site nothing holds port 80 yet, so certbot answers the challenge itself. A site
-    switching to certbot from another TLS mode keeps serving: its running nginx answers the
-    challenge from the shared webroot (mounted in every mode) and is recreated afterwards.
-    """
-    from roles.compose import compose_command
-    from rsdeploy.facts import ComposeContainers
-
-    running = host.get_fact(ComposeContainers, project=hs.stack.compose.project).get("nginx")
-    if running and running["state"] == "running":
-        run, how = ["certbot", *certbot_certonly_args(hs)], "through the running nginx"
-    else:
-        port = f"{hs.stack.nginx.http_port}:80"
-        run, how = ["--publish", port, "certbot", *first_certificate_args(hs)], "standalone"
-    ca = hs.stack.tls.acme_server or "Let's Encrypt"
-    return server.shell(
-        name=f"Obtain the first certificate for {hs.stack.domain} from {ca} ({how})",
-        commands=[compose_command(hs, "run", "--rm", "--no-deps", *run)],
-        _chdir=hs.stack.paths.base_dir,
-    )

@@ -1,6 +1,6 @@
 """PostgreSQL 15 with pgvector: the application's database (role ``db``).
 
-Docker layout: the ``db`` Compose service (see roles/compose.py). Its init script
+Docker layout: the ``db`` Compose service (the stack's Compose project). Its init script
 ``base/config/postgres/initdb/10-roles.sql`` (mounted at /docker-entrypoint-initdb.d) creates the
 app role, the monitor role and the pgvector extension; the passwords come from secret files
 ``base/secrets/db_password`` and ``base/secrets/postgres_monitor_password`` (uid 999, the
@@ -13,10 +13,14 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from roles.exporters import exporter_applies
+from rsdeploy.component_files import secret_file
+from rsdeploy.layout import Exec, Restart
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Name, Port, Resources, Section, Size
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
+    from rsdeploy.layout import Reaction
     from rsdeploy.settings import HostSettings
 
 ROLE = "postgres"
@@ -26,7 +30,6 @@ APP_PASSWORD_SECRET = "db_password"
 #: The monitor password as the server reads it; postgres-exporter reads its own copy
 #: (roles.exporters, ``db_monitor_password``, another uid).
 MONITOR_PASSWORD_SECRET = "postgres_monitor_password"
-CONTAINER_SECRETS_DIR = "/run/secrets"
 #: The roles script inside the db container; the deploy re-runs it when it or a password changes.
 INITDB_ROLES_SQL = "/docker-entrypoint-initdb.d/10-roles.sql"
 
@@ -54,8 +57,6 @@ def pg_str(value) -> str:
 
 def monitor_role(hs: HostSettings) -> bool:
     """Whether the monitor role exists: postgres-exporter runs beside this database."""
-    from roles.compose import exporter_applies
-
     return exporter_applies(hs, "postgres_exporter")
 
 
@@ -73,7 +74,7 @@ def hba_address(address: str) -> str:
 
 def app_client_addresses(hs: HostSettings) -> list[str]:
     """pg_hba addresses of the app host when it is another host (else loopback covers it)."""
-    app = hs.topology.one("app")
+    app = hs.peer("app")
     return [] if app.name == hs.name else [hba_address(app.address)]
 
 
@@ -82,66 +83,86 @@ def listen_addresses(hs: HostSettings) -> str:
     return "localhost" if not app_client_addresses(hs) else f"localhost,{hs.address}"
 
 
-def secrets_dir(hs: HostSettings) -> str:
-    """Where the server's secret files live on the host."""
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/secrets"
+def _service(hs: HostSettings) -> str:
+    """The db Compose service, or the distribution's server unit."""
+    return hs.layout.service("db", f"postgresql@{hs.stack.postgres.version}-main.service")
+
+
+def _native_secrets_dir(hs: HostSettings) -> str:
     return f"{hs.stack.paths.config_dir}/secrets"
 
 
-def _secret_files(hs: HostSettings, owner: str, readers: tuple[str, ...]) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile
+def secrets_dir(hs: HostSettings) -> str:
+    """Where the server's secret files live on the host."""
+    return hs.layout.secrets_dir(hs, _native_secrets_dir(hs))
 
+
+def secret_read_dir(hs: HostSettings) -> str:
+    """Where the server (and psql running the roles script) opens its secret files."""
+    return hs.layout.secret_read_dir(hs, _native_secrets_dir(hs))
+
+
+def _reapply_roles(hs: HostSettings) -> tuple[Reaction, ...]:
+    """What a changed roles script or password asks for.
+
+    The image runs its init scripts once, on an empty data volume: the deploy re-runs the same
+    file in the db service. The distribution's server has no init scripts; its deploy runs
+    roles.sql itself.
+    """
+    if not hs.layout.runs_in_containers:
+        return ()
+    return (Exec(_service(hs),
+                 ("psql", "--quiet", "-U", "postgres", "-d", "postgres", "-f", INITDB_ROLES_SQL),
+                 "Apply changed database roles and passwords"),)
+
+
+def _secret_files(hs: HostSettings) -> list[RenderedFile]:
     wanted = {APP_PASSWORD_SECRET: hs.secrets.db_password}
     if monitor_role(hs):
         wanted[MONITOR_PASSWORD_SECRET] = hs.secrets.db_monitor_password
-    return [RenderedFile(f"{secrets_dir(hs)}/{name}", value, ROLE, mode="600", owner=owner,
-                         group=owner, secret=True, restarts=readers)
+    return [secret_file(hs, name, value, role=ROLE, image_uid=IMAGE_UID, native_user="postgres",
+                        native_dir=_native_secrets_dir(hs), reactions=_reapply_roles(hs))
             for name, value in wanted.items()]
 
 
 def roles_sql(hs: HostSettings) -> str:
     """The idempotent SQL that creates the database, roles and pgvector (both layouts)."""
-    from rsdeploy.render import template
-
-    docker = hs.stack.layout == "docker"
-    read_dir = CONTAINER_SECRETS_DIR if docker else secrets_dir(hs)
+    read_dir = secret_read_dir(hs)
     return template(
-        "postgres/roles.sql.j2", hs, pg=hs.stack.postgres, docker=docker, monitor=monitor_role(hs),
+        "postgres/roles.sql.j2", hs, pg=hs.stack.postgres,
+        # The image's entrypoint runs it first and bootstraps the superuser with a password.
+        docker=hs.layout.runs_in_containers, monitor=monitor_role(hs),
         app_password_file=f"{read_dir}/{APP_PASSWORD_SECRET}",
         monitor_password_file=f"{read_dir}/{MONITOR_PASSWORD_SECRET}",
     )
 
 
-def _docker_files(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile
+def _roles_script(hs: HostSettings) -> RenderedFile:
+    """roles.sql: an init script of the image (mounted at /docker-entrypoint-initdb.d), or a
+    file the deploy runs as the postgres user."""
+    native = f"{hs.stack.paths.config_dir}/postgres/roles.sql"
+    path = hs.layout.config_path(hs, "postgres", "initdb/10-roles.sql", native)
+    owner = "root" if hs.layout.runs_in_containers else "postgres"
+    return RenderedFile(path, roles_sql(hs), ROLE, owner=owner, group=owner,
+                        reactions=_reapply_roles(hs))
 
-    # Init scripts run once, on an empty data volume; the deploy re-runs the same file with
-    # `docker compose exec db psql -U postgres -f /docker-entrypoint-initdb.d/10-roles.sql`.
-    init = RenderedFile(f"{hs.stack.paths.base_dir}/config/postgres/initdb/10-roles.sql",
-                        roles_sql(hs), ROLE, restarts=("db",))
-    return [init, *_secret_files(hs, IMAGE_UID, ("db",))]
 
-
-def _systemd_files(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
+def _package_files(hs: HostSettings) -> list[RenderedFile]:
+    """The distribution's server reads conf.d and pg_hba.conf (the image: Compose's command)."""
     pg = hs.stack.postgres
     etc = f"/etc/postgresql/{pg.version}/main"
-    unit = (f"postgresql@{pg.version}-main.service",)
+    reactions = (Restart(_service(hs)),)
     conf = template("postgres/residency-scheduler.conf.j2", hs, pg=pg, pg_str=pg_str,
                     listen_addresses=listen_addresses(hs))
     hba = template("postgres/pg_hba.conf.j2", hs, pg=pg, app_addresses=app_client_addresses(hs))
     return [
         RenderedFile(f"{etc}/conf.d/residency-scheduler.conf", conf, ROLE, owner="postgres",
-                     group="postgres", restarts=unit),
+                     group="postgres", reactions=reactions),
         RenderedFile(f"{etc}/pg_hba.conf", hba, ROLE, mode="640", owner="postgres",
-                     group="postgres", restarts=unit),
-        RenderedFile(f"{hs.stack.paths.config_dir}/postgres/roles.sql", roles_sql(hs), ROLE,
-                     owner="postgres", group="postgres"),
-        *_secret_files(hs, "postgres", ()),
+                     group="postgres", reactions=reactions),
     ]
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    return _docker_files(hs) if hs.stack.layout == "docker" else _systemd_files(hs)
+    files = [] if hs.layout.runs_in_containers else _package_files(hs)
+    return [*files, _roles_script(hs), *_secret_files(hs)]

@@ -3,19 +3,22 @@
 Docker layout: ``base/config/prometheus/prometheus.yml`` and ``rules/`` (mounted at
 /etc/prometheus). Systemd layout: Debian's ``prometheus`` package, /etc/prometheus/prometheus.yml,
 its flags in /etc/default/prometheus. Alert rules are static files under
-``templates/prometheus/rules/``, chosen by layout and by which exporters run.
+``templates/prometheus/rules/``, chosen by which exporters run.
 
-This module also holds what the monitoring roles share (alertmanager, exporters): where their
-secret files live, who owns them, and Debian's /etc/default files.
+What the monitoring roles share (secret files, Debian's /etc/default files) is in
+:mod:`rsdeploy.component_files`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from roles import log_shipper, loki
+from roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
+from rsdeploy.component_files import debian_default
+from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import Duration, Image, Port, Resources, Section
 from rsdeploy.validate import Verdict, run_tool
@@ -25,15 +28,15 @@ if TYPE_CHECKING:
 
 ROLE = "prometheus"
 SYSTEMD_CONFIG_DIR = "/etc/prometheus"  # Debian's prometheus package
-SYSTEMD_SECRETS_DIR = "/etc/prometheus/secrets"  # monitoring secrets, read by user prometheus
-SYSTEMD_USER = "prometheus"  # Debian runs prometheus, alertmanager and every exporter as this user
-CONTAINER_SECRETS_DIR = "/run/secrets"  # where Compose mounts base/secrets/<name>
 GRAFANA_CONTAINER_PORT = 3000  # the grafana image's port inside the Compose network
 
-#: Rule files for every layout (templates/prometheus/rules/), and the exporter each one needs.
+#: Rule files every stack gets (templates/prometheus/rules/).
 COMMON_RULES = ("targets.yml", "monitoring.yml", "backend.yml", "host.yml")
-EXPORTER_RULES = {"postgres_exporter": "postgres.yml", "redis_exporter": "redis.yml"}
-LAYOUT_RULES = {"docker": ("cadvisor", "containers.yml"), "systemd": ("node_exporter", "systemd.yml")}
+#: Rule files that need an exporter, by the exporter each one needs.
+EXPORTER_RULES = {"postgres_exporter": "postgres.yml", "redis_exporter": "redis.yml",
+                  "cadvisor": "containers.yml"}
+#: The rules on systemd units need node-exporter's systemd collector on some host.
+SYSTEMD_RULES = "systemd.yml"
 
 
 class Settings(Section):
@@ -48,72 +51,6 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.prometheus.enabled
-
-
-# --- shared by the monitoring roles -----------------------------------------------------------
-
-
-def peer(hs: HostSettings, name: str) -> HostSettings:
-    """Another inventory host's settings, seen with the same stack-wide facts.
-
-    Example: ``peer(hs, "db1.example.org").stack.exporters.postgres_exporter.enabled``
-    """
-    return dataclasses.replace(hs, name=name, stack=hs.stack_settings[name])
-
-
-def reach(hs: HostSettings, host: str, service: str, port: int) -> str:
-    """``host:port`` at which ``hs``'s containers/processes reach ``service`` running on ``host``.
-
-    Same host: the Compose service name (docker) or loopback (systemd); another host: its address
-    (the service publishes its port on that host's private address).
-    Example: ``reach(hs, "db1.example.org", "postgres-exporter", 9187)`` -> ``"10.0.0.21:9187"``
-    """
-    if host == hs.name:
-        return f"{service if hs.stack.layout == 'docker' else '127.0.0.1'}:{port}"
-    return f"{peer(hs, host).address}:{port}"
-
-
-def secret_path(hs: HostSettings, name: str) -> str:
-    """Where a monitoring secret file lives on the host.
-
-    Example: ``secret_path(hs, "smtp_password")`` -> ``"/opt/residency-scheduler/secrets/smtp_password"``
-    """
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/secrets/{name}"
-    return f"{SYSTEMD_SECRETS_DIR}/{name}"
-
-
-def secret_read_path(hs: HostSettings, name: str) -> str:
-    """The path the reading process opens: the Compose secret mount, or the host file itself."""
-    if hs.stack.layout == "docker":
-        return f"{CONTAINER_SECRETS_DIR}/{name}"
-    return secret_path(hs, name)
-
-
-def secret_file(hs: HostSettings, name: str, content: str, *, role: str, image_uid: int,
-                restarts: tuple[str, ...]) -> RenderedFile:
-    """A secret file owned by whoever reads it: the image's uid (docker) or Debian's prometheus.
-
-    Compose bind-mounts file secrets with the host file's owner and mode, so the owner must be the
-    uid the container runs as. Example: ``secret_file(hs, "smtp_password", pw, role="alertmanager",
-    image_uid=65534, restarts=("alertmanager",))``
-    """
-    owner = str(image_uid) if hs.stack.layout == "docker" else SYSTEMD_USER
-    group = str(image_uid) if hs.stack.layout == "docker" else SYSTEMD_USER
-    return RenderedFile(secret_path(hs, name), content, role, mode="600", owner=owner,
-                        group=group, secret=True, restarts=restarts)
-
-
-def debian_default(package: str, variables: dict[str, str], *, hs: HostSettings, role: str,
-                   comment: str) -> RenderedFile:
-    """Debian's ``/etc/default/<package>`` (a systemd EnvironmentFile; its unit runs ``$ARGS``).
-
-    Example: ``debian_default("prometheus", {"ARGS": "--web.enable-lifecycle"}, hs=hs,
-    role="prometheus", comment="Prometheus server flags")``
-    """
-    content = template("prometheus/debian-default.j2", hs, package=package, comment=comment,
-                       variables=variables)
-    return RenderedFile(f"/etc/default/{package}", content, role, restarts=(package,))
 
 
 # --- scrape targets ---------------------------------------------------------------------------
@@ -135,103 +72,97 @@ def _job(name: str, targets: list[Target]) -> list[ScrapeJob]:
     return [ScrapeJob(name, tuple(targets))] if targets else []
 
 
-def _on_every_host(hs: HostSettings, exporter: str, service: str) -> list[Target]:
-    targets = []
-    for ref in hs.topology.hosts:
-        settings = getattr(hs.stack_settings[ref.name].exporters, exporter)
-        if settings.enabled:
-            targets.append(Target(reach(hs, ref.name, service, settings.port), ref.name))
-    return targets
+def _hosts(hs: HostSettings) -> list[HostSettings]:
+    """Every host of the stack, in inventory order."""
+    return [hs.on(ref.name) for ref in hs.topology.hosts]
 
 
-def _beside(hs: HostSettings, role: str, exporter: str, service: str) -> list[Target]:
-    carrier = hs.topology.one(role)
-    settings = getattr(hs.stack_settings[carrier.name].exporters, exporter)
-    return [Target(reach(hs, carrier.name, service, settings.port), carrier.name)] \
-        if settings.enabled else []
+def _exporter(hs: HostSettings, exporter: str, service: str) -> list[Target]:
+    """The exporter on every host where it runs (see :func:`roles.exporters.exporter_applies`)."""
+    return [Target(hs.reach(host.name, service, getattr(host.stack.exporters, exporter).port),
+                   host.name)
+            for host in _hosts(hs) if exporter_applies(host, exporter)]
 
 
 def _node_targets(hs: HostSettings) -> list[Target]:
-    from roles.exporters import node_exporter_listen
-
-    return [Target(node_exporter_listen(peer(hs, ref.name)), ref.name)
-            for ref in hs.topology.hosts
-            if hs.stack_settings[ref.name].exporters.node_exporter.enabled]
+    # node-exporter runs in each host's network namespace: scraped where it listens.
+    return [Target(node_exporter_listen(host), host.name)
+            for host in _hosts(hs) if exporter_applies(host, "node_exporter")]
 
 
 def _log_shipper_targets(hs: HostSettings) -> list[ScrapeJob]:
-    from roles import log_shipper
-
     kind = hs.stack.log_shipper.kind
     port = {"alloy": hs.stack.log_shipper.alloy_port,
             "promtail": hs.stack.log_shipper.promtail_port}.get(kind)
-    targets = [Target(reach(hs, ref.name, kind, port), ref.name)
-               for ref in hs.topology.hosts if log_shipper.applies(peer(hs, ref.name))]
+    targets = [Target(hs.reach(host.name, kind, port), host.name)
+               for host in _hosts(hs) if log_shipper.applies(host)]
     return _job(kind, targets)
 
 
 def _monitoring_service(hs: HostSettings, component: str, port: int) -> list[Target]:
     section = getattr(hs.stack, component)
-    return [Target(reach(hs, hs.name, component, port), hs.name)] if section.enabled else []
+    return [Target(hs.reach(hs.name, component, port), hs.name)] if section.enabled else []
 
 
 def _loki(hs: HostSettings) -> list[Target]:
-    from roles.loki import listen_address
-
-    if hs.stack.layout == "docker" or not hs.stack.loki.enabled:
+    if not hs.stack.loki.enabled:
+        return []
+    bound = loki.listen_address(hs)
+    if bound == "0.0.0.0":  # every interface: reached like any service on this host
         return _monitoring_service(hs, "loki", hs.stack.loki.port)
-    return [Target(f"{listen_address(hs)}:{hs.stack.loki.port}", hs.name)]  # may bind the address
+    return [Target(f"{bound}:{hs.stack.loki.port}", hs.name)]  # one address: scraped there
 
 
 def _grafana(hs: HostSettings) -> list[Target]:
-    # The Grafana container keeps its own port; Compose publishes grafana.port on the host.
-    port = GRAFANA_CONTAINER_PORT if hs.stack.layout == "docker" else hs.stack.grafana.port
+    # The Grafana image keeps its own port (Compose publishes grafana.port on the host); the
+    # package listens on grafana.port itself.
+    port = GRAFANA_CONTAINER_PORT if hs.layout.runs_in_containers else hs.stack.grafana.port
     return _monitoring_service(hs, "grafana", port)
 
 
 def scrape_jobs(hs: HostSettings) -> list[ScrapeJob]:
-    """Every scrape job of the monitoring host ``hs``, for the chosen layout and topology.
+    """Every scrape job of the monitoring host ``hs``, for its layout and topology.
 
     Example: ``[j.name for j in scrape_jobs(hs)]`` -> ``["prometheus", "alertmanager", ...]``
     """
     s = hs.stack
-    app = hs.topology.one("app")
-    backend_port = hs.stack_settings[app.name].backend.port
-    jobs = [
-        *_job("prometheus", [Target(reach(hs, hs.name, "prometheus", s.prometheus.port), hs.name)]),
+    app = hs.peer("app")
+    return [
+        *_job("prometheus", [Target(hs.reach(hs.name, "prometheus", s.prometheus.port),
+                                    hs.name)]),
         *_job("alertmanager", _monitoring_service(hs, "alertmanager", s.alertmanager.port)),
-        *_job("backend", [Target(reach(hs, app.name, "backend", backend_port), app.name)]),
+        *_job("backend", [Target(hs.reach(app.name, "backend", app.stack.backend.port),
+                                 app.name)]),
         *_job("node", _node_targets(hs)),
-        *_job("postgres", _beside(hs, "db", "postgres_exporter", "postgres-exporter")),
-        *_job("redis", _beside(hs, "redis", "redis_exporter", "redis-exporter")),
+        *_job("postgres", _exporter(hs, "postgres_exporter", "postgres-exporter")),
+        *_job("redis", _exporter(hs, "redis_exporter", "redis-exporter")),
         *_job("loki", _loki(hs)),
         *_job("grafana", _grafana(hs)),
         *_log_shipper_targets(hs),
+        *_job("cadvisor", _exporter(hs, "cadvisor", "cadvisor")),
     ]
-    if s.layout == "docker":
-        jobs += _job("cadvisor", _on_every_host(hs, "cadvisor", "cadvisor"))
-    return jobs
 
 
 # --- files ------------------------------------------------------------------------------------
 
 
+def _config_path(hs: HostSettings, name: str) -> str:
+    return hs.layout.config_path(hs, "prometheus", name, f"{SYSTEMD_CONFIG_DIR}/{name}")
+
+
 def config_dir(hs: HostSettings) -> str:
     """Directory of prometheus.yml and rules/ on the host."""
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/prometheus"
-    return SYSTEMD_CONFIG_DIR
+    return str(PurePosixPath(_config_path(hs, "prometheus.yml")).parent)
 
 
 def rule_files(hs: HostSettings) -> list[str]:
     """The rule files that match the targets this stack has (names under rules/)."""
-    exporters = [hs.stack_settings[ref.name].exporters for ref in hs.topology.hosts]
+    hosts = _hosts(hs)
     chosen = list(COMMON_RULES)
     chosen += [f for name, f in EXPORTER_RULES.items()
-               if any(getattr(e, name).enabled for e in exporters)]
-    needs, layout_file = LAYOUT_RULES[hs.stack.layout]
-    if any(getattr(e, needs).enabled for e in exporters):
-        chosen.append(layout_file)
+               if any(exporter_applies(host, name) for host in hosts)]
+    if any(systemd_collector(host) for host in hosts):
+        chosen.append(SYSTEMD_RULES)
     return sorted(chosen)
 
 
@@ -241,21 +172,21 @@ def command_flags(hs: HostSettings) -> list[str]:
     Example: ``command_flags(hs)`` -> ``["--config.file=/etc/prometheus/prometheus.yml", ...]``
     """
     p = hs.stack.prometheus
-    flags = [f"--storage.tsdb.retention.time={p.retention}", "--web.enable-lifecycle"]
-    if hs.stack.layout == "docker":  # the image's own defaults, restated since command replaces them
-        return ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
-                *flags, f"--web.listen-address=0.0.0.0:{p.port}"]
-    return [*flags, f"--web.listen-address=127.0.0.1:{p.port}"]
+    # The image's own defaults (container paths), restated since Compose's command replaces them.
+    image = (["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+             if hs.layout.runs_in_containers else [])
+    return [*image, f"--storage.tsdb.retention.time={p.retention}", "--web.enable-lifecycle",
+            f"--web.listen-address={hs.layout.listen_address(hs, False)}:{p.port}"]
 
 
 def _alertmanager_address(hs: HostSettings) -> str | None:
-    return reach(hs, hs.name, "alertmanager", hs.stack.alertmanager.port) \
+    return hs.reach(hs.name, "alertmanager", hs.stack.alertmanager.port) \
         if hs.stack.alertmanager.enabled else None
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    restarts = ("prometheus",)  # Compose service and Debian unit share the name
-    directory = config_dir(hs)
+    # Prometheus rereads its config and rules on SIGHUP / `systemctl reload`.
+    reactions = (Reload(hs.layout.service("prometheus", "prometheus")),)
     config = template(
         "prometheus/prometheus.yml.j2", hs,
         jobs=scrape_jobs(hs),
@@ -263,11 +194,11 @@ def render(hs: HostSettings) -> list[RenderedFile]:
         # Prometheus 3 expands $VAR in external_labels; $$ keeps a literal dollar.
         environment_label=hs.stack.environment.replace("$", "$$"),
     )
-    files = [RenderedFile(f"{directory}/prometheus.yml", config, ROLE, restarts=restarts)]
-    files += [RenderedFile(f"{directory}/rules/{name}", static(f"prometheus/rules/{name}"), ROLE,
-                           restarts=restarts)
+    files = [RenderedFile(_config_path(hs, "prometheus.yml"), config, ROLE, reactions=reactions)]
+    files += [RenderedFile(_config_path(hs, f"rules/{name}"), static(f"prometheus/rules/{name}"),
+                           ROLE, reactions=reactions)
               for name in rule_files(hs)]
-    if hs.stack.layout == "systemd":
+    if not hs.layout.runs_in_containers:  # the package reads its flags from /etc/default
         files.append(debian_default("prometheus", {"ARGS": " ".join(command_flags(hs))}, hs=hs,
                                     role=ROLE, comment="Prometheus server flags"))
     return files

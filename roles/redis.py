@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rsdeploy.layout import Restart
+from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Port, Resources, Section, Size
+from rsdeploy.validate import Verdict
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
-    from rsdeploy.validate import Verdict
 
 ROLE = "redis"
 IMAGE_UID = "999"  # the redis user of the official images (alpine and Debian)
@@ -65,36 +66,32 @@ def bind_addresses(hs: HostSettings) -> str:
     """``bind``: all interfaces in a container; natively loopback, plus the private address
     when the app runs on another host.
     """
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:  # what Compose publishes decides who else reaches it
         return "* -::*"
-    app = hs.topology.one("app")
-    if app.name == hs.name:
+    if hs.peer("app").name == hs.name:
         return "127.0.0.1 -::1"
     ipaddress.ip_address(hs.address)  # bind needs an address, not a name: fail at render time
     return f"127.0.0.1 -::1 {hs.address}"
 
 
 def config_path(hs: HostSettings) -> str:
-    if hs.stack.layout == "docker":
-        return f"{hs.stack.paths.base_dir}/config/redis/redis.conf"
-    return "/etc/redis/redis.conf"
+    return hs.layout.config_path(hs, "redis", "redis.conf", "/etc/redis/redis.conf")
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
-    docker = hs.stack.layout == "docker"
-    content = template("redis/redis.conf.j2", hs, r=hs.stack.redis, docker=docker,
+    # The image: its working directory is the data volume, no pidfile or logfile of Debian's unit.
+    containers = hs.layout.runs_in_containers
+    content = template("redis/redis.conf.j2", hs, r=hs.stack.redis, docker=containers,
                        redis_str=redis_str, bind=bind_addresses(hs))
-    owner = IMAGE_UID if docker else "redis"
-    readers = ("redis",) if docker else ("redis-server.service",)
+    owner = hs.layout.file_owner(IMAGE_UID, "redis")
+    reactions = (Restart(hs.layout.service("redis", "redis-server.service")),)
     files = [RenderedFile(config_path(hs), content, ROLE, mode="600", owner=owner, group=owner,
-                          secret=True, restarts=readers)]
-    if docker:  # only the health check's redis-cli reads it (REDISCLI_AUTH), as root without
-        # capabilities: so root owns it (mode 600 keeps out everyone else).
-        files.append(RenderedFile(f"{hs.stack.paths.base_dir}/secrets/{PASSWORD_SECRET}",
-                                  hs.secrets.redis_password, ROLE, mode="600", secret=True,
-                                  restarts=readers))
+                          secret=True, reactions=reactions)]
+    if containers:  # only the image's health check reads it (REDISCLI_AUTH), with redis-cli as
+        # root without capabilities: so root owns it (mode 600 keeps out everyone else).
+        secrets = hs.layout.secrets_dir(hs, f"{hs.stack.paths.config_dir}/secrets")
+        files.append(RenderedFile(f"{secrets}/{PASSWORD_SECRET}", hs.secrets.redis_password, ROLE,
+                                  mode="600", secret=True, reactions=reactions))
     return files
 
 
@@ -122,8 +119,6 @@ def load_config(conf: Path, timeout: float = 5.0) -> tuple[bool, str]:
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     """redis.conf as the real redis-server reads it (Debian's redis-server 7.0)."""
-    from rsdeploy.validate import Verdict
-
     path, tool = config_path(hs), "redis-server (loads the config)"
     if shutil.which("redis-server") is None:
         return [Verdict(path, tool, False, "redis-server is not installed (package: redis-server)")]

@@ -1,18 +1,19 @@
 """Operator tools on every host: ``/usr/local/bin/rs-status`` (status overview for either layout)
-and, where the app writes log files (systemd layout), logrotate for ``paths.log_dir``.
+and, where the app writes log files (run natively, not in containers), logrotate for ``paths.log_dir``.
 """
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, compose, frontend
+from roles import backend, backup, frontend
+from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
-from rsdeploy.validate import Verdict, run_tool
+from rsdeploy.units import unit_safe_path
+from rsdeploy.validate import Verdict, check_script, run_tool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,18 +49,9 @@ def applies(hs: HostSettings) -> bool:
     return True
 
 
-def version_file(hs: HostSettings) -> str:
-    """Where the deploy records the deployed version: ``<data_dir>/version``."""
-    return f"{hs.stack.paths.data_dir}/version"
-
-
-def expected_services(hs: HostSettings) -> list[str]:
-    """Docker layout: the Compose services of this host that must be running."""
-    return compose.long_running(hs)
-
-
-def expected_units(hs: HostSettings) -> list[str]:
-    """Systemd layout: the units of this host that must be active."""
+def systemd_units(hs: HostSettings) -> list[str]:
+    """The units of this host that must be active when it runs the stack natively (what the
+    systemd layout answers for ``hs.layout.services(hs)``)."""
     units = [unit for role, unit in ROLE_UNITS.items() if hs.has_role(role)]
     if hs.has_role("app"):
         units += [u.name for u in backend.app_units(hs) if u.type != "oneshot"]
@@ -73,8 +65,6 @@ def expected_units(hs: HostSettings) -> list[str]:
 
 
 def _backup_applies(hs: HostSettings) -> bool:
-    from roles import backup
-
     return backup.applies(hs)
 
 
@@ -83,65 +73,56 @@ def disk_dirs(hs: HostSettings) -> list[str]:
     dirs = {hs.stack.paths.data_dir}
     if _backup_applies(hs):
         dirs.add(hs.stack.backup.directory)
-    if hs.stack.layout == "docker":
+    if hs.layout.runs_in_containers:
         dirs.add("/var/lib/docker")  # images, volumes (the database) and container logs
     return sorted(dirs)
 
 
 def status_script(hs: HostSettings) -> RenderedFile:
-    """rs-status for this host's layout and roles."""
+    """rs-status for this host's layout and roles: the layout's template, given the services to
+    check and how to reach them (containers: Compose and in-container probes; native: systemd,
+    PM2 and HTTP on the listen addresses). Each template reads its own of these values.
+    """
     s = hs.stack
-    shared = dict(
+    content = template(
+        f"status/rs-status.{hs.layout.name}.sh.j2", hs, services=hs.layout.services(hs),
+        **hs.layout.script_context(hs),
         version_file=version_file(hs), has_app=hs.has_role("app"), has_web=hs.has_role("web"),
         has_db=_backup_applies(hs), disk_dirs=disk_dirs(hs),
+        ps_format=PS_FORMAT,
+        backend_probe=BACKEND_PROBE.format(port=s.backend.port),
+        frontend_probe=FRONTEND_PROBE.format(port=s.frontend.port),
+        user=backend.APP_USER, pm2_home=f"/var/lib/{frontend.PM2_STATE_DIR}",
+        pm2=f"{frontend.PM2_BIN}/pm2", pm2_summary=PM2_SUMMARY,
+        backend_url=f"http://{backend.listen_address(hs, 'web', 'monitoring')}:{s.backend.port}",
+        frontend_url=f"http://{backend.listen_address(hs, 'web')}:{s.frontend.port}",
     )
-    if s.layout == "docker":
-        content = template(
-            "status/rs-status.docker.sh.j2", hs, services=expected_services(hs),
-            compose_args=compose.compose_args(hs), ps_format=PS_FORMAT,
-            backend_probe=BACKEND_PROBE.format(port=s.backend.port),
-            frontend_probe=FRONTEND_PROBE.format(port=s.frontend.port), **shared)
-    else:
-        address = backend.listen_address(hs, "web", "monitoring")
-        content = template(
-            "status/rs-status.systemd.sh.j2", hs, units=expected_units(hs),
-            user=backend.APP_USER, pm2_home=f"/var/lib/{frontend.PM2_STATE_DIR}",
-            pm2=f"{frontend.PM2_BIN}/pm2", pm2_summary=PM2_SUMMARY,
-            backend_url=f"http://{address}:{s.backend.port}",
-            frontend_url=f"http://{backend.listen_address(hs, 'web')}:{s.frontend.port}",
-            **shared)
     return RenderedFile(STATUS_PATH, content, "status", mode="755")
+
+
+def writes_log_files(hs: HostSettings) -> bool:
+    """Whether the app writes log files to ``paths.log_dir`` here (natively run; containers
+    log to Docker's json-file driver)."""
+    return hs.has_role("app") and not hs.layout.runs_in_containers
 
 
 def logrotate_file(hs: HostSettings) -> RenderedFile:
     content = template("logrotate/residency-scheduler.j2", hs, user=backend.APP_USER,
-                       log_glob=f"{backend.unit_safe_path(hs.stack.paths.log_dir)}/*.log")
+                       log_glob=f"{unit_safe_path(hs.stack.paths.log_dir)}/*.log")
     return RenderedFile(LOGROTATE_PATH, content, "status")
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [status_script(hs)]
-    if hs.stack.layout == "systemd" and hs.has_role("app"):
+    if writes_log_files(hs):
         files.append(logrotate_file(hs))
     return files
-
-
-def check_script(tree: Path, path: str) -> list[Verdict]:
-    """``bash -n`` on a rendered script, and shellcheck when it is installed.
-
-    Example: ``check_script(tree, "/usr/local/bin/rs-status")``
-    """
-    local = str(tree / path.lstrip("/"))
-    verdicts = [run_tool(["bash", "-n", local], path, "bash -n")]
-    if shutil.which("shellcheck"):
-        verdicts.append(run_tool(["shellcheck", "-s", "bash", local], path, "shellcheck"))
-    return verdicts
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     """bash -n / shellcheck on rs-status; ``logrotate -d`` (dry run) on the logrotate file."""
     verdicts = check_script(tree, STATUS_PATH)
-    if hs.stack.layout == "systemd" and hs.has_role("app"):
+    if writes_log_files(hs):
         local = str(tree / LOGROTATE_PATH.lstrip("/"))
         verdicts.append(run_tool(["logrotate", "-d", local], LOGROTATE_PATH, "logrotate -d"))
     return verdicts

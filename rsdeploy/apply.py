@@ -1,14 +1,14 @@
-"""Glue between rendered files and pyinfra: the current host's settings, uploads that report
-whether they changed anything, and restarts gated on those changes.
+"""Glue between rendered files and pyinfra: uploads that report whether they changed anything,
+the reactions those changes ask for, and the host's own reactions gated on them.
 
-Deploy scripts and role ``@deploy`` functions use this module; nothing else in the core imports
-pyinfra's operation machinery.
+Deploy scripts, layouts and role ``@deploy`` functions use this module; in the core only it and
+the release record (:mod:`rsdeploy.release`) run pyinfra operations.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 from collections.abc import Iterable
 from io import StringIO
 from pathlib import Path
@@ -17,52 +17,20 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
-from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import files, systemd
+from pyinfra.facts.server import User
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rsdeploy.errors import SettingsError
 from rsdeploy.facts import FileOwnership
+from rsdeploy.layout import EnableTimer, HostCommand, Reaction, UnitReload, UnitRestart
 from rsdeploy.render import RenderedFile
-from rsdeploy.secrets import load_secrets
 
 if TYPE_CHECKING:
     from rsdeploy.settings import HostSettings
 
-#: Set by the rsdeploy CLI for the pyinfra process: the inventory file, for relative paths and
-#: messages (plain ``pyinfra`` runs fall back to "inventory").
-INVENTORY_ENV = "RS_INVENTORY"
-
-_loaded: dict[int, dict[str, HostSettings]] = {}
-
-
-def current() -> HostSettings:
-    """The validated settings of the host pyinfra is preparing operations for.
-
-    Every host of the inventory is validated once per run (topology needs all of them).
-    Example (in a deploy file): ``hs = apply.current()``
-    """
-    from pyinfra import inventory
-
-    from rsdeploy.settings import settings_for_inventory  # settings imports the roles, which import us
-
-    key = id(inventory)
-    if key not in _loaded:
-        try:
-            secrets, sources = load_secrets()
-            _loaded[key] = settings_for_inventory(
-                inventory, os.environ.get(INVENTORY_ENV, "inventory"), secrets, sources
-            )
-        except SettingsError as exc:
-            raise PyinfraError(f"rsdeploy: {exc}") from None
-    return _loaded[key][host.name]
-
-
 def login_user() -> str:
     """The user pyinfra logs in as on the current host (owner of the staging directory)."""
-    from pyinfra.facts.server import User
-
     return host.get_fact(User)
 
 
@@ -134,38 +102,51 @@ def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, obje
     return metas
 
 
-def readers(rendered: Iterable[RenderedFile], metas: dict) -> dict[str, list]:
-    """For each service, the upload operations of the files it reads.
+def reactions(rendered: Iterable[RenderedFile], metas: dict) -> dict[Reaction, list]:
+    """Every reaction the files ask for, with the upload operations that ask for it: gate each
+    on them with ``_if=any_changed(*gates)``. The one loop over every role's reactions.
 
-    Gate a restart on them with ``_if=any_changed(*found)``.
-    Example: ``for service, found in apply.readers(files, metas).items(): ...``
+    Example: ``wanted = apply.reactions(rendered, apply.upload(hs, rendered))``
     """
-    found: dict[str, list] = {}
+    found: dict[Reaction, list] = {}
     for f in rendered:
-        for service in f.restarts:
-            found.setdefault(service, []).append(metas[f.path])
-    return dict(sorted(found.items()))
+        for reaction in f.reactions:
+            found.setdefault(reaction, []).append(metas[f.path])
+    return dict(sorted(found.items(), key=lambda item: (type(item[0]).__name__, item[0])))
 
 
-def enable_timers(changed: dict[str, list]) -> None:
-    """Enable and start every timer among ``changed``'s services; restart those whose unit
-    files changed (after a daemon-reload). Example: ``apply.enable_timers(apply.readers(...))``
+def react_on_host(wanted: dict[Reaction, list]) -> None:
+    """Carry out the host's own reactions (any layout): rebuild the CA store, reload or restart
+    host units. Timers wait for :func:`enable_timers`; stack services for the layout's rollout.
+
+    Example: ``apply.react_on_host(apply.reactions(rendered, metas))``
     """
-    for timer, gates in changed.items():
-        if not timer.endswith(".timer"):
+    for reaction, gates in wanted.items():
+        changed = any_changed(*gates)
+        if isinstance(reaction, HostCommand):
+            server.shell(name=f"Run {reaction.target} (its files changed)",
+                         commands=[reaction.target], _if=changed)
+        elif isinstance(reaction, UnitReload):
+            systemd.daemon_reload(name=f"Reload systemd ({reaction.target} changed)", _if=changed)
+            systemd.service(name=f"Reload {reaction.target} (its files changed)",
+                            service=reaction.target, reloaded=True, _if=changed)
+        elif isinstance(reaction, UnitRestart):
+            systemd.service(name=f"Restart {reaction.target} (its files changed)",
+                            service=reaction.target, restarted=True, _if=changed)
+
+
+def enable_timers(wanted: dict[Reaction, list]) -> None:
+    """Enable and start every timer among the reactions; restart those whose unit files
+    changed (after a daemon-reload). Example: ``apply.enable_timers(apply.reactions(...))``
+    """
+    for reaction, gates in wanted.items():
+        if not isinstance(reaction, EnableTimer):
             continue
+        timer = reaction.target
         systemd.daemon_reload(name=f"Reload systemd ({timer} changed)", _if=any_changed(*gates))
         systemd.service(name=f"Enable and start {timer}", service=timer, running=True, enabled=True)
         systemd.service(name=f"Restart {timer} (its units changed)", service=timer, restarted=True,
                         _if=any_changed(*gates))
-
-
-def record_version(hs: HostSettings) -> object:
-    """Write the deployed version to ``<data_dir>/version`` (rs-status and verify read it)."""
-    from roles.status import version_file  # rs-status shows it
-
-    return files.put(name=f"Record the deployed version {hs.stack.version}",
-                     src=StringIO(hs.stack.version + "\n"), dest=version_file(hs), mode="644")
 
 
 def changed_operations(pyinfra_output: str) -> int:
@@ -173,8 +154,6 @@ def changed_operations(pyinfra_output: str) -> int:
 
     Example: ``changed_operations(run.stdout)`` -> ``0`` for a no-op re-run
     """
-    import re
-
     found = re.search(r"Grand total\s+\d+\s+(\d+|-)\s+(?:\d+|-)\s+(?:\d+|-)", pyinfra_output)
     if not found:
         raise ValueError("no pyinfra summary in the output")

@@ -15,10 +15,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, images, sandbox
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, source
 from rsdeploy.errors import UserError
+from rsdeploy.render import write_tree
+from rsdeploy.secrets import FILE_ENV
+from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, render_host
 
 
 def _inventory_args(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +32,6 @@ def _inventory_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _selected(args, override_data: dict | None = None) -> dict:
-    from rsdeploy.settings import load_inventory
-
     hosts = load_inventory(args.inventory, args.secrets, override_data)
     if args.host:
         unknown = [h for h in args.host if h not in hosts]
@@ -41,8 +43,6 @@ def _selected(args, override_data: dict | None = None) -> dict:
 
 def cmd_render(args) -> int:
     """Render every file for every selected host into OUT/<host>/<absolute path>."""
-    from rsdeploy.render import render_host, write_tree
-
     out = Path(args.out)
     for name, hs in _selected(args).items():
         written = write_tree(render_host(hs), out / name)
@@ -52,9 +52,6 @@ def cmd_render(args) -> int:
 
 def cmd_check(args) -> int:
     """Validate settings, render, and run the real validators; exit 0 only if all pass."""
-    from rsdeploy.render import render_host, write_tree
-    from rsdeploy.validate import check_host
-
     failed = 0
     with tempfile.TemporaryDirectory(prefix="rsdeploy-check-") as tmp:
         for name, hs in _selected(args).items():
@@ -78,9 +75,6 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int
     pyinfra process through the environment (RS_SECRETS_FILE), never its command line.
     Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"})``
     """
-    from rsdeploy.apply import INVENTORY_ENV
-    from rsdeploy.secrets import FILE_ENV
-
     hosts = _selected(args, data)
     for hs in hosts.values() if check else ():
         check(hs)
@@ -106,8 +100,6 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_deploy(args) -> int:
     """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
-    from rsdeploy import source
-
     def release_exists(hs) -> None:  # a tag missing from the app's repository stops it here
         if source.needed(hs):
             source.release(hs)
@@ -149,34 +141,6 @@ def cmd_verify(args) -> int:
         return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
 
 
-def cmd_demo(args) -> int:
-    """The main job on one machine: a fresh sandbox host, the offline images in its private
-    registry, then bootstrap, deploy and verify exactly as against production; prints the URL.
-    """
-    from rsdeploy import images, sandbox
-
-    box = sandbox.up(args.name, 1)
-    images.build(images.SANDBOX_STACK, [args.version])
-    images.push(box.prefix, images.SANDBOX_STACK, [args.version])
-    os.environ[sandbox.PREFIX_ENV] = box.prefix  # read by inventories/sandbox.py
-    stack_args = argparse.Namespace(inventory=str(REPO_ROOT / "inventories" / "sandbox.py"),
-                                    secrets=str(box.paths.secrets), host=None, dry=False,
-                                    version=args.version)
-    for step in (cmd_bootstrap, cmd_deploy, cmd_verify):
-        print(f"==> rsdeploy {step.__name__.removeprefix('cmd_')} -i inventories/sandbox.py", flush=True)
-        if step(stack_args) != 0:
-            return 1
-    host, domain = box.hosts[0], f"{box.prefix}.test"
-    url = f"https://{domain}:{host.port(443)}/"
-    health = subprocess.run(["curl", "-sk", "--resolve", f"{domain}:{host.port(443)}:127.0.0.1",
-                             url + "health"], capture_output=True, text=True).stdout
-    print(f"\nThe Residency Scheduler (reference app {args.version}) is up:\n  {url}\n"
-          f"  (self-signed; resolve {domain} to 127.0.0.1, e.g. curl -k --resolve "
-          f"{domain}:{host.port(443)}:127.0.0.1 {url}health)\n  /health -> {health}\n"
-          f"Remove it with: rsdeploy sandbox down --name {box.prefix}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,14 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")
     verify.set_defaults(func=cmd_verify)
 
-    demo = sub.add_parser("demo", help="deploy the reference app into a local sandbox host")
-    demo.add_argument("--name", default="rs-demo", help="sandbox name prefix (default rs-demo)")
-    demo.add_argument("--version", default="v1.0.0", help="reference app release (default v1.0.0)")
-    demo.set_defaults(func=cmd_demo)
-
-    # Further command groups register themselves here, one line each:
-    sandbox.add_commands(sub)
-    images.add_commands(sub)
+    # Further command groups (the dev tooling's demo, sandbox and images: rsdeploy_dev.cli)
+    # register themselves through the entry-point group rsdeploy.commands (pyproject.toml):
+    # each entry is a function add_commands(subparsers). This package never imports them.
+    for entry in sorted(entry_points(group="rsdeploy.commands"), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 

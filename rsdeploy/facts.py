@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 from pyinfra.api import FactBase
 
@@ -21,7 +22,7 @@ class FileOwnership(FactBase):
     """
 
     def command(self, path: str) -> str:
-        return f"stat -c '%u %g %U %G %a' {_quote(path)} 2>/dev/null || true"
+        return f"stat -c '%u %g %U %G %a' {shlex.quote(path)} 2>/dev/null || true"
 
     def process(self, output):
         fields = " ".join(output).split()
@@ -49,7 +50,7 @@ class ComposeContainers(FactBase):
 
     def command(self, project: str) -> str:
         return ("docker ps -a --no-trunc --filter label=com.docker.compose.project="
-                f"{_quote(project)} --format '{{{{json .}}}}'")
+                f"{shlex.quote(project)} --format '{{{{json .}}}}'")
 
     def process(self, output):
         found = {}
@@ -80,7 +81,7 @@ class DockerImageId(FactBase):
         return "docker"
 
     def command(self, image: str) -> str:
-        return f"docker image inspect --format '{{{{.Id}}}}' {_quote(image)} 2>/dev/null || true"
+        return f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null || true"
 
     def process(self, output):
         text = "".join(output).strip()
@@ -104,7 +105,7 @@ class DockerImageRevision(FactBase):
 
     def command(self, image: str) -> str:
         template = f'{{{{.Id}}}} {{{{index .Config.Labels "{self.LABEL}"}}}}'
-        return f"docker image inspect --format {_quote(template)} {_quote(image)} 2>/dev/null || true"
+        return f"docker image inspect --format {shlex.quote(template)} {shlex.quote(image)} 2>/dev/null || true"
 
     def process(self, output):
         fields = "".join(output).split()
@@ -112,12 +113,6 @@ class DockerImageRevision(FactBase):
             return None
         revision = fields[1] if len(fields) > 1 else ""
         return "" if revision == "<no value>" else revision
-
-
-def _quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
 
 
 class DockerComposeVersion(FactBase):

@@ -1,7 +1,8 @@
 """Rendering: a pure function from one host's settings to the files that host needs.
 
-Nothing here touches a host. Deploys upload exactly what :func:`render_host` returns; ``rsdeploy
-render`` writes the same files under ``OUT/<host>/<absolute path>``; tests call it directly.
+Nothing here touches a host. Deploys upload exactly what :func:`rsdeploy.stack.render_host`
+returns (every role's files, made with the helpers here); ``rsdeploy render`` writes the same
+files under ``OUT/<host>/<absolute path>``; tests call it directly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rsdeploy import TEMPLATES_DIR
 from rsdeploy.escape import FILTERS
 
 if TYPE_CHECKING:
+    from rsdeploy.layout import Reaction
     from rsdeploy.settings import HostSettings
 
 
@@ -24,9 +26,8 @@ if TYPE_CHECKING:
 class RenderedFile:
     """One file as it must exist on a host.
 
-    ``restarts`` names the services (Compose services in the docker layout, systemd units or PM2
-    apps in the systemd layout) that read this file and must be restarted or reloaded when it
-    changes; the owning role decides which of the two.
+    ``reactions`` say what a change of this file asks for (reload or restart a service, recreate
+    it, run a command, enable a timer: :mod:`rsdeploy.layout`); the owning role decides which.
     """
 
     path: str  # absolute destination on the host
@@ -36,7 +37,7 @@ class RenderedFile:
     owner: str = "root"
     group: str = "root"
     secret: bool = False  # never shown in diffs or logs; mode must be 600
-    restarts: tuple[str, ...] = field(default=())
+    reactions: tuple[Reaction, ...] = field(default=())
 
     def __post_init__(self):
         if not self.path.startswith("/"):
@@ -76,24 +77,6 @@ def template(name: str, hs: HostSettings, **extra) -> str:
 def static(name: str) -> str:
     """The text of a file under ``templates/`` that is copied as it is (no Jinja)."""
     return (TEMPLATES_DIR / name).read_text()
-
-
-def render_host(hs: HostSettings) -> list[RenderedFile]:
-    """Every file one host needs, from every role that applies to it, sorted by path.
-
-    Example: ``files = render_host(load_inventory("inventories/example_docker.py")["rs1"])``
-    """
-    import roles
-
-    files: list[RenderedFile] = []
-    for role in roles.for_host(hs):
-        files.extend(role.render(hs))
-    seen: dict[str, str] = {}
-    for f in files:
-        if f.path in seen:
-            raise ValueError(f"{f.path} is rendered by both {seen[f.path]} and {f.role}")
-        seen[f.path] = f.role
-    return sorted(files, key=lambda f: f.path)
 
 
 def write_tree(files: list[RenderedFile], root: Path) -> list[Path]:

@@ -1,8 +1,11 @@
-"""The typed settings model: one source of truth for templates, deploys and the verify suite.
+"""The host settings model and its loader: one source of truth for templates, deploys and verify.
 
 Settings come from pyinfra host data (inventory, group data, ``--data``); secrets come from
 :mod:`rsdeploy.secrets`. Everything is validated before any host is contacted: a bad value raises
 :class:`~rsdeploy.errors.SettingsError` naming the inventory file, the host and the key.
+
+This core module knows no component: the stack layer (:mod:`rsdeploy.stack.settings`) composes
+every role's section into its model and hands it to the loader as a :class:`StackModel`.
 """
 
 from __future__ import annotations
@@ -10,49 +13,23 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
+from pyinfra.api import State
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory as pyinfra_make_inventory
 
-from roles import (
-    alertmanager as alertmanager_role,
-    backend as backend_role,
-    backup as backup_role,
-    base as base_role,
-    compose as compose_role,
-    docker_engine as docker_engine_role,
-    exporters as exporters_role,
-    frontend as frontend_role,
-    grafana as grafana_role,
-    log_shipper as log_shipper_role,
-    loki as loki_role,
-    nginx as nginx_role,
-    postgres as postgres_role,
-    prometheus as prometheus_role,
-    redis as redis_role,
-    status as status_role,
-)
 from rsdeploy.errors import SettingsError
-from rsdeploy.secrets import WEAK_VALUES, SecretSources, Secrets, env_name, load_secrets
+from rsdeploy.layout import Layout
+from rsdeploy.secrets import SecretSources, Secrets, env_name, load_secrets
 from rsdeploy.types import Domain, Name, Section, Tag
 
 Role = Literal["db", "redis", "app", "web", "monitoring"]
 ROLES: tuple[Role, ...] = ("db", "redis", "app", "web", "monitoring")
-
-#: Which role carries each network service (Compose service names).
-SERVICE_ROLE: dict[str, Role] = {
-    "db": "db",
-    "redis": "redis",
-    "backend": "app",
-    "frontend": "app",
-    "nginx": "web",
-    "prometheus": "monitoring",
-    "alertmanager": "monitoring",
-    "loki": "monitoring",
-    "grafana": "monitoring",
-}
 
 # Host data keys that belong to pyinfra itself (connectors, global operation arguments).
 PYINFRA_KEY_PREFIXES = ("_", "ssh_", "docker_", "dockerssh_", "podman_", "winrm_", "local_",
@@ -102,8 +79,9 @@ class AppSettings(Section):
     bundle_dir: str | None = None  # bundle: `rsdeploy images bundle` output, relative to the inventory
 
 
-class StackSettings(Section):
-    """Everything one host of the stack is configured from (pyinfra host data, validated)."""
+class BaseStackSettings(Section):
+    """The stack-wide part of one host's settings; the stack layer adds every role's section
+    (:class:`rsdeploy.stack.settings.StackSettings`)."""
 
     layout: Literal["docker", "systemd"]  # docker: Compose; systemd: native services + PM2
     version: Tag  # application release tag to deploy (also --data version=TAG)
@@ -115,23 +93,6 @@ class StackSettings(Section):
     trusted_ca_certs: list[str] = []  # extra CA PEM files (paths relative to the inventory)
     paths: Paths = Paths()
     app: AppSettings = AppSettings()
-    base: base_role.Settings = base_role.Settings()
-    docker: docker_engine_role.Settings = docker_engine_role.Settings()
-    compose: compose_role.Settings = compose_role.Settings()
-    postgres: postgres_role.Settings = postgres_role.Settings()
-    redis: redis_role.Settings = redis_role.Settings()
-    backend: backend_role.Settings = backend_role.Settings()
-    frontend: frontend_role.Settings = frontend_role.Settings()
-    tls: nginx_role.TlsSettings  # how the site gets its certificate (certbot, provided, self-signed)
-    nginx: nginx_role.Settings = nginx_role.Settings()
-    prometheus: prometheus_role.Settings = prometheus_role.Settings()
-    alertmanager: alertmanager_role.Settings = alertmanager_role.Settings()
-    loki: loki_role.Settings = loki_role.Settings()
-    log_shipper: log_shipper_role.Settings = log_shipper_role.Settings()
-    grafana: grafana_role.Settings = grafana_role.Settings()
-    exporters: exporters_role.Settings = exporters_role.Settings()
-    backup: backup_role.Settings = backup_role.Settings()
-    status: status_role.Settings = status_role.Settings()
 
     @field_validator("roles")
     @classmethod
@@ -157,30 +118,31 @@ class HostRef:
 
 @dataclass(frozen=True)
 class Topology:
-    """Which host carries which role, for the whole inventory."""
+    """Which hosts carry which role, for the whole inventory (a role may be on several)."""
 
     hosts: tuple[HostRef, ...]
 
     def carrying(self, role: str) -> list[HostRef]:
-        """The hosts that carry ``role``. Example: ``topology.carrying("db")``."""
+        """The hosts that carry ``role``, in inventory order. Example: ``topology.carrying("db")``."""
         return [h for h in self.hosts if role in h.roles]
-
-    def one(self, role: str) -> HostRef | None:
-        """The host that carries ``role``, or None when no host does."""
-        found = self.carrying(role)
-        return found[0] if found else None
 
 
 @dataclass(frozen=True)
 class HostSettings:
-    """What templates, roles and the verify suite read for one host."""
+    """What templates, roles and the verify suite read for one host.
+
+    Other hosts are found one way: :meth:`peers` / :meth:`peer` give their settings, seen with
+    the same stack-wide facts; :meth:`endpoint` and :meth:`reach` give where this host's
+    processes reach a service on them.
+    """
 
     name: str  # inventory name
-    stack: StackSettings
+    stack: Any  # this host's StackSettings (the stack layer's model, validated)
     secrets: Secrets
     topology: Topology
-    stack_settings: dict[str, StackSettings]  # every host's settings, by name (cross-host facts)
+    stack_settings: dict[str, Any]  # every host's StackSettings, by name (cross-host facts)
     source: str  # the inventory file, for messages
+    layout: Layout  # where and how this host runs the components
     connection: dict[str, Any] = field(default_factory=dict)  # pyinfra ssh_* data (verify uses it)
 
     @property
@@ -195,90 +157,155 @@ class HostSettings:
     def has_role(self, role: str) -> bool:
         return role in self.stack.roles
 
-    def endpoint(self, service: str) -> str:
-        """Host name or address this host's processes use to reach ``service``.
+    def on(self, name: str) -> HostSettings:
+        """Host ``name`` of the stack, seen with the same stack-wide facts.
 
-        Same host: the Compose service name (docker layout) or 127.0.0.1 (systemd layout).
-        Another host: that host's address. Example: ``hs.endpoint("db")``.
+        Example: ``hs.on("db1.example.org").stack.exporters.postgres_exporter.enabled``
         """
-        role = SERVICE_ROLE[service]
+        return replace(self, name=name, stack=self.stack_settings[name])
+
+    def peers(self, role: str) -> list[HostSettings]:
+        """Every host carrying ``role`` (this one included when it does).
+
+        Example: ``[p.address for p in hs.peers("app")]``
+        """
+        return [self.on(ref.name) for ref in self.topology.carrying(role)]
+
+    def peer(self, role: str) -> HostSettings | None:
+        """The first host carrying ``role``, or None when no host does."""
+        found = self.topology.carrying(role)
+        return self.on(found[0].name) if found else None
+
+    def reach(self, host: str, service: str, port: int) -> str:
+        """``host:port`` at which this host's processes reach ``service`` running on ``host``:
+        the layout's local endpoint on the same host, else that host's (private) address.
+
+        Example: ``hs.reach("db1.example.org", "postgres-exporter", 9187)`` -> ``"10.0.0.21:9187"``
+        """
+        if host == self.name:
+            return f"{self.layout.local_endpoint(service)}:{port}"
+        return f"{self.on(host).address}:{port}"
+
+    def endpoint(self, role: str, service: str) -> str:
+        """Host name or address this host's processes use to reach ``service`` of ``role``.
+
+        Example: ``hs.endpoint("db", "db")`` -> ``"db"`` (same host, docker) or ``"10.0.0.21"``
+        """
         if self.has_role(role):
-            return service if self.stack.layout == "docker" else "127.0.0.1"
-        carrier = self.topology.one(role)
+            return self.layout.local_endpoint(service)
+        carrier = self.peer(role)
         if carrier is None:
             raise ValueError(f"no host carries role {role} (needed for {service})")
         return carrier.address
 
-    def monitoring_host(self) -> StackSettings | None:
-        """The settings of the host carrying the monitoring role, if any."""
-        carrier = self.topology.one("monitoring")
-        return self.stack_settings[carrier.name] if carrier else None
-
     def monitoring_enabled(self, component: str) -> bool:
         """Whether the stack runs a monitoring ``component`` (prometheus, loki, grafana, ...)."""
-        monitoring = self.monitoring_host()
-        return monitoring is not None and getattr(monitoring, component).enabled
+        monitoring = self.peer("monitoring")
+        return monitoring is not None and getattr(monitoring.stack, component).enabled
 
 
 # --- loading ----------------------------------------------------------------------------------
 
 
-def load_inventory(
-    inventory_path: str,
-    secrets_path: str | None = None,
-    override_data: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
-) -> dict[str, HostSettings]:
-    """Load and validate every host of a pyinfra inventory file, without contacting any host.
+class SecretRules:
+    """The app's own production rules for secrets, with errors that say where each came from.
 
-    Example: ``hosts = load_inventory("inventories/example_docker.py", "secrets.yml")``
+    Roles state what they need in their ``check(hs, rules)``.
+    Example: ``rules.require("db_password", "the database", 12)``
     """
-    from pyinfra.api import State
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory
 
+    def __init__(self, secrets: Secrets, sources: SecretSources):
+        self.secrets, self.sources = secrets, sources
+
+    def fail(self, key: str, message: str) -> SettingsError:
+        return SettingsError(self.sources.of(key), None, key, message)
+
+    def require(self, key: str, why: str, min_length: int = 1) -> str:
+        value = getattr(self.secrets, key)
+        if not value:
+            raise self.fail(key, f"missing secret, needed for {why}: set {env_name(key)} "
+                            "or add it to the secrets file (--secrets FILE or RS_SECRETS_FILE)")
+        self.length(key, value, min_length)
+        return value
+
+    def length(self, key: str, value: str, min_length: int) -> None:
+        if len(value) < min_length:
+            raise self.fail(key, f"must be at least {min_length} characters (has {len(value)}); "
+                            "the backend refuses shorter ones in production")
+
+
+@dataclass(frozen=True)
+class StackModel:
+    """What the stack layer gives the loader: its settings model, its layouts by name, the roles
+    one host carries at most, and the checks that span hosts and sections (each
+    ``check(hosts, rules)`` raises SettingsError)."""
+
+    settings: type[BaseStackSettings]
+    layouts: dict[str, Layout]
+    single_host_roles: tuple[str, ...] = ()
+    checks: tuple[Callable[[dict[str, HostSettings], SecretRules], None], ...] = ()
+
+
+def make_inventory(inventory_path: str, override_data: dict[str, Any] | None = None):
+    """Load a pyinfra inventory file without contacting any host; a broken file is a
+    SettingsError naming it. Example: ``make_inventory("inventories/prod.py")``
+    """
     if not Path(inventory_path).is_file():
         raise SettingsError(inventory_path, None, None, "inventory file not found")
     try:
         with ctx_state.use(State()):  # pyinfra executes inventory files inside a state context
-            inventory = make_inventory(inventory_path, override_data=override_data or {})
+            inventory = pyinfra_make_inventory(inventory_path, override_data=override_data or {})
     except Exception as exc:  # a broken inventory module: say which file, not where in pyinfra
         raise SettingsError(inventory_path, None, None,
                             f"cannot load inventory: {type(exc).__name__}: {exc}") from None
     if not len(inventory):
         raise SettingsError(inventory_path, None, None, "the inventory has no hosts")
+    return inventory
+
+
+def load_inventory(model: StackModel, inventory_path: str, secrets_path: str | None = None,
+                   override_data: dict[str, Any] | None = None,
+                   env: dict[str, str] | None = None) -> dict[str, HostSettings]:
+    """Load and validate every host of a pyinfra inventory file, without contacting any host.
+
+    Example: ``hosts = load_inventory(STACK, "inventories/example_docker.py", "secrets.yml")``
+    """
+    inventory = make_inventory(inventory_path, override_data)
     secrets, sources = load_secrets(secrets_path, env)
-    return settings_for_inventory(inventory, inventory_path, secrets, sources)
+    return settings_for_inventory(model, inventory, inventory_path, secrets, sources)
 
 
-def settings_for_inventory(inventory, source: str, secrets: Secrets,
+def settings_for_inventory(model: StackModel, inventory, source: str, secrets: Secrets,
                            sources: SecretSources) -> dict[str, HostSettings]:
     """Validate the data of every host of a pyinfra ``Inventory`` (CLI and deploys share this)."""
-    stacks = {host.name: _validate_host(host, inventory, source) for host in inventory}
-    topology = _topology(stacks, source)
+    stacks = {host.name: _validate_host(model.settings, host, inventory, source)
+              for host in inventory}
+    topology = _topology(stacks, source, model.single_host_roles)
     _check_stack_wide(stacks, source)
     connections = {host.name: {k: v for k, v in host.data.dict().items() if k.startswith("ssh_")}
                    for host in inventory}
     hosts = {
-        name: HostSettings(name, stack, secrets, topology, stacks, source, connections[name])
+        name: HostSettings(name, stack, secrets, topology, stacks, source,
+                           model.layouts[stack.layout], connections[name])
         for name, stack in stacks.items()
     }
-    _check_secrets(next(iter(hosts.values())), sources)
-    for hs in hosts.values():
-        _check_cross_settings(hs)
+    rules = SecretRules(secrets, sources)
+    for check in model.checks:
+        check(hosts, rules)
     return hosts
 
 
-def _validate_host(host, inventory, source: str) -> StackSettings:
+def _validate_host(model: type[BaseStackSettings], host, inventory, source: str):
     data = {k: v for k, v in host.data.dict().items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
     try:
-        stack = StackSettings.model_validate(data)
+        stack = model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = _dotted(error["loc"])
         layer = _layer_of(host, inventory, str(error["loc"][0])) if error["loc"] else None
         raise SettingsError(source, host.name, key or None,
-                            _message(error, key) + (f" (set in {layer})" if layer else "")) from None
+                            _message(model, error, key) + (f" (set in {layer})" if layer else "")
+                            ) from None
     for i, pem in enumerate(stack.trusted_ca_certs):
         path = Path(source).parent / pem
         if not path.is_file() or "BEGIN CERTIFICATE" not in path.read_text(errors="replace"):
@@ -294,11 +321,10 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _message(error: dict, key: str) -> str:
+def _message(model: type[Section], error: dict, key: str) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         parent, _, name = key.rpartition(".")
-        model = StackSettings
         for part in parent.split(".") if parent else []:
             annotation = model.model_fields[part].annotation
             model = next((a for a in getattr(annotation, "__args__", (annotation,))
@@ -330,12 +356,13 @@ def _layer_of(host, inventory, key: str) -> str | None:
     return None
 
 
-def _topology(stacks: dict[str, StackSettings], source: str) -> Topology:
+def _topology(stacks: dict[str, BaseStackSettings], source: str,
+              single_host_roles: tuple[str, ...]) -> Topology:
     refs = tuple(HostRef(n, s.address or n, tuple(s.roles)) for n, s in stacks.items())
     topology = Topology(refs)
     for role in ROLES:
         carriers = [h.name for h in topology.carrying(role)]
-        if len(carriers) > 1:
+        if len(carriers) > 1 and role in single_host_roles:
             raise SettingsError(source, carriers[1], "roles",
                                 f"role {role} is already carried by host {carriers[0]} "
                                 "(one host per role)")
@@ -352,7 +379,7 @@ def _topology(stacks: dict[str, StackSettings], source: str) -> Topology:
     return topology
 
 
-def _check_stack_wide(stacks: dict[str, StackSettings], source: str) -> None:
+def _check_stack_wide(stacks: dict[str, BaseStackSettings], source: str) -> None:
     """Values that must agree across every host of one stack."""
     first_name, first = next(iter(stacks.items()))
     for name, stack in stacks.items():
@@ -363,80 +390,20 @@ def _check_stack_wide(stacks: dict[str, StackSettings], source: str) -> None:
                                     f"{getattr(first, key)!r} (one stack, one {key})")
 
 
-class _SecretRules:
-    """The app's own production rules for secrets, with errors that say where each came from."""
-
-    def __init__(self, secrets: Secrets, sources: SecretSources):
-        self.secrets, self.sources = secrets, sources
-
-    def fail(self, key: str, message: str) -> SettingsError:
-        return SettingsError(self.sources.of(key), None, key, message)
-
-    def require(self, key: str, why: str, min_length: int = 1) -> str:
-        value = getattr(self.secrets, key)
-        if not value:
-            raise self.fail(key, f"missing secret, needed for {why}: set {env_name(key)} "
-                            "or add it to the secrets file (--secrets FILE or RS_SECRETS_FILE)")
-        self.length(key, value, min_length)
-        return value
-
-    def length(self, key: str, value: str, min_length: int) -> None:
-        if len(value) < min_length:
-            raise self.fail(key, f"must be at least {min_length} characters (has {len(value)}); "
-                            "the backend refuses shorter ones in production")
-
-
-def _check_secrets(hs: HostSettings, sources: SecretSources) -> None:
-    """Require the secrets that the stack-wide settings need."""
-    rules = _SecretRules(hs.secrets, sources)
-    rules.require("db_password", "the database", 12)
-    rules.require("redis_password", "Redis", 16)
-    key = rules.require("secret_key", "the backend", 32)
-    if key.lower() in WEAK_VALUES or len(set(key)) < 8:
-        raise rules.fail("secret_key", "is a known weak value; generate one with: "
-                         "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'")
-    if hs.secrets.webhook_secret:
-        rules.length("webhook_secret", hs.secrets.webhook_secret, 32)
-    stack = next(iter(hs.stack_settings.values()))
-    if stack.exporters.postgres_exporter.enabled and hs.monitoring_enabled("prometheus"):
-        rules.require("db_monitor_password", "postgres-exporter", 12)
-    if hs.monitoring_enabled("grafana"):
-        rules.require("grafana_admin_password", "Grafana", 12)
-    monitoring = hs.monitoring_host()
-    if monitoring is not None and monitoring.alertmanager.enabled:
-        am = monitoring.alertmanager
-        if am.email and am.email.smtp_username:
-            rules.require("smtp_password", "alertmanager.email.smtp_username")
-        if am.slack and not rules.require("slack_webhook_url", "alertmanager.slack").startswith(
-                "https://"):
-            raise rules.fail("slack_webhook_url", "must be an https:// URL")
-        if am.pagerduty:
-            rules.require("pagerduty_routing_key", "alertmanager.pagerduty")
-    if stack.layout == "docker" and stack.app.registry_login:
-        rules.require("registry_password", "app.registry_username")
-
-
-def _check_cross_settings(hs: HostSettings) -> None:
-    """Rules that span sections of one host's settings."""
-    s, fail = hs.stack, lambda key, msg: SettingsError(hs.source, hs.name, key, msg)
-    if s.layout == "docker" and s.app.delivery == "pull" and not s.app.registry:
-        raise fail("app.registry", "app.delivery pull needs app.registry (image prefix)")
-    if s.app.registry_username and not s.app.registry:
-        raise fail("app.registry_username", "needs app.registry (the registry to log in to)")
-    if s.layout == "docker" and s.app.delivery == "bundle" and not s.app.bundle_dir:
-        raise fail("app.bundle_dir", "app.delivery bundle needs app.bundle_dir (the output of "
-                   "rsdeploy images bundle --out DIR)")
-    if (s.layout == "systemd" or s.app.delivery == "build") and not s.app.source_repo:
-        raise fail("app.source_repo", f"needed to build from source ({s.layout} layout, "
-                   f"delivery {s.app.delivery})")
-    for i, origin in enumerate(s.backend.cors_origins):
-        if "*" in origin:
-            raise fail(f"backend.cors_origins[{i}]", "must not contain '*' (the backend refuses it)")
-    am = s.alertmanager
-    if am.routes is not None:
-        configured = {name for name in ("email", "slack", "pagerduty") if getattr(am, name)}
-        for i, route in enumerate(am.routes):
-            for name in route.receivers:
-                if name not in configured:
-                    raise fail(f"alertmanager.routes[{i}].receivers",
-                               f"receiver {name} is not configured (set alertmanager.{name})")
+def check_app_delivery(hosts: dict[str, HostSettings], rules: SecretRules) -> None:
+    """How the release reaches each host: the app section's own cross-field rules."""
+    for hs in hosts.values():
+        s, fail = hs.stack, lambda key, msg: SettingsError(hs.source, hs.name, key, msg)
+        containers = hs.layout.runs_in_containers
+        if containers and s.app.delivery == "pull" and not s.app.registry:
+            raise fail("app.registry", "app.delivery pull needs app.registry (image prefix)")
+        if s.app.registry_username and not s.app.registry:
+            raise fail("app.registry_username", "needs app.registry (the registry to log in to)")
+        if containers and s.app.delivery == "bundle" and not s.app.bundle_dir:
+            raise fail("app.bundle_dir", "app.delivery bundle needs app.bundle_dir (the output "
+                       "of rsdeploy images bundle --out DIR)")
+        if (not containers or s.app.delivery == "build") and not s.app.source_repo:
+            raise fail("app.source_repo", f"needed to build from source ({s.layout} layout, "
+                       f"delivery {s.app.delivery})")
+        if containers and s.app.registry_login:
+            rules.require("registry_password", "app.registry_username")

@@ -46,8 +46,8 @@ def _is_url(location: str) -> bool:
 
 
 def needed(hs: HostSettings) -> bool:
-    """Whether this host's deploy builds from source (docker layout, ``build`` delivery)."""
-    return hs.stack.layout == "docker" and hs.stack.app.delivery == "build" and hs.has_role("app")
+    """Whether this host's deploy builds the release from source (its layout says when)."""
+    return hs.layout.builds_from_source(hs) and hs.has_role("app")
 
 
 def release(hs: HostSettings) -> tuple[Path, str]:

@@ -15,7 +15,6 @@ import yaml
 
 if TYPE_CHECKING:
     from rsdeploy.render import RenderedFile
-    from rsdeploy.settings import HostSettings
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,13 @@ def parse_check(tree: Path, f: RenderedFile) -> Verdict:
     return Verdict(f.path, "rendered (no offline validator)", True)
 
 
-def check_host(hs: HostSettings, files: list[RenderedFile], tree: Path) -> list[Verdict]:
-    """Every verdict for one host: each role's real validators, then a parse check for the rest."""
-    import roles
+def check_script(tree: Path, path: str) -> list[Verdict]:
+    """``bash -n`` on a rendered script, and shellcheck when it is installed.
 
-    verdicts: list[Verdict] = []
-    for role in roles.for_host(hs):
-        if hasattr(role, "validate"):
-            verdicts.extend(role.validate(tree, hs))
-    covered = {v.path for v in verdicts}
-    verdicts.extend(parse_check(tree, f) for f in files if f.path not in covered)
+    Example: ``check_script(tree, "/usr/local/bin/rs-status")``
+    """
+    local = str(tree / path.lstrip("/"))
+    verdicts = [run_tool(["bash", "-n", local], path, "bash -n")]
+    if shutil.which("shellcheck"):
+        verdicts.append(run_tool(["shellcheck", "-s", "bash", local], path, "shellcheck"))
     return verdicts

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from rsdeploy import REPO_ROOT
-from rsdeploy.render import render_host, write_tree
-from rsdeploy.settings import load_inventory
+from rsdeploy.render import write_tree
+from rsdeploy.stack import render_host
+from rsdeploy.stack import load_inventory
 
 INVENTORIES = REPO_ROOT / "inventories"
 EXAMPLE_SECRETS = str(INVENTORIES / "secrets.example.yml")

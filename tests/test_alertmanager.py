@@ -13,9 +13,10 @@ import yaml
 
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, render_example
 from roles import alertmanager
-from roles.prometheus import secret_path, secret_read_path
+from rsdeploy.component_files import MONITORING_SECRETS_DIR, secret_path, secret_read_path
+from rsdeploy.layout import Reload
 from rsdeploy.render import write_tree
-from rsdeploy.settings import load_inventory
+from rsdeploy.stack import load_inventory
 
 ODD_SECRETS = {  # quotes, $, #, backslash, spaces and a newline
     "RS_SMTP_PASSWORD": "smtp 'pa$$' \"w\" #3 \\z\nsecond line",
@@ -102,14 +103,14 @@ def test_secrets_reach_their_files_intact_and_never_the_config(name, tmp_path):
     by_path = {f.path: f for f in files}
     config_text = _config_file(tmp_path, host, hs).read_text()
     for env_name, secret_name in SECRET_FILES.items():
-        f = by_path[secret_path(hs, secret_name)]
+        f = by_path[secret_path(hs, secret_name, MONITORING_SECRETS_DIR)]
         assert f.content == ODD_SECRETS[env_name]
         assert (tmp_path / host / f.path.lstrip("/")).read_text() == ODD_SECRETS[env_name]
         assert f.secret and f.mode == "600"
         assert f.owner == ("65534" if hs.stack.layout == "docker" else "prometheus")
-        assert f.restarts == (("alertmanager",) if hs.stack.layout == "docker"
-                              else ("prometheus-alertmanager",))
-        assert secret_read_path(hs, secret_name) in config_text
+        assert f.reactions == ((Reload("alertmanager"),) if hs.stack.layout == "docker"
+                               else (Reload("prometheus-alertmanager"),))
+        assert secret_read_path(hs, secret_name, MONITORING_SECRETS_DIR) in config_text
         assert ODD_SECRETS[env_name].splitlines()[0] not in config_text
     assert [v for v in alertmanager.validate(tmp_path / host, hs) if not v.ok] == []
 

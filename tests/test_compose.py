@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import render_example
-from roles import compose
+from roles.prometheus import GRAFANA_CONTAINER_PORT
+from rsdeploy.render import write_tree
+from rsdeploy.stack import load_inventory, render_host
+from rsdeploy.stack.docker import project as compose
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, render_example
 
 DOCKER_EXAMPLES = ["example_docker", "example_multi"]
 
@@ -273,11 +276,6 @@ def test_loki_health_check_follows_the_image_version():
 
 def test_non_default_ports_reach_both_sides_of_each_mapping(tmp_path):
     """A changed port moves the container's listener and the published port together."""
-    from roles.prometheus import GRAFANA_CONTAINER_PORT
-    from rsdeploy.render import render_host, write_tree
-    from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
-    from rsdeploy.settings import load_inventory
-
     ports = {"prometheus": 9091, "alertmanager": 9094, "grafana": 3002, "loki": 3200}
     override = {name: {"port": port} for name, port in ports.items()}
     hs = load_inventory(str(INVENTORIES / "example_docker.py"), EXAMPLE_SECRETS,

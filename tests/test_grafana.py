@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from roles import grafana, log_shipper
+from rsdeploy.layout import Restart
 from tests.conftest import EXAMPLES, load_example
 
 #: Metric names the stack's targets export: the app (APP_CONTRACT), node-exporter, cAdvisor,
@@ -153,7 +154,7 @@ def test_grafana_ini_parses_and_reads_password_from_file_no_offline_grafana():
     assert (ini["server"]["http_addr"], ini["server"]["http_port"]) == ("127.0.0.1", "3001")
     assert ini["analytics"]["reporting_enabled"] == "false"
     assert ini["users"]["allow_sign_up"] == "false"
-    assert files["/etc/grafana/grafana.ini"].restarts == ("grafana-server",)
+    assert files["/etc/grafana/grafana.ini"].reactions == (Restart("grafana-server"),)
 
 
 def test_docker_environment_mirrors_grafana_ini_no_offline_grafana():

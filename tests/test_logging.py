@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from roles import log_shipper, loki
+from rsdeploy.layout import Restart
 from rsdeploy.escape import alloy_str
 from tests.conftest import EXAMPLES, load_example
 
@@ -242,7 +243,7 @@ def alloy_components(hs) -> dict[tuple[str, str], Block]:
 
 
 def loki_push_url_expected(hs) -> str:
-    mon = hs.topology.one("monitoring")
+    mon = hs.peer("monitoring")
     host = "loki" if mon.name == hs.name and hs.stack.layout == "docker" else (
         "127.0.0.1" if mon.name == hs.name else mon.address)
     return f"http://{host}:3100/loki/api/v1/push"
@@ -256,7 +257,7 @@ def test_loki_config_static_structure_no_offline_loki(example_hosts):
     for hs in example_hosts.values():
         for f in (loki.render(hs) if loki.applies(hs) else []):
             config = yaml.safe_load(f.content)
-            data_dir = loki.DATA_DIRS[hs.stack.layout]
+            data_dir = {"docker": "/loki", "systemd": "/var/lib/loki"}[hs.stack.layout]
             assert config["auth_enabled"] is False
             assert config["server"]["http_listen_port"] == hs.stack.loki.port
             assert config["common"]["path_prefix"] == data_dir
@@ -273,7 +274,7 @@ def test_loki_config_static_structure_no_offline_loki(example_hosts):
             assert compactor["working_directory"].startswith(data_dir + "/")
             assert config["limits_config"]["retention_period"] == hs.stack.loki.retention
             assert config["analytics"]["reporting_enabled"] is False
-            assert f.restarts == ("loki",)
+            assert f.reactions == (Restart("loki"),)
             checked += 1
     assert checked == 1, "exactly the monitoring host runs Loki"
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
-from roles import nginx
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
+from roles import nginx, tls
 from rsdeploy.render import write_tree
-from rsdeploy.settings import load_inventory
+from rsdeploy.stack import load_inventory
 
 SECURITY_HEADERS = {"Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
                     "Referrer-Policy", "Permissions-Policy"}
@@ -42,9 +42,19 @@ def web_host(example: str, **data):
     return next(hs for hs in hosts.values() if hs.has_role("web"))
 
 
+def web_files(hs) -> list:
+    """The web host's files of the nginx role and of the tls role (certbot renewal)."""
+    return nginx.render(hs) + tls.render(hs)
+
+
+def web_verdicts(tree: Path, hs) -> list:
+    """The validators of both roles on a rendered tree."""
+    return nginx.validate(tree, hs) + tls.validate(tree, hs)
+
+
 def rendered(hs, tmp_path: Path) -> Path:
-    """Write this role's files for ``hs`` under ``tmp_path``; returns that tree."""
-    write_tree(nginx.render(hs), tmp_path)
+    """Write the nginx and tls roles' files for ``hs`` under ``tmp_path``; returns that tree."""
+    write_tree(web_files(hs), tmp_path)
     return tmp_path
 
 
@@ -119,9 +129,9 @@ def web_hosts(example_result):
 def test_nginx_t_passes_for_every_example_inventory(example):
     checked = 0
     for tree, hs in web_hosts(example):
-        verdicts = nginx.validate(tree, hs)
+        verdicts = web_verdicts(tree, hs)
         assert all(v.ok for v in verdicts), [(v.path, v.detail) for v in verdicts if not v.ok]
-        assert {f.path for f in nginx.render(hs)} == {v.path for v in verdicts}
+        assert {f.path for f in web_files(hs)} == {v.path for v in verdicts}
         checked += 1
     assert checked == 1  # every example has exactly one web host
 
@@ -130,10 +140,10 @@ def test_nginx_t_passes_for_every_example_inventory(example):
 @pytest.mark.parametrize("example", ["example_docker", "example_systemd"])
 def test_nginx_t_passes_for_every_layout_and_tls_mode(example, mode, tmp_path):
     hs = web_host(example, tls=TLS_MODES[mode])
-    verdicts = nginx.validate(rendered(hs, tmp_path), hs)
+    verdicts = web_verdicts(rendered(hs, tmp_path), hs)
     assert verdicts and all(v.ok for v in verdicts), [v.detail for v in verdicts if not v.ok]
     site_text = (tmp_path / nginx.site_path(hs).lstrip("/")).read_text()
-    certificate, key = nginx.certificate_paths(hs)
+    certificate, key = tls.certificate_paths(hs)
     assert f'ssl_certificate "{certificate}";' in site_text
     assert f'ssl_certificate_key "{key}";' in site_text
 
@@ -172,16 +182,16 @@ def test_missing_certificate_directive_makes_validate_fail(tmp_path):
 ])
 def test_certificate_paths_per_layout_and_mode(example, mode, nginx_sees, host_has):
     hs = web_host(example, tls=TLS_MODES[mode])
-    assert nginx.certificate_paths(hs) == (f"{nginx_sees}/fullchain.pem",
-                                           f"{nginx_sees}/privkey.pem")
-    assert nginx.host_certificate_paths(hs) == (f"{host_has}/fullchain.pem",
-                                                f"{host_has}/privkey.pem")
+    assert tls.certificate_paths(hs) == (f"{nginx_sees}/fullchain.pem",
+                                         f"{nginx_sees}/privkey.pem")
+    assert tls.host_certificate_paths(hs) == (f"{host_has}/fullchain.pem",
+                                              f"{host_has}/privkey.pem")
 
 
 def test_provided_certificate_is_read_in_place_on_systemd_hosts():
     hs = web_host("example_systemd", tls=TLS_MODES["provided"])
     expected = ("/srv/pki/site chain.pem", "/srv/pki/site.key")
-    assert nginx.certificate_paths(hs) == nginx.host_certificate_paths(hs) == expected
+    assert tls.certificate_paths(hs) == tls.host_certificate_paths(hs) == expected
 
 
 def test_certificate_path_with_dollar_is_refused_at_settings_time():
@@ -200,7 +210,7 @@ def test_http_serves_acme_challenges_first_then_redirects_308(example):
     (http_server,), _ = vhosts(hs, hs.stack.nginx.http_port)
     locations = [(args, children) for name, args, children in http_server if name == "location"]
     assert locations[0][0] == ["^~", "/.well-known/acme-challenge/"]
-    assert directive(locations[0][1], "root") == [[nginx.ACME_WEBROOT]]
+    assert directive(locations[0][1], "root") == [[tls.ACME_WEBROOT]]
     assert locations[-1][0] == ["/"]
     assert directive(locations[-1][1], "return") == [["308", "https://$host$request_uri"]]
 
@@ -333,7 +343,7 @@ def test_http2_syntax_follows_the_nginx_version(example, image, directive_form):
 
 
 def test_systemd_layout_reloads_nginx_from_a_certbot_deploy_hook():
-    files = {f.path: f for f in nginx.render(web_host("example_systemd"))}
+    files = {f.path: f for f in web_files(web_host("example_systemd"))}
     hook = files["/etc/letsencrypt/renewal-hooks/deploy/reload-nginx"]
     assert hook.mode == "755" and "systemctl reload nginx" in hook.content
     assert not any(p.startswith("/etc/systemd/") for p in files)  # the distro's certbot.timer
@@ -342,7 +352,7 @@ def test_systemd_layout_reloads_nginx_from_a_certbot_deploy_hook():
 def test_docker_layout_renews_from_a_host_timer(tmp_path):
     hs = web_host("example_docker")
     tree = rendered(hs, tmp_path)
-    verdicts = {v.path: v for v in nginx.validate(tree, hs)}
+    verdicts = {v.path: v for v in web_verdicts(tree, hs)}
     service = (tree / "etc/systemd/system/rs-certbot-renew.service").read_text()
     timer = (tree / "etc/systemd/system/rs-certbot-renew.timer").read_text()
     for unit in ("rs-certbot-renew.service", "rs-certbot-renew.timer"):
@@ -363,19 +373,19 @@ def test_broken_timer_makes_validate_fail(tmp_path):
     tree = rendered(hs, tmp_path)
     timer = tree / "etc/systemd/system/rs-certbot-renew.timer"
     timer.write_text(timer.read_text().replace("OnCalendar=*-*-* 00,12:00:00", "OnCalendar=often"))
-    assert not {v.path: v for v in nginx.validate(tree, hs)}[f"/{timer.relative_to(tree)}"].ok
+    assert not {v.path: v for v in web_verdicts(tree, hs)}[f"/{timer.relative_to(tree)}"].ok
 
 
 @pytest.mark.parametrize("mode", ["provided", "self-signed"])
 @pytest.mark.parametrize("example", ["example_docker", "example_systemd"])
 def test_no_certbot_files_without_certbot(example, mode):
-    paths = [f.path for f in nginx.render(web_host(example, tls=TLS_MODES[mode]))]
+    paths = [f.path for f in web_files(web_host(example, tls=TLS_MODES[mode]))]
     assert not [p for p in paths if "certbot" in p or "letsencrypt" in p]
 
 
 def test_certbot_first_issuance_names_every_domain():
-    args = nginx.certbot_certonly_args(web_host("example_systemd"))
-    assert args[:4] == ["certonly", "--webroot", "-w", nginx.ACME_WEBROOT]
+    args = tls.certbot_certonly_args(web_host("example_systemd"))
+    assert args[:4] == ["certonly", "--webroot", "-w", tls.ACME_WEBROOT]
     assert args[args.index("--cert-name") + 1] == "scheduler.example.org"
     assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == [
         "scheduler.example.org", "www.scheduler.example.org"]

@@ -198,8 +198,7 @@ def _roles_sql(work: Path, name: str, host: str, path: str) -> str:
     """A rendered roles SQL with its secret paths pointed at the test's copies (only those)."""
     hs, files = rendered(name)[host]
     text = files[path].content
-    read_dir = postgres.CONTAINER_SECRETS_DIR if hs.stack.layout == "docker" else \
-        postgres.secrets_dir(hs)
+    read_dir = "/run/secrets" if hs.stack.layout == "docker" else postgres.secrets_dir(hs)
     target = work / f"{name}-roles.sql"
     target.write_text(text.replace(f"{read_dir}/", f"{work / 'secrets'}/"))
     shutil.chown(target, "postgres", "postgres")

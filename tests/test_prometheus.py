@@ -15,6 +15,7 @@ import yaml
 from tests.conftest import render_example
 from roles import exporters, prometheus
 from rsdeploy import REPO_ROOT, TEMPLATES_DIR
+from rsdeploy.component_files import MONITORING_SECRETS_DIR, secret_path
 
 RULES_DIR = TEMPLATES_DIR / "prometheus" / "rules"
 PROMTOOL_TESTS = REPO_ROOT / "tests" / "promtool"
@@ -153,7 +154,7 @@ def test_multi_host_scrapes_other_hosts_by_address_with_inventory_instances(rend
 
 
 def test_disabled_exporter_is_not_scraped():
-    from rsdeploy.settings import load_inventory
+    from rsdeploy.stack import load_inventory
 
     from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
 
@@ -255,8 +256,8 @@ def test_exporter_secrets_reach_files_intact(name, rendered_examples):
     rendered = rendered_examples(name, ODD_SECRETS)
     hs, files = rendered["hosts"]["rs1.example.org"]
     by_path = {f.path: f for f in files}
-    pg = by_path[prometheus.secret_path(hs, exporters.POSTGRES_PASSWORD_SECRET)]
-    redis = by_path[prometheus.secret_path(hs, exporters.REDIS_PASSWORD_SECRET)]
+    pg = by_path[secret_path(hs, exporters.POSTGRES_PASSWORD_SECRET, MONITORING_SECRETS_DIR)]
+    redis = by_path[secret_path(hs, exporters.REDIS_PASSWORD_SECRET, MONITORING_SECRETS_DIR)]
     assert pg.content == ODD_SECRETS["RS_DB_MONITOR_PASSWORD"]
     assert json.loads(redis.content) == {exporters.redis_exporter_address(hs):
                                          ODD_SECRETS["RS_REDIS_PASSWORD"]}

@@ -233,11 +233,13 @@ def test_cli_error_has_no_traceback_in_a_real_process(tmp_path):
 def test_multi_host_endpoints_follow_the_topology():
     hosts = load_example("example_multi")
     app = hosts["app1.example.org"]
-    assert app.endpoint("db") == "10.0.0.21"  # the db host's address
-    assert app.endpoint("backend") == "backend"  # its own Compose service
-    assert hosts["web1.example.org"].endpoint("backend") == "10.0.0.22"
+    assert app.endpoint("db", "db") == "10.0.0.21"  # the db host's address
+    assert app.endpoint("app", "backend") == "backend"  # its own Compose service
+    assert hosts["web1.example.org"].endpoint("app", "backend") == "10.0.0.22"
+    assert app.reach("db1.example.org", "db", 5432) == "10.0.0.21:5432"
+    assert [peer.name for peer in app.peers("db")] == ["db1.example.org"]
     systemd = next(iter(load_example("example_systemd").values()))
-    assert systemd.endpoint("db") == "127.0.0.1"
+    assert systemd.endpoint("db", "db") == "127.0.0.1"
 
 
 def test_multi_host_stack_needs_ip_addresses(tmp_path, capsys):

@@ -8,9 +8,10 @@ import tarfile
 
 import pytest
 
-from rsdeploy import refapp, source
+from rsdeploy import source
 from rsdeploy.cli import main
 from rsdeploy.errors import SettingsError
+from rsdeploy_dev import refapp
 from tests.conftest import EXAMPLE_SECRETS
 from tests.test_settings import GOOD_STACK, write_inventory
 
@@ -24,7 +25,7 @@ def app_repo(tmp_path_factory):
 
 def host_settings(tmp_path, app_repo, version="v1.0.0", **app):
     """Settings of one build-delivery host whose inventory sits beside the app repository."""
-    from rsdeploy.settings import load_inventory
+    from rsdeploy.stack import load_inventory
 
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "app").symlink_to(app_repo)

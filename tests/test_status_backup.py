@@ -11,7 +11,7 @@ import pytest
 
 from roles import backup, status
 from rsdeploy.render import write_tree
-from rsdeploy.settings import load_inventory
+from rsdeploy.stack import load_inventory
 from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
 
 STUB_DOCKER = r"""#!/bin/bash
@@ -69,10 +69,11 @@ def test_shellcheck_catches_an_unquoted_expansion(tmp_path):
 
 def test_rs_status_lists_what_each_host_runs():
     multi = load_example("example_multi")
-    assert status.expected_services(multi["db1.example.org"])[:2] == ["db", "redis"]
-    assert "migrate" not in status.expected_services(multi["app1.example.org"])
-    assert "certbot" not in status.expected_services(multi["web1.example.org"])
-    units = status.expected_units(load_example("example_systemd")["rs1.example.org"])
+    db1, app1, web1 = (multi[f"{name}1.example.org"] for name in ("db", "app", "web"))
+    assert db1.layout.services(db1)[:2] == ["db", "redis"]
+    assert "migrate" not in app1.layout.services(app1)
+    assert "certbot" not in web1.layout.services(web1)
+    units = status.systemd_units(load_example("example_systemd")["rs1.example.org"])
     for unit in ("postgresql.service", "redis-server.service", "nginx.service",
                  "residency-backend.service", "residency-celery-worker.service",
                  "residency-celery-beat.service", "pm2-residency.service", "rs-backup.timer"):
@@ -99,7 +100,8 @@ def healthy_table(hs_services: list[str]) -> str:
 
 
 def test_rs_status_docker_exits_0_when_everything_is_up(tmp_path, stub_path):
-    services = status.expected_services(load_example("example_docker")["rs1.example.org"])
+    hs = load_example("example_docker")["rs1.example.org"]
+    services = hs.layout.services(hs)
     proc = run_status(tmp_path, stub_path, healthy_table(services))
     assert proc.returncode == 0, proc.stdout
     assert "deployed: v1.0.0" in proc.stdout
@@ -107,7 +109,8 @@ def test_rs_status_docker_exits_0_when_everything_is_up(tmp_path, stub_path):
 
 
 def test_rs_status_docker_exits_1_naming_what_is_down(tmp_path, stub_path):
-    services = status.expected_services(load_example("example_docker")["rs1.example.org"])
+    hs = load_example("example_docker")["rs1.example.org"]
+    services = hs.layout.services(hs)
     table = healthy_table([s for s in services if s not in ("celery-worker", "redis")])
     table += "celery-worker running unhealthy\\n"
     proc = run_status(tmp_path, stub_path, table)

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
-from rsdeploy import REPO_ROOT, images
+from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
-from rsdeploy import sandbox as sandbox_module
+from rsdeploy_dev import images
+from rsdeploy_dev import sandbox as sandbox_module
+from rsdeploy_dev.engine import ensure_engine
 
 
 FIRST_VERSION = "v1.0.0"
@@ -76,7 +77,7 @@ class Site:
 
     def reboot(self, seconds: float = 120) -> None:
         """Restart the host's container (systemd boots again) and wait until SSH answers."""
-        sandbox_module.ensure_engine().containers.get(self.host.name).restart(timeout=30)
+        ensure_engine().containers.get(self.host.name).restart(timeout=30)
         deadline = time.monotonic() + seconds
         while self.sandbox.ssh(self.host.name, "systemctl is-system-running --wait", timeout=60,
                                check=False).returncode not in (0, 1):
@@ -147,10 +148,10 @@ def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring:
     with sandbox_module.session(prefix, 1) as sandbox:
         site = Site(sandbox, delivery, tls, monitoring)
         if tls == "certbot":
-            sandbox_module.ensure_acme(sandbox.prefix, sandbox_module.ensure_engine(),
+            sandbox_module.ensure_acme(sandbox.prefix, ensure_engine(),
                                        {name: site.host.address for name in site.domains})
         if delivery == "bundle":
             images.bundle(sandbox.paths.root / "bundles", wanted, [FIRST_VERSION])
         else:
-            images.push(sandbox.prefix, wanted, [FIRST_VERSION])
+            sandbox_module.push_images(sandbox.prefix, wanted, [FIRST_VERSION])
         yield site

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from rsdeploy import sandbox as sandbox_module
+from rsdeploy_dev import sandbox as sandbox_module
 from tests.e2e.conftest import FIRST_VERSION, ready_site
 
 pytestmark = pytest.mark.sandbox

@@ -1,6 +1,6 @@
 """Containers for the reference app's image tests: one network, PostgreSQL 15 + pgvector, Redis.
 
-Everything is built locally (``rsdeploy.images.build`` skips up-to-date images), published only
+Everything is built locally (``rsdeploy_dev.images.build`` skips up-to-date images), published only
 on 127.0.0.1, labelled, and removed at the end. Without a Docker engine the tests skip.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from refapp_support import (LABEL, PG_SUPERUSER_PASSWORD, DB_PASSWORD, REDIS_PASSWORD, Postgres,
                             Published, app_env, published_port, tar_of, wait_http)
 
-from rsdeploy import refapp
+from rsdeploy_dev import refapp
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def docker_client():
 @pytest.fixture(scope="session")
 def built(docker_client):
     """Every backend release, the v1.0.0 frontend, PostgreSQL and Redis (built unless up to date)."""
-    from rsdeploy import images
+    from rsdeploy_dev import images
 
     images.build(["postgres", "redis", "backend"], refapp.VERSIONS, client=docker_client)
     images.build(["frontend"], ["v1.0.0"], client=docker_client)

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from refapp_support import SECRET_KEY, app_env, http, published_port, wait_http
 
-from rsdeploy import refapp
+from rsdeploy_dev import refapp
 
 
 pytestmark = pytest.mark.sandbox

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rsdeploy import refapp
+from rsdeploy_dev import refapp
 
 
 def git(repo: Path, *args: str) -> str:

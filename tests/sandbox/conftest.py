@@ -6,7 +6,7 @@ developer's ``rs-sandbox``). Tests at other depths get the same fixture by defin
 
     @pytest.fixture(scope="session")
     def sandbox():
-        with rsdeploy.sandbox.session(prefix, count) as sb:
+        with rsdeploy_dev.sandbox.session(prefix, count) as sb:
             yield sb
 """
 
@@ -20,8 +20,9 @@ import uuid
 
 import pytest
 
-from rsdeploy import images
-from rsdeploy import sandbox as sandbox_module
+from rsdeploy_dev import images
+from rsdeploy_dev import sandbox as sandbox_module
+from rsdeploy_dev.engine import ensure_engine
 
 TEST_PREFIX = os.environ.get(sandbox_module.PREFIX_ENV) or "rs-test"
 HOSTS = 2
@@ -30,12 +31,12 @@ HOSTS = 2
 
 @pytest.fixture(scope="session")
 def docker_client():
-    return sandbox_module.ensure_engine()
+    return ensure_engine()
 
 
 @pytest.fixture(scope="session")
 def sandbox():
-    """The test sandbox (2 hosts): a :class:`rsdeploy.sandbox.Sandbox`."""
+    """The test sandbox (2 hosts): a :class:`rsdeploy_dev.sandbox.Sandbox`."""
     with sandbox_module.session(TEST_PREFIX, HOSTS) as sb:
         yield sb
 

@@ -203,7 +203,7 @@ def test_bundle_files_match_their_manifest_and_load(infra_images, docker_client,
     import hashlib
     import json
 
-    from rsdeploy import images
+    from rsdeploy_dev import images
 
     manifest = images.bundle(tmp_path, ["redis-exporter"], compressed=True, client=docker_client)
     (entry,) = json.loads(manifest.read_text())["images"]

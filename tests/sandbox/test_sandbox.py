@@ -16,9 +16,9 @@ import docker
 import pytest
 import yaml
 
-from rsdeploy import REPO_ROOT, images
-from rsdeploy import sandbox as sandbox_module
-from rsdeploy.settings import load_inventory
+from rsdeploy import REPO_ROOT
+from rsdeploy.stack import load_inventory
+from rsdeploy_dev import sandbox as sandbox_module
 
 pytestmark = pytest.mark.sandbox
 
@@ -137,7 +137,7 @@ def _get(url: str, context, basic_auth: tuple[str, str] | None = None) -> int:
 
 
 def test_registry_serves_pushes_over_tls_with_auth_only(sandbox, docker_client, infra_images):
-    pushed = images.push(sandbox.prefix, ["redis-exporter"], client=docker_client)
+    pushed = sandbox_module.push_images(sandbox.prefix, ["redis-exporter"], client=docker_client)
     registry = sandbox_module.Sandbox.load(sandbox.prefix).registry
     assert pushed == [f"127.0.0.1:{registry['port']}/rsdeploy/redis-exporter:1.45"]
     password = sandbox_module.registry_password(sandbox.prefix)

@@ -12,8 +12,8 @@ import shlex
 
 import pytest
 
-from roles import compose
-from rsdeploy.settings import load_inventory
+from rsdeploy.stack.docker import project as compose
+from rsdeploy.stack import load_inventory
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from roles import nginx
+from roles import tls
 
 #: certbot renews 30 days before expiry (twice a day): less than this means renewals fail.
 MIN_DAYS_LEFT = 14
@@ -30,7 +30,7 @@ def fingerprint(host, source: str) -> str:
 
 def test_nginx_serves_certbots_current_certificate(host, certbot_web):
     s = certbot_web.stack
-    live = nginx.host_certificate_paths(certbot_web)[0]
+    live = tls.host_certificate_paths(certbot_web)[0]
     for name in s.domains:
         served = fingerprint(host, f"openssl s_client -connect 127.0.0.1:{s.nginx.https_port} "
                                    f"-servername {name} </dev/null 2>/dev/null")
@@ -40,7 +40,7 @@ def test_nginx_serves_certbots_current_certificate(host, certbot_web):
 
 
 def test_certificate_is_far_from_expiry(host, certbot_web):
-    live = nginx.host_certificate_paths(certbot_web)[0]
+    live = tls.host_certificate_paths(certbot_web)[0]
     check = host.run("openssl x509 -noout -checkend %s -enddate -in %s",
                      str(MIN_DAYS_LEFT * 86400), live)
     assert check.rc == 0, (f"{certbot_web.name}: {live}: expected valid for {MIN_DAYS_LEFT}+ "

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from roles import alertmanager, prometheus, status
-from rsdeploy.render import render_host
+from roles import alertmanager, prometheus
+from rsdeploy import release
+from rsdeploy.stack import render_host
 
 #: Ports that must never be reachable from outside the host (service, port setting).
 INTERNAL = {
@@ -42,7 +43,7 @@ def test_every_service_is_running_and_healthy(hs, docker_stack):
     def problems():
         found = docker_stack.containers()
         bad = {}
-        for service in status.expected_services(hs):
+        for service in hs.layout.services(hs):
             row = found.get(service)
             state = "missing" if row is None else row["State"] + " " + row["Status"]
             if row is None or row["State"] != "running" or "unhealthy" in row["Status"] \
@@ -219,6 +220,6 @@ def test_rendered_files_have_their_owner_and_mode(host, hs, docker_stack):
 
 
 def test_recorded_version_is_the_requested_one(host, hs, docker_stack):
-    recorded = host.file(status.version_file(hs)).content_string.strip()
+    recorded = host.file(release.version_file(hs)).content_string.strip()
     assert recorded == hs.stack.version, \
         f"{hs.name}: recorded version: expected {hs.stack.version}, found {recorded}"

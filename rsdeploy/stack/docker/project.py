@@ -1,6 +1,7 @@
-"""The docker layout's Compose project: the app stack, production overrides, the monitoring
-stack and the web (nginx + certbot) stack. Config and secret files are each rendered by the
-role of the component that reads them; this module wires them into the services.
+"""The docker layout's Compose project files: which services run on a host, their images,
+private ports, dependencies and the values the four Compose templates need. Config and secret
+files are each rendered by the role of the component that reads them; this module wires them
+into the services.
 
 Files at ``paths.base_dir``, always used together, in this order (:func:`compose_files`):
 
@@ -21,30 +22,29 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
 from pydantic import field_validator
-from pyinfra.api import deploy
-from pyinfra.operations import files, server
-from pyinfra.operations.util import any_changed
 
-from rsdeploy import apply
-from rsdeploy.types import Image, Name, Section
+from roles import alertmanager, backend, exporters, grafana, log_shipper, postgres, prometheus, tls
+from rsdeploy.layout import Recreate
+from rsdeploy.render import RenderedFile, template
+from rsdeploy.types import Name, Section
+from rsdeploy.validate import Verdict
 
 if TYPE_CHECKING:
-    from rsdeploy.render import RenderedFile
     from rsdeploy.settings import HostSettings
-    from rsdeploy.validate import Verdict
 
 
 class Settings(Section):
     project: Name = "residency-scheduler"  # Compose project name (container name prefix)
     subnet: str = "172.30.0.0/24"  # the project's network; its gateway is the host as containers see it
-    certbot_image: Image = "certbot/certbot:v4.1.1"  # tls.mode certbot: renews the certificate
 
     @field_validator("subnet")
     @classmethod
@@ -53,9 +53,10 @@ class Settings(Section):
         return value
 
 
-
 #: Compose files in the order ``docker compose -f`` takes them.
 COMPOSE_FILES = ("compose.yml", "compose.prod.yml", "compose.monitoring.yml", "compose.web.yml")
+#: One-shot services: `up` runs them to completion, nobody keeps them running.
+ONE_SHOT = ("migrate", "certbot")
 
 
 def gateway(hs: HostSettings) -> str:
@@ -66,24 +67,7 @@ def gateway(hs: HostSettings) -> str:
     return str(next(ipaddress.ip_network(hs.stack.compose.subnet).hosts()))
 
 
-def applies(hs: HostSettings) -> bool:
-    return hs.stack.layout == "docker"
-
-
 # --- which services run on this host ----------------------------------------------------------
-
-
-def exporter_applies(hs: HostSettings, name: str) -> bool:
-    """Whether exporter ``name`` runs on this host: Prometheus scrapes it and it is enabled;
-    node-exporter and cAdvisor on every host, postgres-exporter beside the database,
-    redis-exporter beside Redis.
-
-    Example: ``exporter_applies(hs, "postgres_exporter")`` -> ``True`` on the db host
-    """
-    beside = {"postgres_exporter": "db", "redis_exporter": "redis"}.get(name)
-    return (hs.monitoring_enabled("prometheus")
-            and getattr(hs.stack.exporters, name).enabled
-            and (beside is None or hs.has_role(beside)))
 
 
 def app_services(hs: HostSettings) -> list[str]:
@@ -96,8 +80,6 @@ def app_services(hs: HostSettings) -> list[str]:
 
 def monitoring_services(hs: HostSettings) -> list[str]:
     """The services of compose.monitoring.yml on this host (may be empty)."""
-    from roles import log_shipper
-
     services = []
     if hs.has_role("monitoring"):
         services += [c for c in ("prometheus", "alertmanager", "loki", "grafana")
@@ -106,7 +88,7 @@ def monitoring_services(hs: HostSettings) -> list[str]:
         services.append(log_shipper.service_name(hs))
     services += [name.replace("_", "-") for name in
                  ("node_exporter", "cadvisor", "postgres_exporter", "redis_exporter")
-                 if exporter_applies(hs, name)]
+                 if exporters.exporter_applies(hs, name)]
     return services
 
 
@@ -191,7 +173,7 @@ def trusted_proxies(hs: HostSettings) -> str:
     """
     if hs.has_role("web"):
         return hs.stack.compose.subnet
-    return hs.topology.one("web").address
+    return hs.peer("web").address
 
 
 def depends_on(hs: HostSettings) -> dict[str, dict[str, str]]:
@@ -235,8 +217,6 @@ MONITORING_VOLUMES = {
 def monitoring_secrets(hs: HostSettings) -> list[str]:
     """The secret files compose.monitoring.yml's services on this host read, sorted (each
     rendered by the role of its reader)."""
-    from roles import alertmanager, exporters, grafana
-
     services = monitoring_services(hs)
     names = alertmanager.secret_names(hs) if "alertmanager" in services else []
     readers = {"grafana": grafana.SECRET_NAME,
@@ -266,9 +246,6 @@ def loki_healthcheck(image: str, port: int = 3100) -> list[str] | None:
 
 def _context(hs: HostSettings) -> dict:
     """Every computed value the four compose templates use."""
-    from roles import (alertmanager, backend, exporters, grafana, log_shipper, nginx, postgres,
-                       prometheus)
-
     shipper = log_shipper.service_name(hs) if log_shipper.applies(hs) else None
     return {
         "app_services": app_services(hs),
@@ -298,7 +275,7 @@ def _context(hs: HostSettings) -> dict:
         "loki_healthcheck": loki_healthcheck(hs.stack.loki.image, hs.stack.loki.port),
         "alertmanager_secrets": alertmanager.secret_names(hs),
         "app_uid": backend.APP_UID,
-        "acme_webroot": nginx.ACME_WEBROOT,
+        "acme_webroot": tls.ACME_WEBROOT,
     }
 
 
@@ -306,8 +283,7 @@ def _context(hs: HostSettings) -> dict:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    from rsdeploy.render import RenderedFile, template
-
+    """The host's Compose files; a change recreates the services each file defines."""
     context = _context(hs)
     base = hs.stack.paths.base_dir
     sources = {
@@ -318,17 +294,10 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     }
     files = [
         RenderedFile(f"{base}/{name}", template(sources[name][0], hs, **context), "compose",
-                     restarts=tuple(sources[name][1]))
+                     reactions=tuple(Recreate(service) for service in sources[name][1]))
         for name in compose_files(hs)
     ]
-    if hs.stack.app.registry_login:
-        # Read by `docker login --password-stdin` during the rollout only.
-        files.append(RenderedFile(registry_password_path(hs), hs.secrets.registry_password,
-                                  "compose", mode="600", secret=True))
     return files
-
-
-# --- validation --------------------------------------------------------------------------------
 
 
 def compose_binary() -> list[str] | None:
@@ -387,8 +356,6 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
 
     Fails loudly when a file a service needs is missing from the rendered tree (``app.env``).
     """
-    from rsdeploy.validate import Verdict
-
     base = hs.stack.paths.base_dir
     base_dir = tree / base.lstrip("/")
     verdicts = []
@@ -404,30 +371,11 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     return verdicts
 
 
-# --- deploy ------------------------------------------------------------------------------------
-
-#: One-shot services: `up` runs them to completion, nobody keeps them running.
-ONE_SHOT = ("migrate", "certbot")
-#: Services that reread their configuration on SIGHUP: a changed file reloads, not restarts.
-RELOAD_ON_SIGHUP = ("nginx", "prometheus", "alertmanager")
-#: Where bundled images wait on the host between upload and `docker load`.
-BUNDLE_STAGING = "images"
-#: The app parts whose images build delivery builds (a directory each in the app's repository,
-#: with its Dockerfile, as upstream keeps them).
-APP_PARTS = ("backend", "frontend")
-#: BuildKit secret id under which app builds get the host's CA bundle (the Dockerfiles'
-#: ``RUN --mount=type=secret,id=ca-certificates``), and that bundle (Debian's path).
-BUILD_CA_SECRET = "ca-certificates"
-HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-
-
 def compose_command(hs: HostSettings, *args: str) -> str:
     """A ``docker compose`` command line for this host's project (run in ``paths.base_dir``).
 
     Example: ``compose_command(hs, "ps")`` -> ``"docker compose --project-name ... ps"``
     """
-    import shlex
-
     return shlex.join(["docker", "compose", *compose_args(hs), *args])
 
 
@@ -439,226 +387,9 @@ def long_running(hs: HostSettings) -> list[str]:
 
 def project_images(rendered: list[RenderedFile]) -> list[str]:
     """Every image the host's Compose files name, from the rendered files themselves."""
-    import yaml
-
     found = set()
     for f in rendered:
         if f.role == "compose" and Path(f.path).name in COMPOSE_FILES:
             services = (yaml.safe_load(f.content) or {}).get("services") or {}
             found.update(svc["image"] for svc in services.values() if "image" in svc)
     return sorted(found)
-
-
-def tracked_by_compose(hs: HostSettings, f: RenderedFile) -> bool:
-    """Whether Compose itself notices a change of ``f`` (the Compose files, env files)."""
-    base = hs.stack.paths.base_dir
-    return f.path in {f"{base}/{name}" for name in COMPOSE_FILES} | {f"{base}/app.env"}
-
-
-def _down(container: dict | None) -> bool:
-    return container is None or container["state"] != "running" or container["health"] == "unhealthy"
-
-
-@deploy("Roll out the Compose project")
-def roll_out(hs: HostSettings, rendered: list[RenderedFile], metas: dict, delivered: list,
-             extra_changes: dict[str, list] | None = None) -> None:
-    """Bring the project up (health-gated), then reload or restart each service whose mounted
-    files changed. Nothing runs when nothing changed and all is healthy.
-
-    ``delivered``: the operations of :func:`deliver_images` (new images recreate their
-    services); ``extra_changes`` maps a service to further operations whose change concerns it
-    (e.g. a new certificate for nginx).
-    Example: ``roll_out(hs, rendered, metas, deliver_images(hs, project_images(rendered)))``
-    """
-    from pyinfra import host
-
-    from rsdeploy.facts import ComposeContainers
-
-    containers = host.get_fact(ComposeContainers, project=hs.stack.compose.project)
-    down = [name for name in long_running(hs) if _down(containers.get(name))]
-    changed = [metas[f.path] for f in rendered if tracked_by_compose(hs, f)] + delivered
-    server.shell(
-        name="Bring the stack up, waiting for health checks (docker compose up --wait)"
-             + (f": {', '.join(down)} not running or unhealthy" if down else ""),
-        commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout", "300",
-                                  "--remove-orphans")],
-        _chdir=hs.stack.paths.base_dir,
-        **({} if down else {"_if": any_changed(*changed)}),
-    )
-    # A service whose container did not exist yet was just created with the new files.
-    existing = [name for name in long_running(hs) if name in containers]
-    react_to_mounted_files(hs, existing, rendered, metas, extra_changes or {})
-
-
-def react_to_mounted_files(hs: HostSettings, services: list[str], rendered: list[RenderedFile],
-                           metas: dict, extra_changes: dict[str, list]) -> None:
-    """Reload (SIGHUP) or restart those of ``services`` whose bind-mounted files or secrets
-    changed: Compose compares service definitions, not the content of mounted files.
-    """
-    readers = apply.readers([f for f in rendered if not tracked_by_compose(hs, f)], metas)
-    for service in services:
-        gates = readers.get(service, []) + extra_changes.get(service, [])
-        if not gates:
-            continue
-        if service == "db":  # passwords live in the database: re-run the roles script
-            command, verb = _rerun_roles_sql(hs), "Apply changed database roles and passwords"
-        elif service in RELOAD_ON_SIGHUP:
-            # From inside: `docker kill --signal HUP` would mark the container as manually
-            # stopped, and a reboot would then leave it down. PID 1 (init) passes HUP on.
-            command = compose_command(hs, "exec", "-T", service, "sh", "-c", "kill -HUP 1")
-            verb = f"Reload {service}"
-        else:
-            command, verb = compose_command(hs, "restart", service), f"Restart {service}"
-        server.shell(name=f"{verb} (its files changed)", commands=[command],
-                     _chdir=hs.stack.paths.base_dir, _if=any_changed(*gates))
-
-
-def _rerun_roles_sql(hs: HostSettings) -> str:
-    from roles.postgres import INITDB_ROLES_SQL  # the postgres role owns the script
-
-    return compose_command(hs, "exec", "-T", "db", "psql", "--quiet", "-U", "postgres",
-                           "-d", "postgres", "-f", INITDB_ROLES_SQL)
-
-
-# --- image delivery ----------------------------------------------------------------------------
-
-
-def deliver_images(hs: HostSettings, images: list[str]) -> list:
-    """Put the images this host lacks on it, by the configured delivery mode.
-
-    pull: ``docker pull`` (registry login from the secret file, logged out right after);
-    bundle: upload the ``docker save`` file from ``app.bundle_dir`` and ``docker load`` it;
-    build: build the app images on the host from the release tag's source (again when the tag
-    now names another commit), pull the others.
-    Returns the operations, so the rollout knows something new arrived.
-    Example: ``deliver_images(hs, project_images(rendered))``
-    """
-    from pyinfra import host
-
-    from rsdeploy.facts import DockerImageId
-
-    mode = hs.stack.app.delivery
-    operations, built = build_app_images(hs, images) if mode == "build" else ([], [])
-    missing = [image for image in images
-               if image not in built and host.get_fact(DockerImageId, image=image) is None]
-    if mode == "bundle":
-        return operations + [load_bundle(hs, image, bundle)
-                             for image, bundle in _bundles(hs, missing).items()]
-    return operations + ([pull_images(hs, missing)] if missing else [])
-
-
-def build_app_images(hs: HostSettings, images: list[str]) -> tuple[list, list[str]]:
-    """Build those of ``images`` that are app images from the release's source (build
-    delivery); returns the build operations and the app images.
-
-    Example: ``operations, built = build_app_images(hs, project_images(rendered))``
-    """
-    from rsdeploy import source
-
-    repo, commit = source.release(hs)  # once: a URL's mirror is fetched for every resolve
-    parts = {part: app_image(hs, part) for part in APP_PARTS}
-    parts = {part: image for part, image in parts.items() if image in images}
-    operations = [build_app_image(hs, part, image, repo, commit) for part, image in parts.items()]
-    return [op for op in operations if op], list(parts.values())
-
-
-def build_app_image(hs: HostSettings, part: str, image: str, repo: Path, commit: str):
-    """Build ``image`` from ``part/`` of ``commit`` in ``repo``, unless the host already has it
-    built from that commit. The source goes up as ``git archive``; BuildKit gets the host's CA
-    bundle as the ``ca-certificates`` secret (for a TLS-intercepting proxy) and
-    ``app.build_args``. Example: ``build_app_image(hs, "backend", image, *source.release(hs))``
-    """
-    import shlex
-
-    from pyinfra import host
-
-    from rsdeploy import source
-    from rsdeploy.facts import DockerImageRevision
-
-    if host.get_fact(DockerImageRevision, image=image) == commit:
-        host.noop(f"{image} is built from {commit[:12]}")
-        return None
-    staged = f"{apply.staging_dir(hs)}/{part}-{commit[:12]}.tar"
-    files.put(name=f"Upload the {part} source of {hs.stack.version} ({commit[:12]})",
-              src=str(source.archive(repo, commit, part)), dest=staged, mode="600",
-              add_deploy_dir=False)
-    args = ["docker", "build", "--progress=plain", "--tag", image,
-            "--secret", f"id={BUILD_CA_SECRET},src={HOST_CA_BUNDLE}",
-            "--label", f"{DockerImageRevision.LABEL}={commit}",
-            "--label", f"org.opencontainers.image.version={hs.stack.version}"]
-    for name, value in sorted(hs.stack.app.build_args.items()):
-        args += ["--build-arg", f"{name}={value}"]
-    build = f'DOCKER_BUILDKIT=1 {shlex.join(args)} "$src"/{shlex.quote(part)}'
-    return server.shell(
-        name=f"Build {image} on the host from {commit[:12]}",
-        commands=[f'src=$(mktemp -d) && trap \'rm -rf "$src" {shlex.quote(staged)}\' EXIT && '
-                  f'tar -x -C "$src" -f {shlex.quote(staged)} && '
-                  + with_registry_login(hs, build)],
-    )
-
-
-def pull_images(hs: HostSettings, images: list[str]):
-    import shlex
-
-    from roles.docker_engine import registry_host
-
-    pulls = " && ".join(f"docker pull --quiet {shlex.quote(image)}" for image in images)
-    where = f" from {registry_host(hs)}" if hs.stack.app.registry_login else ""
-    return server.shell(name=f"Pull {len(images)} image(s){where}",
-                        commands=[with_registry_login(hs, pulls)])
-
-
-def with_registry_login(hs: HostSettings, command: str) -> str:
-    """``command`` run while logged in to app.registry's host, when the settings log in.
-
-    The password goes through stdin from its 0600 file; credentials leave the host's docker
-    config again as soon as ``command`` is done, whatever its outcome.
-    Example: ``with_registry_login(hs, "docker pull registry.example.org/x:1")``
-    """
-    import shlex
-
-    from roles.docker_engine import registry_host
-
-    if not hs.stack.app.registry_login:
-        return command
-    registry = shlex.quote(registry_host(hs))
-    login = (f"docker login --username {shlex.quote(hs.stack.app.registry_username)} "
-             f"--password-stdin {registry} < {shlex.quote(registry_password_path(hs))}")
-    return (f"{login} >/dev/null && ({command}); status=$?; "
-            f"docker logout {registry} >/dev/null; exit $status")
-
-
-def registry_password_path(hs: HostSettings) -> str:
-    return f"{hs.stack.paths.base_dir}/secrets/registry_password"
-
-
-def _bundles(hs: HostSettings, images: list[str]) -> dict[str, dict]:
-    """Manifest entries (file, sha256) for ``images`` from ``app.bundle_dir``."""
-    import json
-
-    manifest_path = Path(hs.source).parent / (hs.stack.app.bundle_dir or "") / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        apply.fail(f"app.bundle_dir: cannot read {manifest_path}: {exc} "
-                   "(write it with: rsdeploy images bundle --out DIR)")
-    entries = {entry["image"]: entry for entry in manifest["images"]}
-    absent = [image for image in images if image not in entries]
-    if absent:
-        apply.fail(f"app.bundle_dir: {manifest_path} has no bundle for {', '.join(absent)}")
-    return {image: dict(entries[image], dir=str(manifest_path.parent)) for image in images}
-
-
-def load_bundle(hs: HostSettings, image: str, bundle: dict):
-    import shlex
-
-    staged = f"{hs.stack.paths.data_dir}/{BUNDLE_STAGING}/{bundle['file']}"
-    files.put(name=f"Upload the bundle of {image}", src=f"{bundle['dir']}/{bundle['file']}",
-              dest=staged, mode="600", add_deploy_dir=False)
-    check = f"echo {shlex.quote(bundle['sha256'] + '  ' + staged)} | sha256sum --check --quiet"
-    return server.shell(
-        name=f"Load {image} (sha256 checked)",
-        commands=[f"{check} && docker load --quiet --input {shlex.quote(staged)} && "
-                  f"rm -f {shlex.quote(staged)}"],
-    )
-

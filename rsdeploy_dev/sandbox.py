@@ -35,17 +35,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import yaml
 
 from rsdeploy import REPO_ROOT
 from rsdeploy.errors import UserError
+from rsdeploy_dev import images, refapp
+from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_config
 
 DEFAULT_PREFIX = "rs-sandbox"
 PREFIX_ENV = "RS_SANDBOX_PREFIX"
 KEEP_ENV = "RS_KEEP_SANDBOX"
 SANDBOX_ROOT = REPO_ROOT / ".sandbox"
 LABEL = "rsdeploy.sandbox"
-DOCKERD_LOG = Path("/var/log/dockerd.log")
 #: Container ports every host publishes on 127.0.0.1, and what listens there.
 HOST_PORTS = {22: "ssh", 80: "http", 443: "https", 9090: "prometheus", 9093: "alertmanager",
               3001: "grafana"}
@@ -67,48 +69,6 @@ def log(message: str) -> None:
 def default_prefix() -> str:
     """``$RS_SANDBOX_PREFIX`` or ``rs-sandbox``."""
     return os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX
-
-
-# --- this machine: packages and the Docker engine ---------------------------------------------
-
-
-def ensure_packages(commands: dict[str, str]) -> None:
-    """apt-get install the package of every command that is missing.
-
-    Example: ``ensure_packages({"debootstrap": "debootstrap", "ssh-keygen": "openssh-client"})``
-    """
-    missing = sorted({pkg for cmd, pkg in commands.items() if shutil.which(cmd) is None})
-    if not missing:
-        return
-    log(f"installing {' '.join(missing)} (apt-get) ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-
-
-def ensure_engine(timeout: float = 60):
-    """A docker SDK client; installs docker.io and starts ``dockerd`` when no engine answers.
-
-    The CI machine has no systemd as PID 1, so dockerd runs in the background with its log in
-    /var/log/dockerd.log. Example: ``client = ensure_engine()``
-    """
-    import docker
-    from docker.errors import DockerException
-
-    with contextlib.suppress(DockerException):
-        return docker.from_env()
-    ensure_packages({"dockerd": "docker.io"})
-    log(f"no Docker engine answers: starting dockerd (log: {DOCKERD_LOG}) ...")
-    with open(DOCKERD_LOG, "ab") as out:
-        subprocess.Popen(["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(DockerException):
-            return docker.from_env()
-        time.sleep(1)
-    raise UserError(f"dockerd did not answer within {timeout:.0f} s (see {DOCKERD_LOG})")
 
 
 # --- where the sandbox keeps its files --------------------------------------------------------
@@ -348,11 +308,8 @@ def _owned(obj, prefix: str) -> bool:
 
 
 def _get_container(client, name: str, prefix: str):
-    from docker.errors import NotFound
-
-    try:
-        container = client.containers.get(name)
-    except NotFound:
+    container = find(client.containers, name)
+    if container is None:
         return None
     if not _owned(container, prefix):
         raise UserError(f"a container named {name} exists and is not part of sandbox {prefix}: "
@@ -361,8 +318,6 @@ def _get_container(client, name: str, prefix: str):
 
 
 def _ensure_network(client, prefix: str, state: dict):
-    import docker
-
     name = f"{prefix}-net"
     for net in client.networks.list(names=[name]):
         if net.name == name:
@@ -372,17 +327,13 @@ def _ensure_network(client, prefix: str, state: dict):
             return net
     subnet = state.get("subnet") or _pick_subnet(client, prefix)
     log(f"network {name} ({subnet})")
-    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    ipam = ipam_config(subnet)
     state["subnet"] = subnet
     return client.networks.create(name, driver="bridge", ipam=ipam, labels={LABEL: prefix})
 
 
 def _ensure_volume(client, name: str, prefix: str) -> str:
-    from docker.errors import NotFound
-
-    try:
-        client.volumes.get(name)
-    except NotFound:
+    if find(client.volumes, name) is None:
         client.volumes.create(name, labels={LABEL: prefix})
     return name
 
@@ -477,8 +428,6 @@ def up(prefix: str | None = None, count: int = 1) -> Sandbox:
 
     Example: ``sandbox = up("rs-sandbox", 2)``
     """
-    from rsdeploy import images, refapp
-
     prefix = prefix or default_prefix()
     started = time.monotonic()
     ensure_packages({"ssh-keygen": "openssh-client", "ssh": "openssh-client",
@@ -557,12 +506,9 @@ def _remove_extra_hosts(client, prefix: str, count: int, state: dict) -> None:
 
 
 def _remove_volume(client, name: str, prefix: str) -> None:
-    from docker.errors import NotFound
-
-    with contextlib.suppress(NotFound):
-        volume = client.volumes.get(name)
-        if _owned(volume, prefix):
-            volume.remove(force=True)
+    volume = find(client.volumes, name)
+    if volume is not None and _owned(volume, prefix):
+        volume.remove(force=True)
 
 
 def down(prefix: str | None = None) -> list[str]:
@@ -628,7 +574,7 @@ def session(prefix: str | None = None, count: int = 1) -> Iterator[Sandbox]:
 
         @pytest.fixture(scope="session")
         def sandbox():
-            with rsdeploy.sandbox.session() as sb:
+            with rsdeploy_dev.sandbox.session() as sb:
                 yield sb
     """
     sandbox = up(prefix, count)
@@ -648,8 +594,6 @@ def ensure_registry(prefix: str, client) -> dict:
     Docker on this machine trusts it through /etc/docker/certs.d/127.0.0.1:<port>/ca.crt; hosts
     reach it as ``<prefix>-registry:5000`` (their docker needs /etc/docker/certs.d/<that>/ca.crt).
     """
-    from rsdeploy import images
-
     sandbox = Sandbox.load(prefix)
     paths, state = sandbox.paths, _read_state(sandbox.paths)
     name = f"{prefix}-registry"
@@ -688,6 +632,34 @@ def ensure_registry(prefix: str, client) -> dict:
     return registry
 
 
+def push_images(prefix: str, names: list[str] | None = None, versions: list[str] | None = None,
+                client=None) -> list[str]:
+    """Push the selected images (that exist) to the sandbox registry; returns the pushed refs.
+
+    Infra images keep their repository (``rsdeploy/postgres:15``), app images go under
+    ``residency/`` (the inventory's ``app.registry``). Starts the registry when it is not running.
+    Example: ``push_images("rs-sandbox", images.SANDBOX_STACK, ["v1.0.0"])``
+    """
+    client = client or ensure_engine()
+    registry = ensure_registry(prefix, client)
+    local = f"127.0.0.1:{registry['port']}"
+    client.login(username=registry["username"], password=registry_password(prefix),
+                 registry=local, reauth=True)
+    pushed = []
+    for spec in images.select(names, versions):
+        if spec.name == images.HOST.name:
+            continue
+        image = images.local_image(client, spec.ref)
+        remote = f"{local}/{images.registry_path(spec)}"
+        image.tag(remote)
+        images.log(f"push {spec.ref} -> {remote}")
+        for line in client.images.push(remote, stream=True, decode=True):
+            if "error" in line:
+                raise UserError(f"push {remote}: {line['error']}")
+        pushed.append(remote)
+    return pushed
+
+
 def _run_service(client, sandbox: Sandbox, name: str, address: str, image: str, role: str,
                  **options):
     """Start a labelled service container at a fixed ``address`` on the sandbox network.
@@ -707,8 +679,6 @@ def _run_service(client, sandbox: Sandbox, name: str, address: str, image: str, 
 
 def _registry_files(paths: SandboxPaths, registry: dict) -> None:
     """Server certificate (for its name, address and loopback) and a bcrypt htpasswd file."""
-    import bcrypt
-
     certs, auth = paths.registry / "certs", paths.registry / "auth"
     certs.mkdir(parents=True, exist_ok=True)
     auth.mkdir(parents=True, exist_ok=True)
@@ -775,8 +745,6 @@ def ensure_acme(prefix: str, client, names: dict[str, str]) -> dict:
     the server (with a new root). Its TLS certificate comes from the sandbox CA, which the
     hosts trust. Example: ``ensure_acme("rs-acme", client, {"rs-acme.test": "10.213.9.11"})``
     """
-    from rsdeploy import images
-
     sandbox = Sandbox.load(prefix)
     state = _read_state(sandbox.paths)
     name, address = f"{prefix}-acme", _address(sandbox.subnet, 6)
@@ -845,7 +813,7 @@ def acme_root(prefix: str) -> str:
     """
     sandbox = Sandbox.load(prefix)
     if not sandbox.acme:
-        raise UserError(f"sandbox {prefix} runs no ACME server (rsdeploy.sandbox.ensure_acme)")
+        raise UserError(f"sandbox {prefix} runs no ACME server (rsdeploy_dev.sandbox.ensure_acme)")
     context = ssl.create_default_context(cafile=str(sandbox.paths.ca_cert))
     with urllib.request.urlopen(sandbox.acme["roots"], context=context, timeout=10) as answer:
         return answer.read().decode()

@@ -2,12 +2,12 @@
 
     rsdeploy images build [NAMES...] [--versions v1.0.0 ...]
     rsdeploy images bundle --out DIR [NAMES...] [--gzip]
-    rsdeploy images push [NAMES...] [--prefix rs-sandbox]
+    rsdeploy images push [NAMES...] [--prefix rs-sandbox]   (rsdeploy_dev.sandbox.push_images)
 
 No container registry is reachable where the sandbox and the end-to-end tests run, so every image
 is built here: ``rsdeploy/base:bookworm`` from ``debootstrap``, the infrastructure images from its
 Dockerfiles in ``templates/images/<name>/``, and the app images per release tag from the reference
-app's source (``rsdeploy.refapp``). A build is skipped when an image with the same content hash
+app's source (``rsdeploy_dev.refapp``). A build is skipped when an image with the same content hash
 (every file of its build context and the base image's id) already exists.
 """
 
@@ -27,8 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsdeploy.stack.docker.delivery import BUILD_CA_SECRET  # the same contract as builds on hosts
 from rsdeploy import TEMPLATES_DIR
 from rsdeploy.errors import UserError
+from rsdeploy_dev import refapp
+from rsdeploy_dev.engine import ensure_engine, ensure_packages, find
 
 BASE_IMAGE = "rsdeploy/base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -105,7 +108,7 @@ APP_PARTS = {
 def sandbox_images(delivery: str) -> list[str]:
     """The images a sandbox site needs from this machine for ``delivery``: the stack's, or, for
     ``build``, the infra images and the base the app's Dockerfiles start FROM (hosts build the
-    app). Example: ``images.push(prefix, sandbox_images("build"), ["v1.0.0"])``
+    app). Example: ``sandbox.push_images(prefix, sandbox_images("build"), ["v1.0.0"])``
     """
     if delivery != "build":
         return list(SANDBOX_STACK)
@@ -119,8 +122,6 @@ def app_spec(part: str, version: str) -> ImageSpec:
 
 def docker_client():
     """A docker SDK client for the local engine (started first if needed)."""
-    from rsdeploy.sandbox import ensure_engine
-
     return ensure_engine()
 
 
@@ -134,14 +135,9 @@ def log(message: str) -> None:
 
 def ensure_base(client) -> str:
     """Make ``rsdeploy/base:bookworm`` with debootstrap unless it exists; returns its image id."""
-    from docker.errors import ImageNotFound
-
-    try:
-        return client.images.get(BASE_IMAGE).id
-    except ImageNotFound:
-        pass
-    from rsdeploy.sandbox import ensure_packages
-
+    existing = find(client.images, BASE_IMAGE)
+    if existing is not None:
+        return existing.id
     ensure_packages({"debootstrap": "debootstrap"})
     log(f"{BASE_IMAGE}: debootstrap bookworm (minbase) from {DEBIAN_MIRROR} ...")
     started = time.monotonic()
@@ -181,8 +177,6 @@ def build_context(spec: ImageSpec, dest: Path) -> Path:
     Example: ``build_context(INFRA["redis"], Path("/tmp/ctx"))``
     """
     if spec.name in APP_PARTS:
-        from rsdeploy import refapp
-
         return refapp.build_context(spec.tag, spec.name, dest)
     shutil.copytree(IMAGES_DIR / spec.directory, dest)
     shutil.copyfile(CA_BUNDLE, dest / "ca-certificates.crt")
@@ -206,12 +200,8 @@ def content_hash(context: Path, base_id: str) -> str:
 
 
 def _current_hash(client, ref: str) -> str | None:
-    from docker.errors import ImageNotFound
-
-    try:
-        return (client.images.get(ref).labels or {}).get(HASH_LABEL)
-    except ImageNotFound:
-        return None
+    image = find(client.images, ref)
+    return None if image is None else (image.labels or {}).get(HASH_LABEL)
 
 
 def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -> float:
@@ -237,8 +227,6 @@ def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -
 def _run_build(context: Path, ref: str, labels: dict[str, str], no_cache: bool) -> None:
     """Build with BuildKit (the app Dockerfiles mount the CA bundle as the ``ca-certificates``
     secret), echoing its steps; on failure show the tail of its output."""
-    from roles.compose import BUILD_CA_SECRET  # the same contract as builds on hosts
-
     command = [buildkit_cli(), "build", "--progress=plain", "--tag", ref,
                "--secret", f"id={BUILD_CA_SECRET},src={CA_BUNDLE}"]
     command += [arg for key, value in sorted(labels.items()) for arg in ("--label", f"{key}={value}")]
@@ -303,8 +291,6 @@ def _known_names() -> list[str]:
 
 
 def _app_versions() -> list[str]:
-    from rsdeploy import refapp
-
     return list(refapp.VERSIONS)
 
 
@@ -346,7 +332,7 @@ def bundle(out: Path, names: list[str] | None = None, versions: list[str] | None
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for spec in select(names, versions):
-        image = _local_image(client, spec.ref)
+        image = local_image(client, spec.ref)
         path = out / bundle_file_name(spec.ref, compressed)
         log(f"{spec.ref}: saving to {path} ...")
         sha256 = _save(image, spec.ref, path, compressed)
@@ -358,13 +344,12 @@ def bundle(out: Path, names: list[str] | None = None, versions: list[str] | None
     return manifest
 
 
-def _local_image(client, ref: str):
-    from docker.errors import ImageNotFound
-
-    try:
-        return client.images.get(ref)
-    except ImageNotFound:
-        raise UserError(f"image {ref} is not built yet: run rsdeploy images build") from None
+def local_image(client, ref: str):
+    """The local image ``ref``; a UserError naming ``rsdeploy images build`` when missing."""
+    image = find(client.images, ref)
+    if image is None:
+        raise UserError(f"image {ref} is not built yet: run rsdeploy images build")
+    return image
 
 
 def _save(image, ref: str, path: Path, compressed: bool) -> str:
@@ -403,36 +388,7 @@ class _HashingWriter:
         self.close()
 
 
-# --- pushing to the sandbox registry ----------------------------------------------------------
-
-
-def push(prefix: str, names: list[str] | None = None, versions: list[str] | None = None,
-         client=None) -> list[str]:
-    """Push the selected images (that exist) to the sandbox registry; returns the pushed refs.
-
-    Infra images keep their repository (``rsdeploy/postgres:15``), app images go under
-    ``residency/`` (the inventory's ``app.registry``). Starts the registry when it is not running.
-    """
-    from rsdeploy import sandbox
-
-    client = client or docker_client()
-    registry = sandbox.ensure_registry(prefix, client)
-    local = f"127.0.0.1:{registry['port']}"
-    client.login(username=registry["username"], password=sandbox.registry_password(prefix),
-                 registry=local, reauth=True)
-    pushed = []
-    for spec in select(names, versions):
-        if spec.name == HOST.name:
-            continue
-        image = _local_image(client, spec.ref)
-        remote = f"{local}/{registry_path(spec)}"
-        image.tag(remote)
-        log(f"push {spec.ref} -> {remote}")
-        for line in client.images.push(remote, stream=True, decode=True):
-            if "error" in line:
-                raise UserError(f"push {remote}: {line['error']}")
-        pushed.append(remote)
-    return pushed
+# --- the sandbox registry (pushing is rsdeploy_dev.sandbox.push_images) ----------------------
 
 
 def registry_path(spec: ImageSpec) -> str:
@@ -443,7 +399,8 @@ def registry_path(spec: ImageSpec) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 
-def _names_args(parser: argparse.ArgumentParser) -> None:
+def names_args(parser: argparse.ArgumentParser) -> None:
+    """The image selection arguments (``NAME...`` and ``--versions``) of an images command."""
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"images (default: all but host and base): {', '.join(_known_names())}")
     parser.add_argument("--versions", nargs="+", metavar="TAG",
@@ -463,29 +420,20 @@ def cmd_bundle(args) -> int:
     return 0
 
 
-def cmd_push(args) -> int:
-    for ref in push(args.prefix, args.names, args.versions):
-        print(ref)
-    return 0
-
-
-def add_commands(sub) -> None:
-    """Register ``rsdeploy images build|bundle|push`` on the CLI's subparsers."""
-    from rsdeploy.sandbox import DEFAULT_PREFIX
-
+def add_commands(sub):
+    """Register ``rsdeploy images build|bundle`` on the CLI's subparsers; returns the ``images``
+    group's subparsers, where :mod:`rsdeploy_dev.cli` adds ``push`` (it needs the sandbox).
+    """
     images = sub.add_parser("images", help="build, bundle and push the offline images")
     actions = images.add_subparsers(dest="images_command", required=True)
     build_cmd = actions.add_parser("build", help="build images (cached; unchanged ones are skipped)")
-    _names_args(build_cmd)
+    names_args(build_cmd)
     build_cmd.add_argument("--no-cache", action="store_true",
                            help="rebuild every layer (cold build), even if nothing changed")
     build_cmd.set_defaults(func=cmd_build)
     bundle_cmd = actions.add_parser("bundle", help="docker save images + a sha256 manifest")
-    _names_args(bundle_cmd)
+    names_args(bundle_cmd)
     bundle_cmd.add_argument("--out", required=True, help="output directory")
     bundle_cmd.add_argument("--gzip", action="store_true", help="gzip each file")
     bundle_cmd.set_defaults(func=cmd_bundle)
-    push_cmd = actions.add_parser("push", help="push images to the sandbox registry")
-    _names_args(push_cmd)
-    push_cmd.add_argument("--prefix", default=DEFAULT_PREFIX, help="sandbox name prefix")
-    push_cmd.set_defaults(func=cmd_push)
+    return actions

@@ -1,0 +1,218 @@
+"""What a layout is: the one interface through which roles ask where and how things run.
+
+A layout (``docker``: Compose; ``systemd``: native services and PM2) answers a role's questions
+about one host: where a component's config and secret files live, which user owns them, what a
+service is called, at which address a process reaches a service on the same host, how a command
+runs in a service's context, and how the changes a file asks for are carried out. Roles read the
+answer from ``hs.layout``; they never branch on the layout's name.
+
+Implementations live in the stack layer (:mod:`rsdeploy.stack.docker`, :mod:`rsdeploy.stack.systemd`),
+which may compose roles; this module imports none.
+
+Reactions are typed: a rendered file says what its change asks for (:class:`Reload`,
+:class:`Restart`, :class:`Recreate`, :class:`Exec` for a stack service; :class:`UnitRestart`,
+:class:`UnitReload`, :class:`EnableTimer`, :class:`HostCommand` for the host itself). One loop
+collects them (:func:`rsdeploy.apply.reactions`); host reactions are carried out by
+:func:`rsdeploy.apply.react_on_host`, stack-service reactions by the layout's rollout.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rsdeploy.render import RenderedFile
+    from rsdeploy.settings import HostSettings
+    from rsdeploy.validate import Verdict
+
+
+# --- reactions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Reaction:
+    """What a changed file asks of the host. ``target`` names a stack service or a host unit."""
+
+    target: str
+    #: Whether the host itself carries it out (in any layout), not the layout's rollout.
+    on_host: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, order=True)
+class Reload(Reaction):
+    """A stack service rereads its configuration (SIGHUP, ``systemctl reload``)."""
+
+
+@dataclass(frozen=True, order=True)
+class Restart(Reaction):
+    """A stack service that reads the file only at start is restarted."""
+
+
+@dataclass(frozen=True, order=True)
+class Recreate(Reaction):
+    """A stack service's definition changed (Compose file, env file): the layout recreates it
+    (``docker compose up``; a native unit is restarted)."""
+
+
+@dataclass(frozen=True, order=True)
+class Exec(Reaction):
+    """A command run in a stack service's context, e.g. re-applying database roles.
+
+    Example: ``Exec("db", ("psql", "-f", "/x/roles.sql"), "Apply changed database roles")``
+    """
+
+    argv: tuple[str, ...] = ()
+    summary: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class UnitRestart(Reaction):
+    """A host systemd unit restarted (after a daemon-reload), e.g. ``docker.service``."""
+
+    on_host: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, order=True)
+class UnitReload(Reaction):
+    """A host systemd unit reloaded (after a daemon-reload); it is kept enabled and running."""
+
+    on_host: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, order=True)
+class EnableTimer(Reaction):
+    """A host systemd timer: enabled and started, restarted when its units change."""
+
+    on_host: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, order=True)
+class HostCommand(Reaction):
+    """A one-shot command on the host, e.g. ``update-ca-certificates``; ``target`` is the argv."""
+
+    on_host: ClassVar[bool] = True
+
+
+# --- the layout interface -------------------------------------------------------------------------
+
+
+class Layout(ABC):
+    """Where and how one layout runs the stack's components (see the module docstring)."""
+
+    #: The layout's name as settings spell it (for messages and records, never for branching).
+    name: str
+    #: Whether components run in containers from images (their flags name container paths, the
+    #: host's files are mounted in) rather than as the distribution's packages.
+    runs_in_containers: bool
+
+    # where ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def config_path(self, hs: HostSettings, component: str, name: str, native: str) -> str:
+        """Where a component's config file ``name`` lives on the host; ``native`` is where the
+        distribution's package reads it. Example: ``hs.layout.config_path(hs, "loki",
+        "config.yml", "/etc/loki/config.yml")``"""
+
+    @abstractmethod
+    def secrets_dir(self, hs: HostSettings, native: str) -> str:
+        """The host directory of a component's secret files (``native``: the package's)."""
+
+    @abstractmethod
+    def secret_read_dir(self, hs: HostSettings, native: str) -> str:
+        """The directory the reading process opens secret files in (a container's mount)."""
+
+    @abstractmethod
+    def data_dir(self, container: str, native: str) -> str:
+        """A component's state directory as the process sees it (``container``: in its image)."""
+
+    @abstractmethod
+    def file_owner(self, image_uid: int | str, native_user: str) -> str:
+        """Who owns a file its component reads: the uid its image runs as, or the package's user."""
+
+    # names and addresses -------------------------------------------------------------------------
+
+    @abstractmethod
+    def service(self, container: str, unit: str) -> str:
+        """The name a component runs under: its Compose service or its systemd unit."""
+
+    @abstractmethod
+    def local_endpoint(self, service: str) -> str:
+        """The address at which processes on a host reach ``service`` on the same host."""
+
+    @abstractmethod
+    def host_address(self, hs: HostSettings) -> str:
+        """The host itself as its own processes see it (host-network services listen there)."""
+
+    @abstractmethod
+    def listen_address(self, hs: HostSettings, shared: bool) -> str:
+        """Where a service binds: ``shared`` when other hosts reach it. In a container every
+        interface (the port mapping decides exposure); natively loopback or the private address.
+        """
+
+    @abstractmethod
+    def exec_argv(self, hs: HostSettings, service: str, argv: list[str]) -> list[str]:
+        """A command line that runs ``argv`` in ``service``'s context on the host.
+
+        Example: ``hs.layout.exec_argv(hs, "db", ["pg_dump", ...])``
+        """
+
+    @abstractmethod
+    def run_argv(self, hs: HostSettings, service: str, argv: list[str],
+                 publish: str | None = None) -> list[str]:
+        """A command line that runs ``service``'s own program once with the arguments ``argv``
+        (its image's entrypoint with its mounts; natively the program named like the service),
+        optionally publishing ``host:container`` port ``publish``.
+
+        Example: ``hs.layout.run_argv(hs, "certbot", ["renew"])``
+        """
+
+    @abstractmethod
+    def command_dir(self, hs: HostSettings) -> str:
+        """The directory the command lines above run in."""
+
+    @abstractmethod
+    def script_context(self, hs: HostSettings) -> dict:
+        """Values the host's own scripts (rs-status, rs-backup) need to reach the services,
+        e.g. ``{"compose_args": [...]}``; the templates of those scripts read them."""
+
+    @abstractmethod
+    def unit_after(self, service: str) -> str:
+        """The host unit a host-side job needing ``service`` orders itself after."""
+
+    @abstractmethod
+    def services(self, hs: HostSettings) -> list[str]:
+        """The long-running services of the stack on this host (rs-status and verify list them)."""
+
+    @abstractmethod
+    def service_running(self, hs: HostSettings, service: str) -> bool:
+        """Whether ``service`` runs on the host now (a fact: only while a deploy prepares)."""
+
+    # the layout's own files --------------------------------------------------------------------
+
+    @abstractmethod
+    def render(self, hs: HostSettings) -> list[RenderedFile]:
+        """Files of the layout itself (the Compose project), beside the roles' files."""
+
+    @abstractmethod
+    def validate(self, tree: Path, hs: HostSettings) -> list[Verdict]:
+        """The real validator on the layout's own rendered files."""
+
+    # releases --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def builds_from_source(self, hs: HostSettings) -> bool:
+        """Whether this host's release is built from the tagged source (needs app.source_repo)."""
+
+    @abstractmethod
+    def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
+        """Put what the release needs on the host (images, built code) unless it is there;
+        returns the operations, so the rollout knows something new arrived."""
+
+    @abstractmethod
+    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list) -> None:
+        """Bring the stack up on this host, health-gated, then carry out the stack-service
+        ``reactions`` (each gated on the operations that asked for it)."""

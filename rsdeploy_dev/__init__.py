@@ -1,0 +1,20 @@
+"""rsdeploy_dev: the dev tooling beside the product, for tests, benches and ``rsdeploy demo``.
+
+Local stand-ins for what production has (machines, registries, the app itself), so that rsdeploy
+can be run end to end on one machine with no network beyond the Debian mirror. Product code
+(``rsdeploy``, ``roles``, ``deploys``) never imports this package; it imports the product.
+
+- :mod:`rsdeploy_dev.engine`: this machine's Debian packages and a running Docker engine
+  (``ensure_packages``, ``ensure_engine``); the only importer of the docker SDK, on first use.
+- :mod:`rsdeploy_dev.refapp`: the reference app, a small stand-in for the Residency Scheduler
+  in three releases: git tags, checkouts, docker build contexts.
+- :mod:`rsdeploy_dev.images`: the offline container images (debootstrap base, infra images,
+  app images per release): build, ``docker save`` bundles.
+- :mod:`rsdeploy_dev.sandbox`: sandbox hosts (Debian 12 systemd containers over SSH), their
+  private registry (and pushing images to it) and a test ACME server.
+- :mod:`rsdeploy_dev.cli`: ``rsdeploy demo``, ``rsdeploy sandbox ...`` and ``rsdeploy images
+  ...``, registered through the entry-point group ``rsdeploy.commands``.
+
+Imports run one way: cli -> sandbox -> images -> refapp, and each of sandbox and images ->
+engine (engine and refapp import nothing from this package).
+"""

@@ -1,0 +1,92 @@
+"""This machine: the Debian packages the dev tooling needs, a running Docker engine, and the
+few docker SDK pieces the sandbox and the image builder use besides a client.
+
+The bottom of ``rsdeploy_dev``: imports nothing else from it, so the sandbox and the image
+builder both use it without importing each other for it. It is also the one module that
+imports the docker SDK (see :func:`_sdk`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from rsdeploy.errors import UserError
+
+DOCKERD_LOG = Path("/var/log/dockerd.log")
+
+
+def log(message: str) -> None:
+    """One progress line, tagged ``[sandbox]`` as before these helpers left the sandbox module."""
+    print(f"[sandbox] {message}", flush=True)
+
+
+def _sdk():
+    """The ``docker`` SDK package, imported on first use.
+
+    Not at module top, on purpose: the ``rsdeploy`` CLI imports ``rsdeploy_dev`` on every run
+    (entry point ``rsdeploy.commands``), also for product commands that never touch Docker,
+    and the SDK brings requests/urllib3 (a quarter second). Imported before pyinfra's CLI
+    monkey-patches ssl with gevent, urllib3 makes gevent warn on stderr and stays unpatched.
+    """
+    import docker  # lazy on purpose: see the docstring
+
+    return docker
+
+
+def find(collection, name: str):
+    """``collection.get(name)`` (containers, images, volumes, networks of a client), or None
+    when docker has no such object. Example: ``find(client.volumes, "rs-sandbox-1-docker")``
+    """
+    not_found = _sdk().errors.NotFound  # ImageNotFound is one too
+    try:
+        return collection.get(name)
+    except not_found:
+        return None
+
+
+def ipam_config(subnet: str):
+    """The IPAM configuration of a bridge network with one fixed ``subnet`` (``10.213.7.0/24``)."""
+    types = _sdk().types
+    return types.IPAMConfig(pool_configs=[types.IPAMPool(subnet=subnet)])
+
+
+def ensure_packages(commands: dict[str, str]) -> None:
+    """apt-get install the package of every command that is missing.
+
+    Example: ``ensure_packages({"debootstrap": "debootstrap", "ssh-keygen": "openssh-client"})``
+    """
+    missing = sorted({pkg for cmd, pkg in commands.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} (apt-get) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def ensure_engine(timeout: float = 60):
+    """A docker SDK client; installs docker.io and starts ``dockerd`` when no engine answers.
+
+    The CI machine has no systemd as PID 1, so dockerd runs in the background with its log in
+    /var/log/dockerd.log. Example: ``client = ensure_engine()``
+    """
+    docker = _sdk()
+    with contextlib.suppress(docker.errors.DockerException):
+        return docker.from_env()
+    ensure_packages({"dockerd": "docker.io"})
+    log(f"no Docker engine answers: starting dockerd (log: {DOCKERD_LOG}) ...")
+    with open(DOCKERD_LOG, "ab") as out:
+        subprocess.Popen(["dockerd"], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(docker.errors.DockerException):
+            return docker.from_env()
+        time.sleep(1)
+    raise UserError(f"dockerd did not answer within {timeout:.0f} s (see {DOCKERD_LOG})")
