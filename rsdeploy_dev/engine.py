@@ -9,20 +9,40 @@ imports the docker SDK (see :func:`_sdk`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from rsdeploy import REPO_ROOT
 from rsdeploy.errors import UserError
 
 DOCKERD_LOG = Path("/var/log/dockerd.log")
+#: Where the machine-wide locks of this checkout live (beside the sandboxes' state).
+LOCK_DIR = REPO_ROOT / ".sandbox"
 
 
 def log(message: str) -> None:
     """One progress line, tagged ``[sandbox]`` as before these helpers left the sandbox module."""
     print(f"[sandbox] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def machine_lock(name: str):
+    """One process of this checkout at a time in the block (test workers run side by side):
+    image builds, sandbox bring-up (free ports and subnets are picked, then taken).
+
+    Example: ``with machine_lock("images"): build_image(...)``
+    """
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_DIR / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sdk():

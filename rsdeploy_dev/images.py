@@ -31,7 +31,7 @@ from rsdeploy.stack.docker.delivery import BUILD_CA_SECRET  # the same contract 
 from rsdeploy import TEMPLATES_DIR
 from rsdeploy.errors import UserError
 from rsdeploy_dev import refapp
-from rsdeploy_dev.engine import ensure_engine, ensure_packages, find
+from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, machine_lock
 
 BASE_IMAGE = "rsdeploy/base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -135,6 +135,11 @@ def log(message: str) -> None:
 
 def ensure_base(client) -> str:
     """Make ``rsdeploy/base:bookworm`` with debootstrap unless it exists; returns its image id."""
+    with machine_lock("images"):
+        return _ensure_base(client)
+
+
+def _ensure_base(client) -> str:
     existing = find(client.images, BASE_IMAGE)
     if existing is not None:
         return existing.id
@@ -206,8 +211,14 @@ def _current_hash(client, ref: str) -> str | None:
 
 def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -> float:
     """Build one image unless an identical one exists (``no_cache``: rebuild every layer);
-    returns the seconds it took.
+    returns the seconds it took. One build at a time on this machine: a second process asking
+    for the same image waits, then finds it built.
     """
+    with machine_lock("images"):
+        return _build_image(client, spec, base_id, no_cache)
+
+
+def _build_image(client, spec: ImageSpec, base_id: str, no_cache: bool) -> float:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
         context = build_context(spec, Path(tmp) / "context")

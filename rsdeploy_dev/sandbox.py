@@ -41,7 +41,7 @@ import yaml
 from rsdeploy import REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy_dev import images, refapp
-from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_config
+from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_config, machine_lock
 
 DEFAULT_PREFIX = "rs-sandbox"
 PREFIX_ENV = "RS_SANDBOX_PREFIX"
@@ -425,9 +425,15 @@ def _write_ssh_files(sandbox_paths: SandboxPaths, hosts: list[dict]) -> None:
 
 def up(prefix: str | None = None, count: int = 1) -> Sandbox:
     """Bring ``count`` hosts up (re-using running ones) and write the state, keys and secrets.
+    One bring-up at a time on this machine: free ports and subnets are picked, then taken.
 
     Example: ``sandbox = up("rs-sandbox", 2)``
     """
+    with machine_lock("sandbox"):
+        return _up(prefix, count)
+
+
+def _up(prefix: str | None, count: int) -> Sandbox:
     prefix = prefix or default_prefix()
     started = time.monotonic()
     ensure_packages({"ssh-keygen": "openssh-client", "ssh": "openssh-client",
@@ -593,7 +599,13 @@ def ensure_registry(prefix: str, client) -> dict:
 
     Docker on this machine trusts it through /etc/docker/certs.d/127.0.0.1:<port>/ca.crt; hosts
     reach it as ``<prefix>-registry:5000`` (their docker needs /etc/docker/certs.d/<that>/ca.crt).
+    One at a time on this machine (its loopback port is picked, then taken).
     """
+    with machine_lock("sandbox"):
+        return _ensure_registry(prefix, client)
+
+
+def _ensure_registry(prefix: str, client) -> dict:
     sandbox = Sandbox.load(prefix)
     paths, state = sandbox.paths, _read_state(sandbox.paths)
     name = f"{prefix}-registry"
