@@ -4,7 +4,8 @@
     pyinfra -y inventories/prod.py deploys/deploy.py --data version=v1.1.0
 
 The story of a rollout, top to bottom: render every file the host needs, upload them (secrets
-mode 0600, never shown), carry out the host's own reactions to what changed, deliver the
+mode 0600, never shown) and remove what the roles no longer render, carry out the host's own
+reactions to what changed, deliver the
 release, put the certificate in place, let the layout bring the stack up health-gated and
 reload or restart only what reads a changed file, enable timers, and record the release.
 A second run with nothing changed changes nothing.
@@ -19,6 +20,8 @@ hs = stack.current()
 rendered = stack.render_host(hs)
 metas = apply.upload(hs, rendered)
 reactions = apply.reactions(rendered, metas)
+for reaction, gates in apply.prune(stack.owned_dirs(hs), rendered).items():
+    reactions.setdefault(reaction, []).extend(gates)
 apply.react_on_host(reactions)
 base.ensure_firewall(hs)
 # The release first: the first certificate is obtained with the certbot image.

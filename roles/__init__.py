@@ -2,6 +2,8 @@
 
 * ``Settings``: its section of the stack settings, every field with a default and a one-line meaning;
 * ``applies(hs)``: whether the component belongs on a host (its roles and switches);
+* optionally ``ports(hs)``: the ports its services take on a host it applies to, by settings key
+  (``{"redis.port": 6379}``); the stack refuses two services on one port of one host;
 * optionally ``check(hs, rules)``: the secrets it needs and its cross-field rules (before any host);
 * ``render(hs)``: the files it needs on that host (pure; no host contacted), each with the typed
   reactions its change asks for (:mod:`rsdeploy.layout`: reload, restart, recreate, ...);

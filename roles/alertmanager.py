@@ -9,9 +9,10 @@ secrets in /etc/prometheus/secrets/, flags in /etc/default/prometheus-alertmanag
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
@@ -25,7 +26,18 @@ from rsdeploy.component_files import (
 from rsdeploy.errors import SettingsError
 from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, template
-from rsdeploy.types import Duration, Email, Image, Port, Resources, Section
+from rsdeploy.types import (
+    Duration,
+    Email,
+    HostAddress,
+    Image,
+    Line,
+    Port,
+    Resources,
+    Section,
+    https_url_problem,
+    matching,
+)
 from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
@@ -44,14 +56,20 @@ NULL_RECEIVER = "null"  # receives whatever no route claims: nothing is sent
 class EmailReceiver(Section):
     to: list[Email] = Field(min_length=1)  # recipients
     sender: Email  # From: address
-    smtp_host: str  # SMTP relay host name
+    smtp_host: HostAddress  # SMTP relay host name
     smtp_port: int = Field(default=587, ge=1, le=65535)  # SMTP port (587 STARTTLS, 465 TLS)
-    smtp_username: str | None = None  # SMTP login; the password is the secret smtp_password
+    smtp_username: Line | None = None  # SMTP login; the password is the secret smtp_password
     require_tls: bool = True  # refuse to send without STARTTLS
 
 
+#: A Slack channel ("#rs-alerts"), user ("@oncall") or channel ID: no template braces, since
+#: Alertmanager expands its channel as a template.
+SlackChannel = Annotated[str, matching(re.compile(r"[#@]?[A-Za-z0-9._-]{1,80}"),
+                                       "a Slack channel such as #rs-alerts")]
+
+
 class SlackReceiver(Section):
-    channel: str  # channel to post to, e.g. "#rs-alerts"
+    channel: SlackChannel  # channel to post to, e.g. "#rs-alerts"
 
 
 class PagerDutyReceiver(Section):
@@ -84,6 +102,11 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.alertmanager.enabled
 
 
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port Alertmanager takes on this host, by settings key. Example: ``{"alertmanager.port": ...}``"""
+    return {"alertmanager.port": hs.stack.alertmanager.port}
+
+
 def configured_receivers(hs: HostSettings) -> list[str]:
     """The receivers set in the inventory, in notification order. Example: ``["pagerduty", "email"]``"""
     return [name for name in RECEIVERS if getattr(hs.stack.alertmanager, name) is not None]
@@ -112,9 +135,10 @@ def check(hs: HostSettings, rules: SecretRules) -> None:
     am = hs.stack.alertmanager
     if am.email and am.email.smtp_username:
         rules.require("smtp_password", "alertmanager.email.smtp_username")
-    if am.slack and not rules.require("slack_webhook_url", "alertmanager.slack").startswith(
-            "https://"):
-        raise rules.fail("slack_webhook_url", "must be an https:// URL")
+    if am.slack:
+        problem = https_url_problem(rules.require("slack_webhook_url", "alertmanager.slack"))
+        if problem:
+            raise rules.fail("slack_webhook_url", f"must be an https:// URL with a host: {problem}")
     if am.pagerduty:
         rules.require("pagerduty_routing_key", "alertmanager.pagerduty")
     configured = configured_receivers(hs)

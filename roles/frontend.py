@@ -14,7 +14,7 @@ from pydantic import Field
 from roles.backend import APP_UID, APP_USER, listen_address, release_dir
 from rsdeploy.layout import Recreate, Restart
 from rsdeploy.render import RenderedFile, template
-from rsdeploy.types import Port, Resources, Section
+from rsdeploy.types import Port, Repository, Resources, Section
 from rsdeploy.units import UNIT_DIR, AppUnit, memory_bytes, unit_safe_path, verify_units
 from rsdeploy.validate import run_tool
 
@@ -32,7 +32,7 @@ PM2_OVERHEAD = "256m"  # memory of pm2-runtime itself, on top of the instances' 
 
 
 class Settings(Section):
-    image: str = "residency-scheduler-frontend"  # docker layout: image repository; the tag is the version
+    image: Repository = "residency-scheduler-frontend"  # docker layout: image repository; the tag is the version
     port: Port = 3000  # port `node server.js` listens on
     pm2_instances: int = Field(default=1, ge=1, le=16)  # systemd layout: PM2 instances
     resources: Resources = Resources(memory="512m", cpus=0.5)  # limits for the frontend service
@@ -40,6 +40,11 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("app")
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port the frontend takes on this host, by settings key. Example: ``{"frontend.port": ...}``"""
+    return {"frontend.port": hs.stack.frontend.port}
 
 
 def ecosystem_path(hs: HostSettings) -> str:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from roles.backend import serves_metrics
 from roles.log_shipper import APP_LOG_JOB
 from roles.loki import base_url
 from rsdeploy.layout import Restart
@@ -45,6 +46,11 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.grafana.enabled
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port Grafana (published) takes on this host, by settings key. Example: ``{"grafana.port": ...}``"""
+    return {"grafana.port": hs.stack.grafana.port}
 
 
 def check(hs: HostSettings, rules: SecretRules) -> None:
@@ -250,10 +256,10 @@ def _app_health(hs: HostSettings) -> Query:
                  '[.]service", state="active"})', "{{name}}")
 
 
-def application_overview(hs: HostSettings) -> dict:
-    """Request rate, errors, latency and process health of the API, with its logs."""
+def _request_panels() -> list[Panel]:
+    """Request rate, errors and latency from the backend's own /metrics."""
     total = f"sum(rate(http_requests_total{RATE}))"
-    panels = [
+    return [
         timeseries("Request rate by status",
                    Query(f"sum by (status) (rate(http_requests_total{RATE}))", "{{status}}"),
                    unit="reqps"),
@@ -269,6 +275,14 @@ def application_overview(hs: HostSettings) -> dict:
                    Query("histogram_quantile(0.95, sum by (le, handler) (rate("
                          f'http_request_duration_seconds_bucket{{handler!="/metrics"}}{RATE})))',
                          "{{handler}}"), unit="s"),
+    ]
+
+
+def application_overview(hs: HostSettings) -> dict:
+    """Request rate, errors, latency (when the backend serves /metrics) and process health of
+    the API, with its logs."""
+    panels = [
+        *(_request_panels() if serves_metrics(hs) else []),
         timeseries("Backend and Celery up", _app_health(hs), mappings=UP_DOWN, width=GRID_WIDTH,
                    thresholds=((None, "red"), (1, "green"))),
     ]
@@ -380,9 +394,10 @@ def system_resources(hs: HostSettings) -> dict:
                      [variable("instance", PROMETHEUS, "label_values(node_uname_info, instance)")])
 
 
-def resilience_metrics(hs: HostSettings) -> dict:
-    """The scheduler's resilience framework: utilization per component and the alert levels."""
-    panels = [
+def resilience_metrics(hs: HostSettings) -> dict | None:
+    """The scheduler's resilience framework: utilization per component and the alert levels
+    (the backend's gauges), with its log events; None with neither metrics nor logs."""
+    panels = [] if not serves_metrics(hs) else [
         stat("Utilization level", Query("max(resilience_utilization_level)"),
              mappings=UTILIZATION_LEVELS, thresholds=LEVEL_COLOURS, width=12,
              description="0 GREEN .. 4 BLACK"),
@@ -403,7 +418,7 @@ def resilience_metrics(hs: HostSettings) -> dict:
                    else '{unit=~"residency-(backend|celery-worker|celery-beat)[.]service"}')
         panels.append(logs("Resilience events in the logs",
                            *(source + words for source in (backend, app_log_files()))))
-    return dashboard("rs-resilience", "Resilience Metrics", panels)
+    return dashboard("rs-resilience", "Resilience Metrics", panels) if panels else None
 
 
 DASHBOARDS = (application_overview, database_performance, system_resources, resilience_metrics)
@@ -413,7 +428,7 @@ def dashboards(hs: HostSettings) -> dict[str, dict]:
     """Every dashboard this host's Grafana gets, by uid (none without Prometheus)."""
     if not hs.monitoring_enabled("prometheus"):
         return {}
-    return {d["uid"]: d for d in (build(hs) for build in DASHBOARDS)}
+    return {d["uid"]: d for d in (build(hs) for build in DASHBOARDS) if d is not None}
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -423,6 +438,12 @@ def _dirs(hs: HostSettings) -> tuple[str, str]:
     """(provisioning dir, dashboards dir) on the host."""
     return (hs.layout.config_path(hs, "grafana", "provisioning", PROVISIONING_DIR),
             hs.layout.config_path(hs, "grafana", "dashboards", DASHBOARDS_DIR))
+
+
+def owned_dirs(hs: HostSettings) -> dict[str, tuple]:
+    """The dashboards directory holds only this stack's dashboards: one dropped (its panels'
+    metrics switched off) is removed, and Grafana, rescanning it, deletes the dashboard."""
+    return {_dirs(hs)[1]: ()}
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:

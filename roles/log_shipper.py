@@ -39,6 +39,15 @@ def applies(hs: HostSettings) -> bool:
     return hs.stack.log_shipper.kind != "none" and hs.monitoring_enabled("loki")
 
 
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The HTTP port of the shipper that runs, by settings key.
+
+    Example: ``ports(hs)`` -> ``{"log_shipper.alloy_port": 12345}``
+    """
+    key = f"{hs.stack.log_shipper.kind}_port"
+    return {f"log_shipper.{key}": getattr(hs.stack.log_shipper, key)}
+
+
 def service_name(hs: HostSettings) -> str:
     """The Compose service / systemd unit of the shipper. Example: ``"alloy"``"""
     return hs.stack.log_shipper.kind

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 SCHEMA_FROM = "2024-04-01"
 #: Where Loki keeps chunks, index and the compactor's state: in its image (a volume), natively.
 CONTAINER_DATA_DIR, NATIVE_DATA_DIR = "/loki", "/var/lib/loki"
+#: Loki's gRPC port, on loopback only (the single binary talks to itself over it).
+GRPC_PORT = 9096
 
 
 class Settings(Section):
@@ -42,6 +44,14 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.loki.enabled
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """Loki's HTTP port and its fixed gRPC port (on loopback), by settings key.
+
+    Example: ``ports(hs)`` -> ``{"loki.port": 3100, "Loki's gRPC port (fixed)": 9096}``
+    """
+    return {"loki.port": hs.stack.loki.port, "Loki's gRPC port (fixed)": GRPC_PORT}
 
 
 def config_path(hs: HostSettings) -> str:
@@ -86,6 +96,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
         "loki/config.yml.j2", hs,
         data_dir=data_dir(hs),
         listen_address=listen_address(hs),
+        grpc_port=GRPC_PORT,
         schema_from=SCHEMA_FROM,
     )
     # Loki reads its config only at start (Compose service and systemd unit: loki).

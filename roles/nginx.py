@@ -13,10 +13,12 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from roles.tls import ACME_WEBROOT, certificate_paths
 from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, static, template
-from rsdeploy.types import Image, Port, Resources, Section, Size
+from rsdeploy.types import HostAddress, Image, Port, Resources, Section, Size
 from rsdeploy.validate import Verdict
 
 if TYPE_CHECKING:
@@ -35,19 +37,30 @@ class Settings(Section):
     http_port: Port = 80  # public HTTP port (redirects to HTTPS, serves ACME challenges)
     https_port: Port = 443  # public HTTPS port
     client_max_body_size: Size = "10m"  # largest accepted request body (schedule imports)
-    proxy_read_timeout: int = 60  # seconds nginx waits for the backend/frontend to answer
+    # seconds nginx waits for the backend/frontend to answer
+    proxy_read_timeout: int = Field(default=60, ge=1, le=86400)
     hsts: bool = True  # send Strict-Transport-Security (two years, includeSubDomains)
     # "http2 on;" (nginx >= 1.25.1) instead of "listen ... http2"; None: from the image tag
     # (docker layout) or Debian 12's nginx 1.22 (systemd layout)
     http2_directive: bool | None = None
     listen_ipv6: bool = True  # systemd layout: also listen on [::] (docker: Docker publishes IPv6)
     ocsp_stapling: bool = False  # staple OCSP answers; off: Let's Encrypt ended OCSP in 2025
-    resolver: str | None = None  # systemd layout: DNS server for OCSP lookups (docker: 127.0.0.11)
+    # systemd layout: DNS server for OCSP lookups (docker: 127.0.0.11)
+    resolver: HostAddress | None = None
     resources: Resources = Resources(memory="128m", cpus=0.5)  # limits for the nginx service
 
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("web")
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The public ports nginx takes, by settings key.
+
+    Example: ``ports(hs)`` -> ``{"nginx.http_port": 80, "nginx.https_port": 443}``
+    """
+    return {"nginx.http_port": hs.stack.nginx.http_port,
+            "nginx.https_port": hs.stack.nginx.https_port}
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -139,8 +152,17 @@ def _proxy_targets(hs: HostSettings) -> dict:
     if hs.layout.runs_in_containers:  # Docker's embedded DNS; containers change addresses
         return {"upstreams": {}, "upstream_variables": addresses, "resolver": "127.0.0.11",
                 "backend": "$rs_backend", "frontend": "$rs_frontend"}
-    return {"upstreams": addresses, "upstream_variables": {}, "resolver": stack.nginx.resolver,
+    return {"upstreams": addresses, "upstream_variables": {},
+            "resolver": _resolver_address(stack.nginx.resolver),
             "backend": "rs_backend", "frontend": "rs_frontend"}
+
+
+def _resolver_address(address: str | None) -> str | None:
+    """``nginx.resolver`` as nginx's ``resolver`` takes it: an IPv6 address in brackets.
+
+    Example: ``_resolver_address("2001:db8::53")`` -> ``"[2001:db8::53]"``
+    """
+    return f"[{address}]" if address and ":" in address else address
 
 
 def _listen_variables(hs: HostSettings) -> dict:

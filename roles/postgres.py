@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from roles.exporters import exporter_applies
 from rsdeploy.component_files import secret_file
 from rsdeploy.layout import Exec, Restart
@@ -36,18 +38,25 @@ INITDB_ROLES_SQL = "/docker-entrypoint-initdb.d/10-roles.sql"
 
 class Settings(Section):
     image: Image = "pgvector/pgvector:pg15"  # docker layout: PostgreSQL 15 image with pgvector
-    version: int = 15  # major version (systemd layout package postgresql-<version>)
+    # major version (systemd layout package postgresql-<version>)
+    version: int = Field(default=15, ge=10, le=99)
     port: Port = 5432  # port PostgreSQL listens on
     database: Name = "residency_scheduler"  # the application's database
     user: Name = "scheduler"  # the application's role (not a superuser)
     monitor_user: Name = "rs_monitor"  # read-only role for postgres-exporter (GRANT pg_monitor)
-    max_connections: int = 100  # server max_connections; alert fires at 80 % of it
+    # server max_connections; alert fires at 80 % of it
+    max_connections: int = Field(default=100, ge=1, le=262143)
     shared_buffers: Size = "256MB"  # PostgreSQL shared_buffers
     resources: Resources = Resources(memory="1g", cpus=1.0)  # limits for the db service
 
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("db")
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port PostgreSQL takes on this host, by settings key. Example: ``{"postgres.port": ...}``"""
+    return {"postgres.port": hs.stack.postgres.port}
 
 
 def pg_str(value) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from roles import log_shipper, loki
+from roles.backend import serves_metrics
 from roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
 from rsdeploy.component_files import debian_default
 from rsdeploy.layout import Reload
@@ -31,7 +32,9 @@ SYSTEMD_CONFIG_DIR = "/etc/prometheus"  # Debian's prometheus package
 GRAFANA_CONTAINER_PORT = 3000  # the grafana image's port inside the Compose network
 
 #: Rule files every stack gets (templates/prometheus/rules/).
-COMMON_RULES = ("targets.yml", "monitoring.yml", "backend.yml", "host.yml")
+COMMON_RULES = ("targets.yml", "monitoring.yml", "host.yml")
+#: Rules on the backend's own metrics: only when it serves /metrics (backend.metrics).
+BACKEND_RULES = "backend.yml"
 #: Rule files that need an exporter, by the exporter each one needs.
 EXPORTER_RULES = {"postgres_exporter": "postgres.yml", "redis_exporter": "redis.yml",
                   "cadvisor": "containers.yml"}
@@ -51,6 +54,11 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return hs.has_role("monitoring") and hs.stack.prometheus.enabled
+
+
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port Prometheus takes on this host, by settings key. Example: ``{"prometheus.port": ...}``"""
+    return {"prometheus.port": hs.stack.prometheus.port}
 
 
 # --- scrape targets ---------------------------------------------------------------------------
@@ -132,7 +140,7 @@ def scrape_jobs(hs: HostSettings) -> list[ScrapeJob]:
                                     hs.name)]),
         *_job("alertmanager", _monitoring_service(hs, "alertmanager", s.alertmanager.port)),
         *_job("backend", [Target(hs.reach(app.name, "backend", app.stack.backend.port),
-                                 app.name)]),
+                                 app.name)] if serves_metrics(hs) else []),
         *_job("node", _node_targets(hs)),
         *_job("postgres", _exporter(hs, "postgres_exporter", "postgres-exporter")),
         *_job("redis", _exporter(hs, "redis_exporter", "redis-exporter")),
@@ -163,6 +171,8 @@ def rule_files(hs: HostSettings) -> list[str]:
                if any(exporter_applies(host, name) for host in hosts)]
     if any(systemd_collector(host) for host in hosts):
         chosen.append(SYSTEMD_RULES)
+    if serves_metrics(hs):
+        chosen.append(BACKEND_RULES)
     return sorted(chosen)
 
 
@@ -184,9 +194,19 @@ def _alertmanager_address(hs: HostSettings) -> str | None:
         if hs.stack.alertmanager.enabled else None
 
 
-def render(hs: HostSettings) -> list[RenderedFile]:
+def _reactions(hs: HostSettings) -> tuple[Reload, ...]:
     # Prometheus rereads its config and rules on SIGHUP / `systemctl reload`.
-    reactions = (Reload(hs.layout.service("prometheus", "prometheus")),)
+    return (Reload(hs.layout.service("prometheus", "prometheus")),)
+
+
+def owned_dirs(hs: HostSettings) -> dict[str, tuple[Reload, ...]]:
+    """rules/ holds only the rule files of this stack's targets: a file no longer chosen (its
+    component switched off) is removed, or Prometheus would keep loading it."""
+    return {f"{config_dir(hs)}/rules": _reactions(hs)}
+
+
+def render(hs: HostSettings) -> list[RenderedFile]:
+    reactions = _reactions(hs)
     config = template(
         "prometheus/prometheus.yml.j2", hs,
         jobs=scrape_jobs(hs),

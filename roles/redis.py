@@ -44,6 +44,11 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("redis")
 
 
+def ports(hs: HostSettings) -> dict[str, int]:
+    """The port Redis takes on this host, by settings key. Example: ``{"redis.port": ...}``"""
+    return {"redis.port": hs.stack.redis.port}
+
+
 def redis_str(value) -> str:
     """A double-quoted redis.conf argument that Redis reads back byte for byte.
 

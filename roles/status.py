@@ -42,7 +42,7 @@ PS_FORMAT = "{{.Service}} {{.State}} {{.Health}}"
 
 
 class Settings(Section):
-    log_rotate_days: int = Field(default=14, ge=1)  # days of paths.log_dir logs logrotate keeps
+    log_rotate_days: int = Field(default=14, ge=1, le=3650)  # days of paths.log_dir logs logrotate keeps
 
 
 def applies(hs: HostSettings) -> bool:

@@ -21,7 +21,7 @@ from rsdeploy import apply
 from rsdeploy.escape import nginx_representable
 from rsdeploy.layout import EnableTimer
 from rsdeploy.render import RenderedFile, static, template
-from rsdeploy.types import Email, HttpsUrl, Image, Section
+from rsdeploy.types import AbsolutePath, Email, HttpsUrl, Image, Section
 from rsdeploy.validate import run_tool
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ class Settings(Section):
     # host; self-signed: made on the host (sandboxes and tests only).
     mode: Literal["certbot", "provided", "self-signed"] = "certbot"
     email: Email | None = None  # certbot: account e-mail for expiry notices (required for certbot)
-    cert_path: str | None = None  # provided: full-chain certificate path on the host
-    key_path: str | None = None  # provided: private key path on the host
+    cert_path: AbsolutePath | None = None  # provided: full-chain certificate path on the host
+    key_path: AbsolutePath | None = None  # provided: private key path on the host
     staging: bool = False  # certbot: use the Let's Encrypt staging CA
     # certbot: ACME directory URL of another CA (step-ca, a sandbox's pebble); None: Let's
     # Encrypt. Its TLS certificate must chain to the host's trust store (trusted_ca_certs).
@@ -62,8 +62,6 @@ class Settings(Section):
             raise ValueError("tls.mode provided needs tls.cert_path and tls.key_path")
         for field in ("cert_path", "key_path"):
             path = getattr(self, field)
-            if path is not None and not path.startswith("/"):
-                raise ValueError(f"tls.{field} must be an absolute path on the host")
             if path is not None and not nginx_representable(path):
                 raise ValueError(f"tls.{field} must not contain '$' or control characters "
                                  "(nginx would read '$' as a variable)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import Directory, FindFiles, Sha256File
 from pyinfra.facts.server import User
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -100,6 +100,52 @@ def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, obje
                 user=f.owner, group=f.group, mode=f.mode,
             )
     return metas
+
+
+@operation()
+def only_rendered(directory: str, keep: list[str]):
+    """
+    Remove the files directly in ``directory`` that are no longer rendered.
+
+    + directory: a directory whose files one role renders entirely (e.g. Prometheus' rules/)
+    + keep: the absolute paths rendered into it now
+
+    **Example:**
+
+    .. code:: python
+
+        only_rendered(name="Remove rule files no longer rendered",
+                      directory="/opt/residency-scheduler/config/prometheus/rules",
+                      keep=["/opt/residency-scheduler/config/prometheus/rules/host.yml"])
+    """
+    if host.get_fact(Directory, path=directory) is None:
+        host.noop(f"{directory} does not exist yet")
+        return
+    stale = sorted(set(host.get_fact(FindFiles, path=directory, maxdepth=1)) - set(keep))
+    if not stale:
+        host.noop(f"{directory} holds only rendered files")
+        return
+    yield StringCommand("rm", "-f", "--", *stale)
+
+
+def prune(owned: dict[str, tuple[Reaction, ...]], rendered: Iterable[RenderedFile]
+          ) -> dict[Reaction, list]:
+    """Remove what the roles' own directories hold but no longer render (a rule file of a
+    switched-off component, a dropped dashboard); returns the reactions a removal asks for,
+    gated on it, to merge with :func:`reactions`.
+
+    ``owned`` maps each directory to the reactions of its readers (``stack.owned_dirs``).
+    Example: ``wanted = apply.reactions(...) | apply.prune(stack.owned_dirs(hs), rendered)``
+    """
+    paths = [f.path for f in rendered]
+    found: dict[Reaction, list] = {}
+    for directory, readers in sorted(owned.items()):
+        removal = only_rendered(name=f"Remove files {directory} no longer renders",
+                                directory=directory,
+                                keep=[p for p in paths if p.rpartition("/")[0] == directory])
+        for reaction in readers:
+            found.setdefault(reaction, []).append(removal)
+    return found
 
 
 def reactions(rendered: Iterable[RenderedFile], metas: dict) -> dict[Reaction, list]:

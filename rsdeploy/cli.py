@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +19,11 @@ import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, source
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
-from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, render_host
+from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
 
 
 def _inventory_args(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +45,22 @@ def _selected(args, override_data: dict | None = None) -> dict:
 def cmd_render(args) -> int:
     """Render every file for every selected host into OUT/<host>/<absolute path>."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
     for name, hs in _selected(args).items():
-        written = write_tree(render_host(hs), out / name)
+        written = _write_out(render_host(hs), out / name, out)
         print(f"{name}: {len(written)} files under {out / name}")
     return 0
+
+
+def _write_out(files: list, root: Path, out: Path) -> list[Path]:
+    """``write_tree`` below ``root``; a file or directory that cannot be written is a UserError
+    naming it. Example: ``_write_out(render_host(hs), Path("/tmp/out/rs1"), Path("/tmp/out"))``
+    """
+    try:
+        return write_tree(files, root)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write {exc.filename}: {exc.strerror}") from None
 
 
 def cmd_check(args) -> int:
@@ -84,8 +97,8 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int
     # --dry shows pyinfra's detected changes and stops; -y (no prompt) would skip detecting them.
     command = [sys.executable, "-m", "pyinfra", *([] if args.dry else ["-y"]),
                str(Path(args.inventory).resolve()), str(DEPLOYS_DIR / deploy_file)]
-    for key, value in data.items():
-        command += ["--data", f"{key}={value}"]
+    for key, value in data.items():  # JSON: pyinfra reads 1.0, true or [..] as such, not text
+        command += ["--data", f"{key}={json.dumps(value)}"]
     if args.host:
         command += ["--limit", ",".join(hosts)]
     if args.dry:
@@ -100,12 +113,9 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_deploy(args) -> int:
     """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
-    def release_exists(hs) -> None:  # a tag missing from the app's repository stops it here
-        if source.needed(hs):
-            source.release(hs)
-
-    data = {"version": args.version} if args.version else {}
-    return run_pyinfra(args, "deploy.py", data, check=release_exists)
+    data = {"version": args.version} if args.version is not None else {}
+    # A tag missing from the app's repository, a bundle manifest missing: stopped here.
+    return run_pyinfra(args, "deploy.py", data, check=preflight)
 
 
 def ssh_config(hosts: dict) -> str:
@@ -125,7 +135,7 @@ def ssh_config(hosts: dict) -> str:
 
 def cmd_verify(args) -> int:
     """Check deployed hosts with the testinfra suite (tests/verify), from the same settings."""
-    hosts = _selected(args, {"version": args.version} if args.version else None)
+    hosts = _selected(args, {"version": args.version} if args.version is not None else None)
     sudo = any(hs.connection.get("ssh_user", "root") != "root" for hs in hosts.values())
     with tempfile.NamedTemporaryFile("w", prefix="rsdeploy-ssh-", suffix=".conf") as config:
         config.write(ssh_config(hosts))
@@ -134,7 +144,7 @@ def cmd_verify(args) -> int:
                    "-p", "no:cacheprovider", "-q", f"--rs-inventory={Path(args.inventory).resolve()}",
                    "--hosts=" + ",".join(f"ssh://{name}" for name in hosts),
                    f"--ssh-config={config.name}", *(["--sudo"] if sudo else []),
-                   *([f"--rs-version={args.version}"] if args.version else [])]
+                   *([f"--rs-version={args.version}"] if args.version is not None else [])]
         env = dict(os.environ)
         if args.secrets:
             env["RS_SECRETS_FILE"] = str(Path(args.secrets).resolve())

@@ -1,10 +1,37 @@
 """User-facing errors: one line, naming where the bad input lives."""
 
+import re
+
+
+def on_one_line(text: str) -> str:
+    """``text`` with each line break (and the blanks around it) made one space.
+
+    Example: ``on_one_line("bad value\\n  here")`` -> ``"bad value here"``
+    """
+    return re.sub(r"\s*[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+\s*", " ", text).strip()
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of any exception, on one line, even when its ``str()`` fails.
+
+    Example: ``describe(NameError("name 'x' is not defined"))`` ->
+    ``"NameError: name 'x' is not defined"``
+    """
+    try:
+        message = str(exc)
+    except Exception:  # e.g. pyinfra's UnexpectedExternalError, whose str() raises
+        message = ""
+    name = type(exc).__name__
+    return on_one_line(f"{name}: {message}" if message else name)
+
 
 class UserError(Exception):
     """A problem in the operator's input. The CLI prints it as one line and exits 2."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return on_one_line(super().__str__())
 
 
 class SettingsError(UserError):

@@ -10,11 +10,23 @@ from urllib.parse import quote
 
 
 def yaml_str(value) -> str:
-    """A YAML double-quoted scalar (JSON string syntax is a subset of it).
+    """A YAML double-quoted scalar that YAML 1.1 and 1.2 readers (PyYAML, Go's yaml) read back
+    exactly: JSON's string syntax, a subset of YAML's, except for two characters JSON leaves
+    to the reader: DEL (``\\x7f``: not printable in YAML) and those beyond U+FFFF
+    (``\\U0001f608``: Go's yaml refuses the surrogate pairs JSON writes for them).
 
     Example: ``password: {{ secrets.db_password | yaml_str }}``
     """
-    return json.dumps(str(value))
+    return '"' + "".join(_yaml_char(char) for char in str(value)) + '"'
+
+
+def _yaml_char(char: str) -> str:
+    code = ord(char)
+    if code > 0xFFFF:
+        return f"\\U{code:08x}"
+    if code == 0x7F:
+        return "\\x7f"
+    return json.dumps(char)[1:-1]
 
 
 def compose_str(value) -> str:

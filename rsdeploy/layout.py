@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,8 +38,6 @@ class Reaction:
     """What a changed file asks of the host. ``target`` names a stack service or a host unit."""
 
     target: str
-    #: Whether the host itself carries it out (in any layout), not the layout's rollout.
-    on_host: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, order=True)
@@ -70,31 +68,28 @@ class Exec(Reaction):
 
 
 @dataclass(frozen=True, order=True)
-class UnitRestart(Reaction):
-    """A host systemd unit restarted (after a daemon-reload), e.g. ``docker.service``."""
-
-    on_host: ClassVar[bool] = True
+class HostReaction(Reaction):
+    """Carried out by the host itself, the same in every layout (:mod:`rsdeploy.apply`)."""
 
 
 @dataclass(frozen=True, order=True)
-class UnitReload(Reaction):
-    """A host systemd unit reloaded (after a daemon-reload); it is kept enabled and running."""
-
-    on_host: ClassVar[bool] = True
+class UnitRestart(HostReaction):
+    """A host systemd unit restarted, e.g. ``docker.service``."""
 
 
 @dataclass(frozen=True, order=True)
-class EnableTimer(Reaction):
+class UnitReload(HostReaction):
+    """A host systemd unit reloaded (after a daemon-reload), e.g. the firewall."""
+
+
+@dataclass(frozen=True, order=True)
+class EnableTimer(HostReaction):
     """A host systemd timer: enabled and started, restarted when its units change."""
 
-    on_host: ClassVar[bool] = True
-
 
 @dataclass(frozen=True, order=True)
-class HostCommand(Reaction):
+class HostCommand(HostReaction):
     """A one-shot command on the host, e.g. ``update-ca-certificates``; ``target`` is the argv."""
-
-    on_host: ClassVar[bool] = True
 
 
 # --- the layout interface -------------------------------------------------------------------------
@@ -206,6 +201,10 @@ class Layout(ABC):
     @abstractmethod
     def builds_from_source(self, hs: HostSettings) -> bool:
         """Whether this host's release is built from the tagged source (needs app.source_repo)."""
+
+    def preflight(self, hs: HostSettings) -> None:
+        """Check what delivery reads where rsdeploy runs (not on the host), before any host is
+        contacted; raise SettingsError. Nothing by default."""
 
     @abstractmethod
     def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:

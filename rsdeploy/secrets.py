@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import sys
 from collections.abc import Mapping
@@ -64,7 +65,8 @@ def load_secrets(path: str | None = None,
                  env: Mapping[str, str] | None = None) -> tuple[Secrets, SecretSources]:
     """Read secrets from ``path`` (or ``$RS_SECRETS_FILE``) and ``RS_*`` variables.
 
-    Returns the secrets and where each came from, for error messages.
+    Returns the secrets and where each came from, for error messages. A value is taken as
+    written or refused (SettingsError): see :func:`_as_text` (the file) and :func:`_unusable`.
     Example: ``secrets, sources = load_secrets("~/rs-secrets.yml")``
     """
     env = os.environ if env is None else env
@@ -74,10 +76,29 @@ def load_secrets(path: str | None = None,
     if path:
         values = _read_file(Path(path).expanduser())
     for key in Secrets.model_fields:
-        if env.get(env_name(key)):
+        if env.get(env_name(key)):  # set and not empty (RS_X= leaves the file's value)
             values[key] = env[env_name(key)]
             sources.from_env.add(key)
+    for key, value in values.items():
+        problem = _unusable(value)
+        if problem:
+            raise SettingsError(sources.of(key), None, key, problem)
     return Secrets(**values), sources
+
+
+def _unusable(value: str) -> str | None:
+    """Why a secret's value cannot be used as it is (None when it can)."""
+    if not value.strip():
+        return ("is blank (empty or only whitespace): give the value, or remove it to leave "
+                "the secret unset")
+    if value != value.strip():
+        return ("begins or ends with whitespace or a line break, which readers of secret files "
+                "trim ($(cat FILE), psql, Go programs): a service would get another secret")
+    if "\0" in value:
+        return "holds a NUL character, which no environment variable or config file can carry"
+    if any("\ud800" <= char <= "\udfff" for char in value):  # bytes of no UTF-8 text
+        return "is not UTF-8 text, which every file it goes into is"
+    return None
 
 
 class SecretSources:
@@ -95,28 +116,107 @@ class SecretSources:
 
 
 def _read_file(path: Path) -> dict[str, str]:
+    """Every secret of a YAML file, each a string exactly as written (see :func:`_as_text`)."""
     where = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(where, None, None, f"cannot read secrets file: {exc.strerror}") from None
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and "example" not in path.name:
+    except UnicodeDecodeError as exc:
+        raise SettingsError(where, None, None, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                            f"at offset {exc.start})") from None
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         print(f"rsdeploy: warning: {where}: secrets file is readable by others (chmod 600 it)",
               file=sys.stderr)
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for key_node, value_node in _mapping(_compose(text, where), where):
+        key = _secret_name(key_node, where)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise SettingsError(where, None, key, f"set twice (lines {lines[key]} and {line}): "
+                                "keep one")
+        lines[key] = line
+        values[key] = _as_text(value_node, where, key)
+    return values
+
+
+def _compose(text: str, where: str) -> yaml.Node | None:
+    """The YAML node tree of ``text``; a YAML error names its line and reason."""
     try:
-        data = yaml.safe_load(text) or {}
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = exc.problem or exc.context or "not valid YAML"
+        raise SettingsError(where, None, None, f"not valid YAML: {line}{reason}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow in a file
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise SettingsError(where, None, None, f"not valid YAML: line {line}: character "
+                            f"#x{char:04x}: {exc.reason} (write it as an escape in double "
+                            "quotes)") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
-        raise SettingsError(where, None, None, f"{line}not valid YAML") from None
-    if not isinstance(data, dict):
+        raise SettingsError(where, None, None, f"not valid YAML: {exc}") from None
+
+
+def _mapping(document: yaml.Node | None, where: str) -> list[tuple[yaml.Node, yaml.Node]]:
+    if document is None:  # an empty file, or only comments
+        return []
+    if not isinstance(document, yaml.MappingNode):
         raise SettingsError(where, None, None, "must be a mapping of secret names to values")
+    return document.value
+
+
+def _secret_name(node: yaml.Node, where: str) -> str:
+    """The key of one line: a known secret's name (a close one is suggested)."""
     known = list(Secrets.model_fields)
-    for key, value in data.items():
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(known)})"
-            raise SettingsError(where, None, str(key), f"unknown secret{more}")
-        if value is not None and not isinstance(value, (str, int)):
-            raise SettingsError(where, None, key, "must be a string")
-    return {k: str(v) for k, v in data.items() if v is not None}
+    name = node.value if isinstance(node, yaml.ScalarNode) else "<not a name>"
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR) or name not in known:
+        hint = difflib.get_close_matches(str(name), known, n=1)
+        more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(known)})"
+        raise SettingsError(where, None, name, f"unknown secret{more}")
+    return name
+
+
+_STR = "tag:yaml.org,2002:str"
+#: What YAML makes of an unquoted scalar that is not a string, by its resolved tag.
+_READ_AS = {"int": "a number", "float": "a number", "bool": "a boolean", "null": "no value",
+            "timestamp": "a date"}
+
+
+def _as_text(node: yaml.Node, where: str, key: str) -> str:
+    """A secret's value as written; anything YAML reads as another type is refused, with the
+    fix. Example: ``db_password: 0123`` -> ``YAML reads the unquoted 0123 as a number (83)``
+    """
+    if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+        return node.value
+    if not isinstance(node, yaml.ScalarNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+        raise SettingsError(where, None, key, f"must be a string, not {kind}")
+    kind = node.tag.rpartition(":")[2]
+    if kind == "null" and node.value == "":
+        raise SettingsError(where, None, key, "has no value: give one (quoted), or remove the "
+                            "line to leave the secret unset")
+    read = _read_as(kind, node.value) if not _explicitly_tagged(node) else None
+    if read is None:
+        raise SettingsError(where, None, key, f"has the YAML tag !!{kind}: remove the tag and "
+                            "quote the value to keep it as written")
+    raise SettingsError(where, None, key, f"YAML reads the unquoted {node.value} as {read}: "
+                        "quote the value to keep it as written")
+
+
+def _explicitly_tagged(node: yaml.Node) -> bool:
+    """Whether the file gives the node's tag (``!!int 12``) rather than YAML guessing it."""
+    mark = node.start_mark
+    text = mark.buffer[mark.pointer:] if mark.buffer else ""
+    return re.sub(r"^&\S+\s+", "", text).startswith("!")  # after an anchor (&name), if any
+
+
+def _read_as(kind: str, raw: str) -> str | None:
+    """What YAML made of an unquoted scalar: ``"a number (83)"``; None for other tags."""
+    if kind not in _READ_AS:
+        return None
+    if kind == "null":
+        return _READ_AS[kind]
+    return f"{_READ_AS[kind]} ({yaml.safe_load(f'!!{kind} {raw}')})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,13 +24,27 @@ from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory as pyinfra_make_inventory
 
-from rsdeploy.errors import SettingsError
+from rsdeploy.errors import SettingsError, describe
 from rsdeploy.layout import Layout
 from rsdeploy.secrets import SecretSources, Secrets, env_name, load_secrets
-from rsdeploy.types import Domain, Name, Section, Tag
+from rsdeploy.types import (
+    Domain,
+    HostAddress,
+    Line,
+    Name,
+    OneLine,
+    Registry,
+    Section,
+    Tag,
+    shown,
+)
 
 Role = Literal["db", "redis", "app", "web", "monitoring"]
 ROLES: tuple[Role, ...] = ("db", "redis", "app", "web", "monitoring")
+
+#: What an inventory host may be called: a host name or IP address. The name is a directory of
+#: ``rsdeploy render``, an SSH ``Host``, a Prometheus label: no ``/``, ``@``, space or glob.
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 # Host data keys that belong to pyinfra itself (connectors, global operation arguments).
 PYINFRA_KEY_PREFIXES = ("_", "ssh_", "docker_", "dockerssh_", "podman_", "winrm_", "local_",
@@ -57,12 +72,19 @@ class AppSettings(Section):
     # How app images reach docker-layout hosts: pull from a registry, bundle (docker save files
     # uploaded and loaded: air-gapped sites), or build on the host from the tagged source.
     delivery: Literal["pull", "bundle", "build"] = "pull"
-    registry: str | None = None  # pull: image prefix, e.g. registry.example.org:5000/residency
-    registry_username: str | None = None  # pulls log in to app.registry (password: secret registry_password)
+    registry: Registry | None = None  # pull: image prefix, e.g. registry.example.org:5000/residency
+    registry_username: Line | None = None  # pulls log in to app.registry (password: secret registry_password)
     # build: the app's git repository (a path relative to the inventory, or a URL), read where
     # rsdeploy runs; hosts get `git archive` of the release tag, never git or credentials.
-    source_repo: str | None = None
-    build_args: dict[str, str] = {}  # build: --build-arg values (not secrets: images keep them)
+    source_repo: Line | None = None
+    build_args: dict[str, OneLine] = {}  # build: --build-arg values (not secrets: images keep them)
+
+    @field_validator("source_repo")
+    @classmethod
+    def _not_an_option(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("-"):  # git would read it as an option
+            raise ValueError(f"{shown(value)} starts with '-': write ./{value} for a path")
+        return value
 
     @field_validator("build_args")
     @classmethod
@@ -76,7 +98,7 @@ class AppSettings(Section):
     def registry_login(self) -> bool:
         """Whether pulls log in to app.registry's host (pull and build delivery pull images)."""
         return self.delivery != "bundle" and bool(self.registry and self.registry_username)
-    bundle_dir: str | None = None  # bundle: `rsdeploy images bundle` output, relative to the inventory
+    bundle_dir: Line | None = None  # bundle: `rsdeploy images bundle` output, relative to the inventory
 
 
 class BaseStackSettings(Section):
@@ -89,8 +111,8 @@ class BaseStackSettings(Section):
     extra_domains: list[Domain] = []  # further names served and put on the certificate
     environment: Name = "production"  # label on metrics and alerts (production, staging, ...)
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)  # on this host
-    address: str | None = None  # address the stack's other hosts use for this one
-    trusted_ca_certs: list[str] = []  # extra CA PEM files (paths relative to the inventory)
+    address: HostAddress | None = None  # address the stack's other hosts use for this one
+    trusted_ca_certs: list[Line] = []  # extra CA PEM files (paths relative to the inventory)
     paths: Paths = Paths()
     app: AppSettings = AppSettings()
 
@@ -99,6 +121,27 @@ class BaseStackSettings(Section):
     def _unique_roles(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("lists a role twice")
+        return value
+
+    @field_validator("extra_domains")
+    @classmethod
+    def _each_name_once(cls, value: list[str], info) -> list[str]:
+        """nginx serves and certbot certifies the same names, each once."""
+        for i, name in enumerate(value):
+            if name == info.data.get("domain") or name in value[:i]:
+                again = "the domain already" if name == info.data.get("domain") else "listed twice"
+                raise ValueError(f"{name!r} is {again}: nginx and certbot take each name once")
+        return value
+
+    @field_validator("trusted_ca_certs")
+    @classmethod
+    def _distinct_names(cls, value: list[str]) -> list[str]:
+        """Each certificate is installed as <file stem>.crt: two files of one stem would be one."""
+        stems = [Path(path).stem for path in value]
+        for i, stem in enumerate(stems):
+            if stem in stems[:i]:
+                raise ValueError(f"{value[i]!r} and {value[stems.index(stem)]!r} would both be "
+                                 f"installed as {stem}.crt: rename one")
         return value
 
     @property
@@ -255,12 +298,30 @@ def make_inventory(inventory_path: str, override_data: dict[str, Any] | None = N
     try:
         with ctx_state.use(State()):  # pyinfra executes inventory files inside a state context
             inventory = pyinfra_make_inventory(inventory_path, override_data=override_data or {})
-    except Exception as exc:  # a broken inventory module: say which file, not where in pyinfra
+    except (Exception, SystemExit) as exc:  # a broken inventory: say which file and why
         raise SettingsError(inventory_path, None, None,
-                            f"cannot load inventory: {type(exc).__name__}: {exc}") from None
+                            f"cannot load inventory: {_load_error(exc, inventory_path)}") from None
     if not len(inventory):
         raise SettingsError(inventory_path, None, None, "the inventory has no hosts")
+    layers = {"the data of all hosts": inventory.get_data(),
+              **{f"group {name!r}'s data": data for name, data in inventory.group_data.items()}}
+    for layer, data in layers.items():
+        if not isinstance(data, dict):  # pyinfra would fail merging it into each host's data
+            raise SettingsError(inventory_path, None, None, f"{layer} must be a mapping, "
+                                f"not {type(data).__name__}")
     return inventory
+
+
+def _load_error(exc: BaseException, inventory_path: str) -> str:
+    """What broke loading an inventory file, on one line: the error raised in the file itself
+    (pyinfra wraps it in an UnexpectedExternalError, whose own str() fails) and its line there.
+
+    Example: ``"line 3: NameError: name 'stak' is not defined"``
+    """
+    original = getattr(exc, "exception", None) or exc
+    frames = [frame for frame in traceback.extract_tb(original.__traceback__)
+              if Path(frame.filename).resolve() == Path(inventory_path).resolve()]
+    return (f"line {frames[-1].lineno}: " if frames else "") + describe(original)
 
 
 def load_inventory(model: StackModel, inventory_path: str, secrets_path: str | None = None,
@@ -278,12 +339,13 @@ def load_inventory(model: StackModel, inventory_path: str, secrets_path: str | N
 def settings_for_inventory(model: StackModel, inventory, source: str, secrets: Secrets,
                            sources: SecretSources) -> dict[str, HostSettings]:
     """Validate the data of every host of a pyinfra ``Inventory`` (CLI and deploys share this)."""
+    for host in inventory:
+        _check_host_name(source, host.name)
     stacks = {host.name: _validate_host(model.settings, host, inventory, source)
               for host in inventory}
     topology = _topology(stacks, source, model.single_host_roles)
     _check_stack_wide(stacks, source)
-    connections = {host.name: {k: v for k, v in host.data.dict().items() if k.startswith("ssh_")}
-                   for host in inventory}
+    connections = {host.name: _connection(host, source) for host in inventory}
     hosts = {
         name: HostSettings(name, stack, secrets, topology, stacks, source,
                            model.layouts[stack.layout], connections[name])
@@ -295,8 +357,37 @@ def settings_for_inventory(model: StackModel, inventory, source: str, secrets: S
     return hosts
 
 
+#: The pyinfra connection data rsdeploy itself writes into an OpenSSH config (``verify``).
+SSH_CONFIG_KEYS = ("ssh_hostname", "ssh_port", "ssh_user", "ssh_key", "ssh_known_hosts_file",
+                   "ssh_strict_host_key_checking")
+
+
+def _connection(host, source: str) -> dict[str, Any]:
+    """A host's ``ssh_*`` data; what goes into an OpenSSH config must be one word of one line
+    (a space or line break there would add options of its own)."""
+    data = {k: v for k, v in host.data.dict().items() if k.startswith("ssh_")}
+    for key in SSH_CONFIG_KEYS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))
+                                  or not re.fullmatch(r"[^\s\"'\\#]+", str(value))):
+            raise SettingsError(source, host.name, key, f"{shown(value)} is not one word of text "
+                                "(no spaces, quotes, backslashes, '#' or line breaks)")
+    return data
+
+
+def _check_host_name(source: str, name) -> None:
+    """Refuse an inventory host name that is no host name or IP address (see HOST_NAME)."""
+    if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
+        raise SettingsError(source, None, None, f"host {shown(name)}: not a host name or IP address "
+                            "(letters, digits, '.', '_', '-'; rsdeploy reaches hosts over SSH)")
+
+
 def _validate_host(model: type[BaseStackSettings], host, inventory, source: str):
-    data = {k: v for k, v in host.data.dict().items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
+    data = host.data.dict()
+    for key in data:
+        if not isinstance(key, str):
+            raise SettingsError(source, host.name, repr(key), "a data key must be a string")
+    data = {k: v for k, v in data.items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
     try:
         stack = model.model_validate(data)
     except ValidationError as exc:
@@ -307,11 +398,19 @@ def _validate_host(model: type[BaseStackSettings], host, inventory, source: str)
                             _message(model, error, key) + (f" (set in {layer})" if layer else "")
                             ) from None
     for i, pem in enumerate(stack.trusted_ca_certs):
-        path = Path(source).parent / pem
-        if not path.is_file() or "BEGIN CERTIFICATE" not in path.read_text(errors="replace"):
+        if not _is_pem_certificate(Path(source).parent / pem):
             raise SettingsError(source, host.name, f"trusted_ca_certs[{i}]",
-                                f"{path} is not a readable PEM certificate file")
+                                f"{Path(source).parent / pem} is not a readable PEM certificate "
+                                "file (UTF-8 text with BEGIN CERTIFICATE)")
     return stack
+
+
+def _is_pem_certificate(path: Path) -> bool:
+    """Whether ``path`` is a text file holding a PEM certificate (what hosts are given)."""
+    try:
+        return path.is_file() and "BEGIN CERTIFICATE" in path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _dotted(loc: tuple) -> str:
@@ -324,22 +423,28 @@ def _dotted(loc: tuple) -> str:
 def _message(model: type[Section], error: dict, key: str) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
-        parent, _, name = key.rpartition(".")
-        for part in parent.split(".") if parent else []:
-            annotation = model.model_fields[part].annotation
-            model = next((a for a in getattr(annotation, "__args__", (annotation,))
-                          if isinstance(a, type) and issubclass(a, Section)), None)
-            if model is None:
-                break
+        *parents, name = error["loc"]  # not the dotted key: a key may hold a dot itself
+        for part in parents:
+            if model is not None and not isinstance(part, int):  # ints: items of a list
+                field = model.model_fields.get(part)
+                model = _section_of(field.annotation) if field else None
         known = list(model.model_fields) if model else []
-        hint = difflib.get_close_matches(name, known, n=1)
+        hint = difflib.get_close_matches(str(name), known, n=1)
         return "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
     if kind == "missing":
         return "required but not set"
     msg = msg.removeprefix("Value error, ")
     if kind not in ("value_error",) and "input" in error and not isinstance(error["input"], dict):
-        msg += f" (got {error['input']!r})"
+        msg += f" (got {shown(error['input'])})"
     return msg
+
+
+def _section_of(annotation) -> type[Section] | None:
+    """The settings section a field holds, also as ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    return next((found for arg in getattr(annotation, "__args__", ())
+                 if (found := _section_of(arg)) is not None), None)
 
 
 def _layer_of(host, inventory, key: str) -> str | None:
@@ -383,7 +488,7 @@ def _check_stack_wide(stacks: dict[str, BaseStackSettings], source: str) -> None
     """Values that must agree across every host of one stack."""
     first_name, first = next(iter(stacks.items()))
     for name, stack in stacks.items():
-        for key in ("layout", "version", "domain", "environment"):
+        for key in ("layout", "version", "domain", "extra_domains", "environment"):
             if getattr(stack, key) != getattr(first, key):
                 raise SettingsError(source, name, key,
                                     f"{getattr(stack, key)!r} differs from host {first_name}'s "
@@ -405,5 +510,7 @@ def check_app_delivery(hosts: dict[str, HostSettings], rules: SecretRules) -> No
         if (not containers or s.app.delivery == "build") and not s.app.source_repo:
             raise fail("app.source_repo", f"needed to build from source ({s.layout} layout, "
                        f"delivery {s.app.delivery})")
-        if containers and s.app.registry_login:
-            rules.require("registry_password", "app.registry_username")
+        if containers and s.app.registry_login and rules.require(
+                "registry_password", "app.registry_username").endswith(("\n", "\r")):
+            raise rules.fail("registry_password", "ends in a line break, which docker login "
+                             "--password-stdin drops: the registry would get another password")

@@ -76,11 +76,11 @@ def repository(hs: HostSettings) -> Path:
         return path
     mirror = CACHE_DIR / (hashlib.sha256(location.encode()).hexdigest()[:16] + ".git")
     if mirror.is_dir():
-        _git("--git-dir", str(mirror), "fetch", "--quiet", "--prune", "--tags", location,
+        _git("--git-dir", str(mirror), "fetch", "--quiet", "--prune", "--tags", "--", location,
              "+refs/heads/*:refs/heads/*")
     else:
         mirror.parent.mkdir(parents=True, exist_ok=True)
-        _git("clone", "--quiet", "--mirror", location, str(mirror))
+        _git("clone", "--quiet", "--mirror", "--", location, str(mirror))
     return mirror
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 UNIT_DIR = "/etc/systemd/system"
 
-_UNIT_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*$")
+_UNIT_SAFE_PATH = re.compile(r"/[A-Za-z0-9/._+-]*")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
                "gb": 1024**3}
 _NOT_INSTALLED_YET = re.compile(r"^(\S+): Command (/\S+) is not executable: No such file or directory$")
@@ -27,7 +27,7 @@ _NOT_INSTALLED_YET = re.compile(r"^(\S+): Command (/\S+) is not executable: No s
 
 def unit_safe_path(path: str) -> str:
     """Refuse a path that unit files cannot carry unquoted (spaces, ``%``, quotes, ``$``)."""
-    if not _UNIT_SAFE_PATH.match(path):
+    if not _UNIT_SAFE_PATH.fullmatch(path):
         raise ValueError(f"{path!r}: systemd-layout paths may only hold letters, digits and /._+-")
     return path
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,21 @@ from rsdeploy.stack import render_host
 from rsdeploy.stack import load_inventory
 
 INVENTORIES = REPO_ROOT / "inventories"
-EXAMPLE_SECRETS = str(INVENTORIES / "secrets.example.yml")
+
+
+def _private_copy(path: Path) -> str:
+    """A mode 0600 copy of ``path`` in a temporary directory removed at exit: git keeps the
+    example secrets at 0644, and rsdeploy warns about any secrets file others can read."""
+    directory = Path(tempfile.mkdtemp(prefix="rsdeploy-test-secrets-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    copy = directory / path.name
+    copy.write_text(path.read_text())
+    copy.chmod(0o600)
+    return str(copy)
+
+
+#: The dummy secrets of inventories/secrets.example.yml, as a private (0600) copy.
+EXAMPLE_SECRETS = _private_copy(INVENTORIES / "secrets.example.yml")
 EXAMPLES = ["example_docker", "example_systemd", "example_multi"]
 
 

@@ -165,3 +165,19 @@ def test_systemd_flags_bind_loopback_and_disable_clustering(tmp_path):
     assert 'ARGS="--web.listen-address=127.0.0.1:9093 --cluster.listen-address="' in default
     hs = rendered["rs1.example.org"][0]
     assert alertmanager.config_path(hs) == "/etc/prometheus/alertmanager.yml"
+
+
+def test_characters_beyond_the_bmp_reach_alertmanager_as_go_reads_them(tmp_path):
+    """Found by tests/test_hostile_input.py: JSON's surrogate pairs ("\\ud83d\\ude08") are
+    refused by Go's yaml ("found invalid Unicode character escape code"); yaml_str writes
+    \\U0001f608, which amtool and PyYAML read back as the character."""
+    user = "ops 😈 ü 𐀀"
+    email = {"to": ["oncall@example.org"], "sender": "alerts@example.org",
+             "smtp_host": "smtp.example.org", "smtp_username": user}
+    hs, config = _render_with(tmp_path, {"alertmanager": {"email": email}})
+    check = subprocess.run(["amtool", "check-config", str(config)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    receivers = yaml.safe_load(config.read_text())["receivers"]
+    email_config = next(r for r in receivers if r["name"] == "email")["email_configs"][0]
+    assert email_config["auth_username"] == user

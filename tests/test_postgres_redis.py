@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -59,34 +60,44 @@ def _bulk(value: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value.encode()), value.encode())
 
 
+@contextmanager
+def running_redis(config: str, work: Path):
+    """A real redis-server started from ``config`` (the text of a redis.conf) in ``work``, on a
+    Unix socket only; yields a connected socket. Example: ``with running_redis(text, tmp) as s:``
+    """
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server)")
+    conf = work / "redis.conf"
+    conf.write_text(config)
+    sock_path = work / "redis.sock"
+    # Command-line options come after the file: only where it runs changes, not what it says.
+    proc = subprocess.Popen(
+        ["redis-server", str(conf), "--port", "0", "--unixsocket", str(sock_path),
+         "--dir", str(work), "--pidfile", str(work / "pid"), "--logfile", "",
+         "--daemonize", "no"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if sock_path.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.fail("redis-server refused the config: " + proc.stdout.read().decode())
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(sock_path))
+            yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(params=[("example_docker", "/opt/residency-scheduler/config/redis/redis.conf"),
                         ("example_systemd", "/etc/redis/redis.conf")], ids=["docker", "systemd"])
 def redis_server(request, tmp_path):
     """A real redis-server started from the rendered redis.conf (on a Unix socket only)."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (Debian package redis-server)")
     name, path = request.param
-    conf = tmp_path / "redis.conf"
-    conf.write_text(the_file(name, "rs1.example.org", path).content)
-    sock_path = tmp_path / "redis.sock"
-    # Command-line options come after the file: only where it runs changes, not what it says.
-    proc = subprocess.Popen(
-        ["redis-server", str(conf), "--port", "0", "--unixsocket", str(sock_path),
-         "--dir", str(tmp_path), "--pidfile", str(tmp_path / "pid"), "--logfile", "",
-         "--daemonize", "no"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for _ in range(100):
-        if sock_path.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.fail("redis-server refused the config: " + proc.stdout.read().decode())
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(str(sock_path))
-    yield sock
-    sock.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_redis(the_file(name, "rs1.example.org", path).content, tmp_path) as sock:
+        yield sock
 
 
 def test_redis_conf_loads_and_requires_exactly_the_password(redis_server):

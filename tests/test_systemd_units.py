@@ -84,7 +84,8 @@ def test_units_take_workers_queues_and_limits_from_settings():
     api = directives(unit(files, "residency-backend.service"))
     assert f'"--workers" "{b.workers}"' in api["ExecStart"][0]
     assert '"--host" "127.0.0.1"' in api["ExecStart"][0]  # nginx and Prometheus are local
-    assert api["MemoryMax"] == ["1073741824"] and api["CPUQuota"] == ["100%"]
+    # Sized from the workers: 4 x 700m + 300m headroom.
+    assert api["MemoryMax"] == [str((b.workers * 700 + 300) * 1024**2)] and api["CPUQuota"] == ["100%"]
     assert api["TemporaryFileSystem"] == ["/run/prometheus-multiproc:mode=0700,uid=1001,gid=1001"]
     worker = directives(unit(files, "residency-celery-worker.service"))
     assert f'"-Q" "{",".join(b.celery_queues)}"' in worker["ExecStart"][0]
@@ -92,7 +93,7 @@ def test_units_take_workers_queues_and_limits_from_settings():
     beat = directives(unit(files, "residency-celery-beat.service"))
     assert beat["StateDirectory"] == ["residency-celery-beat"]
     assert "/var/lib/residency-celery-beat/celerybeat-schedule" in beat["ExecStart"][0]
-    assert beat["MemoryMax"] == [str(256 * 1024**2)] and beat["CPUQuota"] == ["25%"]
+    assert beat["MemoryMax"] == [str(512 * 1024**2)] and beat["CPUQuota"] == ["25%"]
     migrate = directives(unit(files, "residency-migrate.service"))
     assert migrate["Type"] == ["oneshot"] and "WantedBy" not in migrate
 

@@ -23,11 +23,18 @@ from pyinfra import host, inventory
 from pyinfra.api.exceptions import PyinfraError
 
 from rsdeploy import settings as core_settings
+from rsdeploy import source
 from rsdeploy.errors import SettingsError
 from rsdeploy.secrets import load_secrets
 from rsdeploy.settings import StackModel, check_app_delivery
 from rsdeploy.stack.docker import DockerLayout
-from rsdeploy.stack.settings import SINGLE_HOST_ROLES, StackSettings, check_roles, for_host
+from rsdeploy.stack.settings import (
+    SINGLE_HOST_ROLES,
+    StackSettings,
+    check_ports,
+    check_roles,
+    for_host,
+)
 from rsdeploy.stack.systemd import SystemdLayout
 from rsdeploy.validate import parse_check
 
@@ -41,7 +48,7 @@ STACK = StackModel(
     settings=StackSettings,
     layouts={"docker": DockerLayout(), "systemd": SystemdLayout()},
     single_host_roles=SINGLE_HOST_ROLES,
-    checks=(check_roles, check_app_delivery),
+    checks=(check_ports, check_roles, check_app_delivery),
 )
 
 #: Set by the rsdeploy CLI for the pyinfra process: the inventory file, for relative paths and
@@ -78,6 +85,16 @@ def current() -> HostSettings:
     return _loaded[key][host.name]
 
 
+def preflight(hs: HostSettings) -> None:
+    """What a deploy reads where rsdeploy runs, checked before any host is contacted: the
+    release tag in app.source_repo (built from source) and the layout's own (the bundle
+    manifest). Raises SettingsError. Example: ``preflight(hosts["rs1.example.org"])``
+    """
+    if source.needed(hs):
+        source.release(hs)
+    hs.layout.preflight(hs)
+
+
 def render_host(hs: HostSettings) -> list[RenderedFile]:
     """Every file one host needs, from every role that applies to it and from its layout,
     sorted by path.
@@ -94,6 +111,19 @@ def render_host(hs: HostSettings) -> list[RenderedFile]:
             raise ValueError(f"{f.path} is rendered by both {seen[f.path]} and {f.role}")
         seen[f.path] = f.role
     return sorted(files, key=lambda f: f.path)
+
+
+def owned_dirs(hs: HostSettings) -> dict[str, tuple]:
+    """Directories whose files one role renders entirely, with the reactions of their readers
+    (a role's ``owned_dirs(hs)``): files the role no longer renders are removed from them.
+
+    Example: ``owned_dirs(hs)`` -> ``{"/opt/.../config/prometheus/rules": (Reload("prometheus"),)}``
+    """
+    owned: dict[str, tuple] = {}
+    for role in for_host(hs):
+        if hasattr(role, "owned_dirs"):
+            owned.update(role.owned_dirs(hs))
+    return owned
 
 
 def check_host(hs: HostSettings, files: list[RenderedFile], tree: Path) -> list[Verdict]:

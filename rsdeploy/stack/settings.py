@@ -22,6 +22,7 @@ import roles.prometheus
 import roles.redis
 import roles.status
 import roles.tls
+from rsdeploy.errors import SettingsError
 from rsdeploy.settings import ROLES, BaseStackSettings
 from rsdeploy.stack.docker import project
 
@@ -73,3 +74,22 @@ def check_roles(hosts: dict[str, HostSettings], rules: SecretRules) -> None:
         for role in for_host(hs):
             if hasattr(role, "check"):
                 role.check(hs, rules)
+
+
+def check_ports(hosts: dict[str, HostSettings], rules: SecretRules) -> None:
+    """Two services on one port of one host are refused, naming both settings keys. Each role
+    states the ports its services take on a host it applies to (``ports(hs)``).
+
+    Example error: ``inventories/x.py: host rs1: redis.port: 5432 is already postgres.port on
+    this host``
+    """
+    for hs in hosts.values():
+        claims = [claim for role in for_host(hs) if hasattr(role, "ports")
+                  for claim in role.ports(hs).items()]
+        taken: dict[int, str] = {}
+        # Fixed ports (no settings key: no dot) first, so that a clash names the setting.
+        for key, port in sorted(claims, key=lambda claim: "." in claim[0]):
+            if port in taken:
+                raise SettingsError(hs.source, hs.name, key,
+                                    f"{port} is already {taken[port]} on this host")
+            taken[port] = key

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,54 @@ def test_build_context_is_the_release_part_with_its_own_dockerfile(part, tmp_pat
     assert (context / manifest).is_file()
     leftovers = [p for p in context.rglob("*") if p.name in ("node_modules", ".next", "__pycache__")]
     assert not leftovers, f"local build output leaked into the context: {leftovers}"
+
+
+def _like_real(tag: str, tmp_path: Path):
+    """``app.core.like_real`` of release ``tag`` (standard library only: imported here directly)."""
+    path = refapp.checkout(tag, tmp_path) / "backend" / "app" / "core" / "like_real.py"
+    spec = importlib.util.spec_from_file_location(f"refapp_like_real_{tag.replace('.', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_like_real_switches_are_off_unless_asked_for(tmp_path):
+    like_real = _like_real("v1.0.0", tmp_path)
+    off = like_real.from_environment({})
+    assert (off.worker_memory_mb, off.beat_memory_mb, off.celery_memory_mb, off.startup_delay,
+            off.metrics_need_enable, off.fail_migration) == (0, 0, 0, 0, False, False)
+
+
+def test_like_real_defaults_are_the_measured_figures(tmp_path):
+    """APP_CONTRACT.md, "Measured on the real backend": 560-670 MB per uvicorn worker, beat at
+    about 233 MiB, 65-70 s to a healthy /health, /metrics only with ENABLE_METRICS=true."""
+    like_real = _like_real("v1.0.0", tmp_path)
+    real = like_real.from_environment({"REFAPP_LIKE_REAL": "1"})
+    assert (real.worker_memory_mb, real.beat_memory_mb, real.celery_memory_mb) == (600, 230, 0)
+    assert real.startup_delay == 65 and real.metrics_need_enable and not real.fail_migration
+    tuned = like_real.from_environment({"REFAPP_LIKE_REAL": "1", "REFAPP_STARTUP_DELAY": "5",
+                                        "REFAPP_METRICS_NEED_ENABLE": "0"})
+    assert (tuned.startup_delay, tuned.metrics_need_enable, tuned.worker_memory_mb) == (5, False, 600)
+    alone = like_real.from_environment({"REFAPP_FAIL_MIGRATION": "1"})
+    assert alone.fail_migration and alone.worker_memory_mb == 0 and not alone.metrics_need_enable
+    with pytest.raises(ValueError, match="REFAPP_WORKER_MEMORY_MB"):
+        like_real.from_environment({"REFAPP_WORKER_MEMORY_MB": "600MB"})
+
+
+@pytest.mark.parametrize("tag", refapp.VERSIONS)
+def test_every_release_honours_the_like_real_switches(tag, tmp_path):
+    """The hooks live in files no release overlay replaces; this keeps it so."""
+    backend = refapp.checkout(tag, tmp_path) / "backend"
+    hooks = {
+        "app/main.py": ["like_real.hold_resident(switches.worker_memory_mb",
+                        "like_real.slow_start(switches.startup_delay",
+                        "only_when_enabled=switches.metrics_need_enable"],
+        "app/core/metrics.py": ["should_respect_env_var=only_when_enabled"],
+        "app/core/celery_app.py": ["signals.beat_init.connect", "signals.worker_init.connect"],
+        "alembic/env.py": ["like_real.fail_migration(connection)"],
+    }
+    for path, needles in hooks.items():
+        text = (backend / path).read_text()
+        for needle in needles:
+            assert needle in text, f"{tag}: {path} lost {needle!r}"

@@ -95,6 +95,10 @@ class DockerLayout(Layout):
     def validate(self, tree: Path, hs: HostSettings) -> list[Verdict]:
         return project.validate(tree, hs)
 
+    def preflight(self, hs: HostSettings) -> None:
+        if hs.stack.app.delivery == "bundle":  # its manifest, read where rsdeploy runs
+            delivery.bundle_manifest(hs)
+
     def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
         return delivery.deliver_images(hs, project.project_images(rendered))
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from pyinfra.operations import files, server
 
 from roles.docker_engine import registry_host
 from rsdeploy import apply, source
+from rsdeploy.errors import SettingsError, describe
 from rsdeploy.facts import DockerImageId, DockerImageRevision
 from rsdeploy.render import RenderedFile
 from rsdeploy.stack.docker.project import app_image
@@ -137,19 +139,48 @@ def registry_password_path(hs: HostSettings) -> str:
     return f"{hs.stack.paths.base_dir}/secrets/registry_password"
 
 
+def manifest_path(hs: HostSettings) -> Path:
+    """``app.bundle_dir``'s manifest.json (relative to the inventory), where rsdeploy runs."""
+    return Path(hs.source).parent / (hs.stack.app.bundle_dir or "") / "manifest.json"
+
+
+def bundle_manifest(hs: HostSettings) -> dict[str, dict]:
+    """The bundles of ``app.bundle_dir`` by image: ``{image: {"file", "sha256", "dir"}}``, from
+    the manifest ``rsdeploy images bundle`` writes. A missing or malformed one is a
+    SettingsError naming app.bundle_dir (the deploy asks before contacting any host).
+
+    Example: ``bundle_manifest(hs)["redis:7-alpine"]["sha256"]``
+    """
+    path = manifest_path(hs)
+    try:
+        entries = json.loads(path.read_text())["images"]
+        bundles = {e["image"]: {"file": e["file"], "sha256": e["sha256"], "dir": str(path.parent)}
+                   for e in entries}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(hs.source, hs.name, "app.bundle_dir",
+                            f"cannot read {path}: "
+                            f"{exc.strerror if isinstance(exc, OSError) else describe(exc)} "
+                            "(write it with: rsdeploy "
+                            "images bundle --out DIR)") from None
+    for image, bundle in bundles.items():
+        if (not isinstance(bundle["file"], str) or Path(bundle["file"]).name != bundle["file"]
+                or not re.fullmatch(r"[0-9a-f]{64}", str(bundle["sha256"]))):
+            raise SettingsError(hs.source, hs.name, "app.bundle_dir",
+                                f"{path}: the entry of {image} needs a file name in that "
+                                "directory and a sha256 (64 hex digits)")
+    return bundles
+
+
 def _bundles(hs: HostSettings, images: list[str]) -> dict[str, dict]:
     """Manifest entries (file, sha256) for ``images`` from ``app.bundle_dir``."""
-    manifest_path = Path(hs.source).parent / (hs.stack.app.bundle_dir or "") / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        apply.fail(f"app.bundle_dir: cannot read {manifest_path}: {exc} "
-                   "(write it with: rsdeploy images bundle --out DIR)")
-    entries = {entry["image"]: entry for entry in manifest["images"]}
-    absent = [image for image in images if image not in entries]
+        bundles = bundle_manifest(hs)
+    except SettingsError as exc:
+        apply.fail(str(exc))
+    absent = [image for image in images if image not in bundles]
     if absent:
-        apply.fail(f"app.bundle_dir: {manifest_path} has no bundle for {', '.join(absent)}")
-    return {image: dict(entries[image], dir=str(manifest_path.parent)) for image in images}
+        apply.fail(f"app.bundle_dir: {manifest_path(hs)} has no bundle for {', '.join(absent)}")
+    return {image: bundles[image] for image in images}
 
 
 def load_bundle(hs: HostSettings, image: str, bundle: dict):

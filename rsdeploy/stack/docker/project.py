@@ -49,10 +49,19 @@ class Settings(Section):
     @field_validator("subnet")
     @classmethod
     def _network(cls, value: str) -> str:
-        ipaddress.ip_network(value)  # raises ValueError with a clear message
+        network = ipaddress.ip_network(value)  # raises ValueError with a clear message
+        private = network.version == 4 and any(network.subnet_of(n) for n in PRIVATE_NETWORKS)
+        if not private or network.prefixlen > MAX_PREFIX:
+            raise ValueError(f"{value!r} is not a private IPv4 network (RFC 1918) of "
+                             f"/{MAX_PREFIX} or more (room for the gateway and every container)")
         return value
 
 
+#: The smallest project network (``compose.subnet``): 62 addresses, for the gateway and every
+#: container of one host.
+MAX_PREFIX = 26
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
+                                                           "192.168.0.0/16"))
 #: Compose files in the order ``docker compose -f`` takes them.
 COMPOSE_FILES = ("compose.yml", "compose.prod.yml", "compose.monitoring.yml", "compose.web.yml")
 #: One-shot services: `up` runs them to completion, nobody keeps them running.
@@ -275,6 +284,7 @@ def _context(hs: HostSettings) -> dict:
         "loki_healthcheck": loki_healthcheck(hs.stack.loki.image, hs.stack.loki.port),
         "alertmanager_secrets": alertmanager.secret_names(hs),
         "app_uid": backend.APP_UID,
+        "backend_resources": backend.resources(hs),
         "acme_webroot": tls.ACME_WEBROOT,
     }
 

@@ -16,7 +16,9 @@ from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
 
 from rsdeploy.facts import ComposeContainers
+from rsdeploy.stack.docker.diagnose import explain_if_failed
 from rsdeploy.layout import Exec, Reaction, Recreate, Reload, Restart
+from rsdeploy.types import duration_seconds
 from rsdeploy.stack.docker.project import compose_command, long_running
 
 if TYPE_CHECKING:
@@ -41,14 +43,17 @@ def roll_out(hs: HostSettings, wanted: dict[Reaction, list], delivered: list) ->
     down = [name for name in long_running(hs) if _down(containers.get(name))]
     recreated = [gate for reaction, gates in wanted.items() if isinstance(reaction, Recreate)
                  for gate in gates]
-    server.shell(
+    # A failure is explained (exit codes, OOM kills, logs) before the host is failed.
+    up = server.shell(
         name="Bring the stack up, waiting for health checks (docker compose up --wait)"
              + (f": {', '.join(down)} not running or unhealthy" if down else ""),
-        commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout", "300",
+        commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout",
+                                  str(duration_seconds(hs.stack.backend.health.wait_timeout)),
                                   "--remove-orphans")],
-        _chdir=hs.stack.paths.base_dir,
+        _chdir=hs.stack.paths.base_dir, _ignore_errors=True,
         **({} if down else {"_if": any_changed(*recreated, *delivered)}),
     )
+    explain_if_failed(hs, up)
     # A service whose container did not exist yet was just created with the new files.
     existing = set(name for name in long_running(hs) if name in containers)
     for reaction, gates in wanted.items():

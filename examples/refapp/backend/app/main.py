@@ -1,4 +1,8 @@
-"""The ASGI app: ``uvicorn app.main:app``. Refuses to start when production settings are unsafe."""
+"""The ASGI app: ``uvicorn app.main:app``. Refuses to start when production settings are unsafe.
+
+With the REFAPP_* switches (app.core.like_real) each uvicorn worker imports like the real
+backend's: it grows to the real app's resident memory and takes its time before it serves.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import health, v1
+from app.core import like_real
 from app.core.config import get_settings
 from app.core.metrics import instrument
 from app.core.resilience import assess
@@ -17,6 +22,11 @@ from app.version import VERSION
 settings = get_settings()
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("app")
+
+# Like the real backend, whose imports load torch (memory) and take about a minute (time).
+switches = like_real.from_environment()
+like_real.hold_resident(switches.worker_memory_mb, "uvicorn worker")
+like_real.slow_start(switches.startup_delay, "uvicorn worker")
 
 
 @asynccontextmanager
@@ -34,4 +44,4 @@ app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_cr
                    allow_methods=["*"], allow_headers=["*"])
 app.include_router(health.router)
 app.include_router(v1.router)
-instrument(app)
+instrument(app, only_when_enabled=switches.metrics_need_enable)

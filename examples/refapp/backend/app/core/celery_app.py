@@ -16,6 +16,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 from kombu import Queue
 
+from app.core import like_real
 from app.core.config import get_settings
 
 QUEUES = ["default", "resilience", "notifications", "metrics", "exports", "security"]
@@ -64,3 +65,17 @@ celery_app.conf.update(
 def _apply_log_level(logger: logging.Logger, **_) -> None:
     """CELERY_LOG_LEVEL wins over the command line's --loglevel (one place to set it)."""
     logger.setLevel(settings.celery_log_level)
+
+
+# REFAPP_BEAT_MEMORY_MB / REFAPP_CELERY_MEMORY_MB (app.core.like_real): grow like the real app's
+# processes when they start, not at import (`celery inspect ping`, the health check, imports
+# this module too). The worker's main process is grown before the prefork pool forks: its
+# children share those pages, as they would share torch loaded by the main process.
+@signals.beat_init.connect
+def _beat_like_real(**_) -> None:
+    like_real.hold_resident(like_real.from_environment().beat_memory_mb, "celery beat")
+
+
+@signals.worker_init.connect
+def _worker_like_real(**_) -> None:
+    like_real.hold_resident(like_real.from_environment().celery_memory_mb, "celery worker")

@@ -141,5 +141,12 @@ def get_settings() -> Settings:
 
 
 if __name__ == "__main__":
-    # `python -m app.core.config`: the entrypoint's preflight check.
+    # `python -m app.core.config`: the entrypoint's preflight check (the REFAPP_* switches too).
     get_settings()
+    from app.core import like_real
+    try:
+        like_real.from_environment()
+    except ValueError as error:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        log.critical("refusing to start: %s", error)
+        sys.exit(1)
