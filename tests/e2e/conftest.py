@@ -136,6 +136,21 @@ class Site:
                 for c in json.loads(out or "[]")}
 
 
+def changed_inventory(tmp_path: Path, section: str, values: dict) -> Path:
+    """The sandbox inventory with one settings section changed (``values`` merged into it), as
+    an operator would edit it. Example: ``changed_inventory(tmp_path, "backend", {"workers": 1})``
+    """
+    inventory = tmp_path / f"changed_{section}.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"base = runpy.run_path({str(SANDBOX_INVENTORY)!r})\n"
+        f"stack = dict(base['stack'], {section}={{**base['stack'].get({section!r}, {{}}), "
+        f"**{values!r}}})\n"
+        "sandbox_hosts = (base['sandbox_hosts'][0], stack)\n"
+    )
+    return inventory
+
+
 def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring: bool = True):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
     the infra images and the base the app's Dockerfiles start FROM; the app is built on the host)

@@ -17,7 +17,7 @@ import yaml
 
 from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
-from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+from tests.e2e.conftest import FIRST_VERSION, changed_inventory, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,19 +33,6 @@ def site():
     yield from ready_site("rs-e2e-real", "pull")
 
 
-def inventory_with(tmp_path, name: str, backend: dict):
-    """The sandbox inventory with its backend section changed, as an operator would edit it."""
-    inventory = tmp_path / f"{name}.py"
-    inventory.write_text(
-        "import runpy\n"
-        f"base = runpy.run_path({str(SANDBOX_INVENTORY)!r})\n"
-        f"stack = dict(base['stack'], backend={{**base['stack'].get('backend', {{}}), "
-        f"**{backend!r}}})\n"
-        "sandbox_hosts = (base['sandbox_hosts'][0], stack)\n"
-    )
-    return inventory
-
-
 def in_service(site, service: str, command: str) -> str:
     """``command`` inside the project's container of ``service`` on the host; its output."""
     return site.on_host(f"docker exec $(docker ps -q --filter label=com.docker.compose.service="
@@ -59,7 +46,7 @@ def schema_revision(site) -> str:
 
 def test_a_slow_start_within_the_health_gate_deploys(site, tmp_path):
     site.rsdeploy("bootstrap").check()
-    inventory = inventory_with(tmp_path, "slow", {"extra_env": LIKE_REAL})
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": LIKE_REAL})
     started = time.monotonic()
     site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory).check()
     assert time.monotonic() - started > REAL_START, "the deploy did not wait for the slow start"
@@ -69,7 +56,7 @@ def test_a_slow_start_within_the_health_gate_deploys(site, tmp_path):
 
 
 def test_metrics_off_deploys_and_verifies_with_no_backend_target(site, tmp_path):
-    inventory = inventory_with(tmp_path, "nometrics", {"extra_env": QUICK_START, "metrics": False})
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": QUICK_START, "metrics": False})
     site.rsdeploy("deploy", inventory=inventory).check()
     site.rsdeploy("verify", inventory=inventory).check()
     targets = json.loads(site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/targets"))
@@ -91,7 +78,7 @@ def test_a_limit_too_small_at_run_time_is_reported_as_oom_killed(site, tmp_path)
                "resources": {"memory": "300m", "cpus": 1.0},
                "health": {"start_period": "20s", "interval": "10s", "retries": 2,
                           "wait_timeout": "90s"}}
-    inventory = inventory_with(tmp_path, "oom", backend)
+    inventory = changed_inventory(tmp_path, "backend", backend)
     run = site.rsdeploy("deploy", inventory=inventory)
     assert run.code != 0, run.output[-3000:]
     assert re.search(r"service backend: OOM-killed( \d+ times)? \(memory limit 300 MiB\)",
@@ -103,7 +90,7 @@ def test_a_failing_migration_shows_its_own_error_and_keeps_the_schema(site, tmp_
     images.build(["backend", "frontend"], [NEXT_VERSION])
     sandbox_module.push_images(site.sandbox.prefix, ["backend", "frontend"], [NEXT_VERSION])
     before = schema_revision(site)
-    inventory = inventory_with(tmp_path, "badmigration", {"extra_env": {"REFAPP_FAIL_MIGRATION": "1"}})
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": {"REFAPP_FAIL_MIGRATION": "1"}})
     run = site.rsdeploy("deploy", "--version", NEXT_VERSION, inventory=inventory)
     assert run.code != 0, run.output[-3000:]
     assert "service migrate: exited, exit code" in run.output, run.output[-5000:]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+from tests.e2e.conftest import FIRST_VERSION, changed_inventory, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -57,19 +57,6 @@ def test_second_run_changes_and_restarts_nothing(site):
     run = site.rsdeploy("deploy").check()
     assert run.changed == 0, run.output[-4000:]
     assert site.containers() == before
-
-
-def changed_inventory(tmp_path, section: str, values: dict):
-    """The sandbox inventory with one settings section changed, as an operator would edit it."""
-    inventory = tmp_path / f"changed_{section}.py"
-    inventory.write_text(
-        "import runpy\n"
-        f"base = runpy.run_path({str(SANDBOX_INVENTORY)!r})\n"
-        f"stack = dict(base['stack'], {section}={{**base['stack'].get({section!r}, {{}}), "
-        f"**{values!r}}})\n"
-        "sandbox_hosts = (base['sandbox_hosts'][0], stack)\n"
-    )
-    return inventory
 
 
 def test_dry_run_shows_a_change_but_changes_nothing(site, tmp_path):
