@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -120,6 +121,11 @@ def test_prometheus_starts_with_a_config_and_answers_healthy(infra_images, conta
     port = probe.published_port(prometheus, "9090/tcp")
     status, _ = probe.wait_http(f"http://127.0.0.1:{port}/-/healthy")
     assert status == 200, prometheus.logs().decode()[-2000:]
+    # Healthy comes before ready (its storage and rules loaded); the API answers 503 till then.
+    deadline = time.monotonic() + 60
+    while probe.wait_http(f"http://127.0.0.1:{port}/-/ready")[0] != 200:
+        assert time.monotonic() < deadline, prometheus.logs().decode()[-2000:]
+        time.sleep(0.5)
     _, rules = probe.wait_http(f"http://127.0.0.1:{port}/api/v1/rules")
     assert '"name":"Up"' in rules  # rule_files resolved relative to the config file
     assert _uid_of_main_process(prometheus) == 65534
