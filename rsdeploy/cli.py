@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from rsdeploy.errors import UserError
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
+
+
+def _summary_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary-json", metavar="FILE",
+                        help="also write the run's summary (result, hosts, duration) as JSON")
 
 
 def _inventory_args(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +95,7 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int
     Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"})``
     """
     hosts = _selected(args, data)
+    args.selected_hosts = list(hosts)  # for the summary line
     for hs in hosts.values() if check else ():
         check(hs)
     env = dict(os.environ, **{INVENTORY_ENV: str(Path(args.inventory).resolve())})
@@ -136,6 +143,7 @@ def ssh_config(hosts: dict) -> str:
 def cmd_verify(args) -> int:
     """Check deployed hosts with the testinfra suite (tests/verify), from the same settings."""
     hosts = _selected(args, {"version": args.version} if args.version is not None else None)
+    args.selected_hosts = list(hosts)  # for the summary line
     sudo = any(hs.connection.get("ssh_user", "root") != "root" for hs in hosts.values())
     with tempfile.NamedTemporaryFile("w", prefix="rsdeploy-ssh-", suffix=".conf") as config:
         config.write(ssh_config(hosts))
@@ -166,17 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bootstrap = sub.add_parser("bootstrap", help="prepare bare hosts for the stack")
     _inventory_args(bootstrap)
+    _summary_args(bootstrap)
     bootstrap.add_argument("--dry", action="store_true", help="show what would change, change nothing")
     bootstrap.set_defaults(func=cmd_bootstrap)
 
     deploy = sub.add_parser("deploy", help="roll out the stack (pyinfra over SSH)")
     _inventory_args(deploy)
+    _summary_args(deploy)
     deploy.add_argument("--version", help="release tag to deploy (default: the inventory's)")
     deploy.add_argument("--dry", action="store_true", help="show what would change, change nothing")
     deploy.set_defaults(func=cmd_deploy)
 
     verify = sub.add_parser("verify", help="check deployed hosts (testinfra suite tests/verify)")
     _inventory_args(verify)
+    _summary_args(verify)
     verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")
     verify.set_defaults(func=cmd_verify)
 
@@ -188,15 +199,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that act on hosts: they end with one summary line (and ``--summary-json FILE``).
+SUMMARIZED = ("bootstrap", "deploy", "verify", "maintenance")
+#: Exit codes of those commands (README, "Commands").
+RESULTS = {0: "ok", 1: "failed", 2: "refused", 130: "interrupted"}
+
+
+def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
+    """What one command did, for people (:func:`summary_line`) and scripts (``--summary-json``).
+
+    Example: ``summary(args, 0, 84.2)["result"]`` -> ``"ok"``
+    """
+    return {
+        "command": args.command, "inventory": args.inventory,
+        "version": getattr(args, "version", None),
+        "hosts": getattr(args, "selected_hosts", args.host or []),
+        "result": RESULTS.get(code, "failed"), "exit_code": code,
+        "duration_seconds": round(seconds, 1), "reason": reason,
+    }
+
+
+def summary_line(report: dict) -> str:
+    """Example: ``"rsdeploy: deploy v1.1.0 on rs1, rs2: ok in 84 s"``"""
+    version = f" {report['version']}" if report["version"] else ""
+    hosts = ", ".join(report["hosts"]) or "no host"
+    result = report["result"] if not report["exit_code"] or report["result"] != "failed" \
+        else f"failed (exit {report['exit_code']})"
+    return (f"rsdeploy: {report['command']}{version} on {hosts}: {result} "
+            f"in {report['duration_seconds']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started, reason = time.monotonic(), None
     try:
-        return args.func(args)
+        code = args.func(args)
     except UserError as exc:
-        print(f"rsdeploy: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        reason = str(exc)
+        print(f"rsdeploy: error: {reason}", file=sys.stderr)
+        code = exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if args.command in SUMMARIZED:
+        report = summary(args, code, time.monotonic() - started, reason)
+        if reason is None:  # a refusal is its one error line
+            print(summary_line(report), flush=True)
+        if getattr(args, "summary_json", None):
+            Path(args.summary_json).write_text(json.dumps(report, indent=2) + "\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -38,9 +38,17 @@ def assert_note_survived(site) -> None:
         "the note written after the first deploy is gone"
 
 
-def test_bootstrap_and_first_deploy_serve_the_site(site):
+def test_bootstrap_and_first_deploy_serve_the_site(site, tmp_path):
     site.rsdeploy("bootstrap").check()
-    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    report = tmp_path / "summary.json"
+    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, "--summary-json", str(report)).check()
+    # For CI: the run ends with one summary line, and the same as JSON.
+    last = run.output.strip().splitlines()[-1]
+    assert re.fullmatch(rf"rsdeploy: deploy {FIRST_VERSION} on {site.host.name}: ok in \d+ s",
+                        last), last
+    summary = json.loads(report.read_text())
+    assert (summary["result"], summary["hosts"], summary["version"]) == \
+        ("ok", [site.host.name], FIRST_VERSION)
     assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
     code, body = site.curl("/api/v1/notes", "-X", "POST", "-H", "Content-Type: application/json",
                            "--data", json.dumps(NOTE))
