@@ -5,13 +5,13 @@
 
 The story of a rollout, top to bottom: render every file the host needs, upload them (secrets
 mode 0600, never shown) and remove what the roles no longer render, carry out the host's own
-reactions to what changed, deliver the
-release, put the certificate in place, let the layout bring the stack up health-gated and
-reload or restart only what reads a changed file, enable timers, and record the release.
-A second run with nothing changed changes nothing.
+reactions to what changed, make the maintenance page's directory (empty: nginx mounts it),
+deliver the release, put the certificate in place, let the layout bring the stack up
+health-gated and reload or restart only what reads a changed file, enable timers, and record
+the release. A second run with nothing changed changes nothing.
 """
 
-from roles import base, tls
+from roles import base, nginx, tls
 from rsdeploy import apply, release, stack
 from rsdeploy.layout import Reload
 
@@ -24,6 +24,8 @@ for reaction, gates in apply.prune(stack.owned_dirs(hs), rendered).items():
     reactions.setdefault(reaction, []).extend(gates)
 apply.react_on_host(reactions)
 base.ensure_firewall(hs)
+if nginx.applies(hs):
+    nginx.create_maintenance_dir(hs)
 # The release first: the first certificate is obtained with the certbot image.
 delivered = hs.layout.deliver(hs, rendered)
 if tls.applies(hs):

@@ -1,6 +1,11 @@
 """Nginx reverse proxy (role ``web``): HTTPS termination, /api and /health* to the backend,
 everything else to the frontend. The certificate it serves comes from the tls role
 (:mod:`roles.tls`), which also owns the ACME webroot it serves challenges from.
+
+Maintenance mode (``rsdeploy maintenance on|off``, :func:`switch_maintenance`): while the page
+file is in the maintenance directory, nginx answers every request of the site with 503, a
+``Retry-After`` header and that page; it looks for the file per request, so switching needs
+no reload.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+from pyinfra.api import deploy
+from pyinfra.operations import files
 
 from roles.tls import ACME_WEBROOT, certificate_paths
+from rsdeploy import apply
 from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import HostAddress, Image, Port, Resources, Section, Size
@@ -26,6 +34,12 @@ if TYPE_CHECKING:
 
 #: The first nginx whose ``http2`` directive replaces ``listen ... http2`` (deprecated there).
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+#: Where the nginx container sees the host's maintenance directory (:func:`maintenance_dir`).
+CONTAINER_MAINTENANCE_DIR = "/var/www/maintenance"
+#: The maintenance page's file name: nginx answers 503 with it while it exists.
+MAINTENANCE_PAGE = "maintenance.html"
+#: The page's text when ``rsdeploy maintenance on`` is given no ``--message``.
+MAINTENANCE_MESSAGE = "The site is down for maintenance and will be back shortly."
 #: Debian 12's nginx, which the systemd layout runs.
 DEBIAN_NGINX = (1, 22, 1)
 #: The host's own nginx configuration, wrapped around the systemd layout's site when validating.
@@ -48,6 +62,8 @@ class Settings(Section):
     # systemd layout: DNS server for OCSP lookups (docker: 127.0.0.11)
     resolver: HostAddress | None = None
     resources: Resources = Resources(memory="128m", cpus=0.5)  # limits for the nginx service
+    # maintenance mode: seconds clients are told to wait before retrying (Retry-After)
+    maintenance_retry_after: int = Field(default=300, ge=1, le=86400)
 
 
 def applies(hs: HostSettings) -> bool:
@@ -103,6 +119,23 @@ def site_path(hs: HostSettings) -> str:
     default_server would clash with ours).
     """
     return _host_path(hs, "/etc/nginx/conf.d/residency-scheduler.conf")
+
+
+def host_maintenance_dir(hs: HostSettings) -> str:
+    """The host directory of the maintenance page: the deploy creates it empty and never renders
+    nor prunes it; only ``rsdeploy maintenance`` puts the page there or takes it away.
+
+    Example: ``host_maintenance_dir(hs)`` -> ``"/var/lib/residency-scheduler/maintenance"``
+    """
+    return f"{hs.stack.paths.data_dir}/maintenance"
+
+
+def maintenance_dir(hs: HostSettings) -> str:
+    """The maintenance directory as nginx sees it (docker: the host's, mounted read-only).
+
+    Example: ``maintenance_dir(hs)`` -> ``"/var/www/maintenance"`` (docker layout)
+    """
+    return hs.layout.data_dir(CONTAINER_MAINTENANCE_DIR, host_maintenance_dir(hs))
 
 
 # --- nginx syntax -----------------------------------------------------------------------------
@@ -186,6 +219,7 @@ SNIPPETS = ("tls.conf", "security-headers.conf.j2", "api-headers.conf.j2", "prox
 
 def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
     variables = {"snippets_dir": snippets_dir(hs), "acme_webroot": ACME_WEBROOT,
+                 "maintenance_dir": maintenance_dir(hs), "maintenance_page": MAINTENANCE_PAGE,
                  **_proxy_targets(hs), **_listen_variables(hs)}
     certificate, certificate_key = certificate_paths(hs)
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,
@@ -202,6 +236,16 @@ def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     return _nginx_files(hs)
+
+
+def maintenance_page(hs: HostSettings, message: str | None = None) -> str:
+    """The maintenance page: ``message`` (HTML-escaped), else :data:`MAINTENANCE_MESSAGE`.
+    Not among the rendered files: :func:`switch_maintenance` puts it in place.
+
+    Example: ``maintenance_page(hs, "Back at 03:00")``
+    """
+    return template("nginx/maintenance.html.j2", hs,
+                    message=MAINTENANCE_MESSAGE if message is None else message)
 
 
 # --- validate ---------------------------------------------------------------------------------
@@ -321,3 +365,38 @@ def _nginx_test(root: Path) -> tuple[bool, str]:
     output = (proc.stdout + proc.stderr).strip()
     ok = proc.returncode == 0 and "[warn]" not in output
     return ok, "" if ok else output
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+@deploy("Create the maintenance page's directory")
+def create_maintenance_dir(hs: HostSettings) -> None:
+    """The directory nginx looks in for the maintenance page (mounted into its container, so it
+    must exist before the stack comes up); empty unless maintenance mode is on.
+
+    Example: ``nginx.create_maintenance_dir(hs)``
+    """
+    files.directory(name=f"Create {host_maintenance_dir(hs)} (the maintenance page's)",
+                    path=host_maintenance_dir(hs), mode="755", user="root", group="root")
+
+
+@deploy("Switch maintenance mode")
+def switch_maintenance(hs: HostSettings, state: str | None, message: str | None = None) -> None:
+    """``on``: put the maintenance page in place in one step, and nginx answers every request of
+    the site with 503 and the page; ``off``: take it away, and nginx serves the site again.
+    nginx looks for the page per request: nothing is reloaded. A second ``on`` with the same
+    message changes nothing.
+
+    Example: ``nginx.switch_maintenance(hs, "on", "Back at 03:00")``
+    """
+    if state not in ("on", "off"):
+        apply.fail("maintenance mode: say on or off (--data maintenance=on or maintenance=off)")
+    create_maintenance_dir(hs)
+    page = f"{host_maintenance_dir(hs)}/{MAINTENANCE_PAGE}"
+    if state == "on":
+        apply.file_in_one_step(name=f"Switch maintenance mode on: nginx answers 503 with {page}",
+                               content=maintenance_page(hs, message), dest=page)
+    else:
+        files.file(name=f"Switch maintenance mode off: remove {page}", path=page,
+                   present=False)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from pyinfra import host
 from pyinfra.api import OperationError, operation
-from pyinfra.api.command import FileUploadCommand, StringCommand
-from pyinfra.facts.files import Directory, FindFiles, Sha256File
+from pyinfra.api.command import FileUploadCommand, QuoteString, StringCommand
+from pyinfra.facts.files import Directory, File, FindFiles, Sha256File
 from pyinfra.facts.server import User
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -80,6 +80,37 @@ def secret_file(content: str, dest: str, user: str, group: str, staging: str):
         host.noop(f"secret {dest} is up to date")
         return
     yield StringCommand("chmod 600", dest, "&& chown", f"{user}:{group}", dest)
+
+
+@operation()
+def file_in_one_step(content: str, dest: str, mode: str = "644"):
+    """
+    Put a text file in place in one step: its readers find the old file or the new one, never
+    a part of it, and no file before it is whole.
+
+    + content: the file's text
+    + dest: absolute path on the host (its directory exists)
+    + mode: the file's mode
+
+    The text is uploaded beside ``dest`` (``<dest>.rsdeploy-new``, on the same filesystem) and
+    renamed over it. Nothing changes when ``dest`` holds ``content`` with ``mode`` already.
+
+    **Example:**
+
+    .. code:: python
+
+        file_in_one_step(name="Switch maintenance mode on", content=page,
+                         dest="/var/lib/residency-scheduler/maintenance/maintenance.html")
+    """
+    remote = host.get_fact(File, path=dest)
+    if remote and remote["mode"] == int(mode) and \
+            host.get_fact(Sha256File, path=dest) == _sha256(content):
+        host.noop(f"{dest} is up to date")
+        return
+    staged = f"{dest}.rsdeploy-new"
+    yield FileUploadCommand(StringIO(content), staged)
+    yield StringCommand("chmod", mode, QuoteString(staged), "&& mv -f", QuoteString(staged),
+                        QuoteString(dest))
 
 
 def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, object]:

@@ -5,6 +5,7 @@
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
+    rsdeploy maintenance on|off -i INVENTORY [--host NAME] [--message TEXT] [--dry]
     rsdeploy demo      [--name PREFIX] [--version TAG]
 """
 
@@ -20,11 +21,14 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from rsdeploy import DEPLOYS_DIR, REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
+from rsdeploy.types import Line
 
 
 def _summary_args(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +163,21 @@ def cmd_verify(args) -> int:
         return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
 
 
+def cmd_maintenance(args) -> int:
+    """Switch maintenance mode on the web hosts: ``on``, nginx answers every request of the site
+    with 503, Retry-After and a plain page (``--message`` or a default text); ``off``, it serves
+    the site again. No reload, no restart: nginx looks for the page per request.
+    """
+    data = {"maintenance": args.state}
+    if args.message is not None:  # one line of text, refused before any host otherwise
+        try:
+            data["maintenance_message"] = TypeAdapter(Line).validate_python(args.message)
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise UserError(f"--message: {why}") from None
+    return run_pyinfra(args, "maintenance.py", data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")
     verify.set_defaults(func=cmd_verify)
 
+    maintenance = sub.add_parser(
+        "maintenance", help="switch maintenance mode: nginx answers 503 with a plain page")
+    maintenance.add_argument("state", choices=["on", "off"], help="on: every request gets 503, "
+                             "Retry-After and the page; off: the site is served again")
+    _inventory_args(maintenance)
+    _summary_args(maintenance)
+    maintenance.add_argument("--message", metavar="TEXT",
+                             help="the page's text, one line (default: a standard text)")
+    maintenance.add_argument("--dry", action="store_true",
+                             help="show what would change, change nothing")
+    maintenance.set_defaults(func=cmd_maintenance)
+
     # Further command groups (the dev tooling's demo, sandbox and images: rsdeploy_dev.cli)
     # register themselves through the entry-point group rsdeploy.commands (pyproject.toml):
     # each entry is a function add_commands(subparsers). This package never imports them.
@@ -212,6 +243,7 @@ def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
     """
     return {
         "command": args.command, "inventory": args.inventory,
+        "state": getattr(args, "state", None),  # maintenance: on or off
         "version": getattr(args, "version", None),
         "hosts": getattr(args, "selected_hosts", args.host or []),
         "result": RESULTS.get(code, "failed"), "exit_code": code,
@@ -221,7 +253,7 @@ def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
 
 def summary_line(report: dict) -> str:
     """Example: ``"rsdeploy: deploy v1.1.0 on rs1, rs2: ok in 84 s"``"""
-    version = f" {report['version']}" if report["version"] else ""
+    version = "".join(f" {report[key]}" for key in ("state", "version") if report[key])
     hosts = ", ".join(report["hosts"]) or "no host"
     result = report["result"] if not report["exit_code"] or report["result"] != "failed" \
         else f"failed (exit {report['exit_code']})"

@@ -4,6 +4,7 @@ Every filter here is registered in the Jinja environment under its own name. Tem
 pass every operator-supplied value through the filter of their target format.
 """
 
+import html
 import json
 import shlex
 from urllib.parse import quote
@@ -115,8 +116,17 @@ def alloy_str(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def html_text(value) -> str:
+    """Text or a quoted attribute value in an HTML page: ``&``, ``<``, ``>``, ``"`` and ``'``
+    become character references, so the value shows exactly as written and never as markup.
+
+    Example: ``<p>{{ message | html_text }}</p>``
+    """
+    return html.escape(str(value), quote=True)
+
+
 FILTERS = {
     f.__name__: f
     for f in (yaml_str, compose_str, json_value, shell, url_part, compose_env, systemd_env,
-              systemd_arg, nginx_str, alloy_str)
+              systemd_arg, nginx_str, alloy_str, html_text)
 }

@@ -24,6 +24,8 @@ def test_summary_line_names_version_hosts_result_and_duration():
         "rsdeploy: deploy v1.1.0 on rs1, rs2: failed (exit 1) in 19 s"
     assert summary_line(summary(deploy_args(command="bootstrap", version=None), 130, 3)) == \
         "rsdeploy: bootstrap on rs1, rs2: interrupted in 3 s"
+    assert summary_line(summary(deploy_args(command="maintenance", state="off", version=None),
+                                0, 2)) == "rsdeploy: maintenance off on rs1, rs2: ok in 2 s"
 
 
 def test_a_refused_deploy_is_one_error_line_and_a_json_summary(tmp_path, capsys):

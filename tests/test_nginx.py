@@ -1,6 +1,7 @@
 """Nginx reverse proxy + TLS: the real ``nginx -t`` on every example, layout and tls.mode, the
 structure an operator relies on (redirects, TLS policy, headers, denied paths), the certbot
-renewal units, and one real nginx serving the rendered systemd-layout site on loopback.
+renewal units, and one real nginx serving the rendered systemd-layout site on loopback (and
+switching to maintenance mode and back).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -401,12 +403,14 @@ def free_port() -> int:
 
 
 class Upstream(BaseHTTPRequestHandler):
-    """Answers every GET with JSON naming the upstream, the path and the headers it received."""
+    """Answers every GET with JSON naming the upstream, the path and the headers it received;
+    with the status a ``status=NNN`` query asks for (200 otherwise)."""
 
     def do_GET(self):
         body = json.dumps({"upstream": self.server.name, "path": self.path,
                            "headers": dict(self.headers)}).encode()
-        self.send_response(200)
+        asked = re.search(r"[?&]status=(\d{3})\b", self.path)
+        self.send_response(int(asked.group(1)) if asked else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "max-age=600")
         self.send_header("X-Powered-By", "Next.js")
@@ -421,9 +425,13 @@ class Upstream(BaseHTTPRequestHandler):
 @pytest.fixture
 def live_site(tmp_path):
     """Debian's nginx running the rendered systemd-layout site (self-signed) on loopback,
-    in front of two tiny Python upstreams."""
+    in front of two tiny Python upstreams. ``paths.data_dir`` (the maintenance page's
+    directory is in it) and the ACME webroot, ``<data_dir>/acme-webroot`` here, are in a
+    directory that nginx's workers (www-data) can read."""
     if os.geteuid() != 0 or shutil.which("nginx") is None:
         pytest.skip("needs root and Debian's nginx")
+    shared = Path(tempfile.mkdtemp(prefix="rsdeploy-live-nginx-"))  # tmp_path: root's only
+    shared.chmod(0o755)
     upstreams = []
     for name in ("backend", "frontend"):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
@@ -434,11 +442,14 @@ def live_site(tmp_path):
     hs = web_host("example_systemd", tls=TLS_MODES["self-signed"],
                   nginx={**ports, "listen_ipv6": False},
                   backend={"port": upstreams[0].server_port},
-                  frontend={"port": upstreams[1].server_port})
+                  frontend={"port": upstreams[1].server_port},
+                  paths={"data_dir": str(shared / "data")})
     root = tmp_path / "root"
     nginx.build_validation_root(rendered(hs, tmp_path / "tree"), hs, root)
     site_file = root / "etc/nginx/conf.d/residency-scheduler.conf"  # loopback only, for the test
-    site_file.write_text(re.sub(r"listen (\d+)", r"listen 127.0.0.1:\1", site_file.read_text()))
+    site_file.write_text(re.sub(r"listen (\d+)", r"listen 127.0.0.1:\1", site_file.read_text())
+                         .replace(f"root {tls.ACME_WEBROOT};",
+                                  f"root {hs.stack.paths.data_dir}/acme-webroot;"))
     proc = subprocess.Popen(["nginx", "-p", f"{root}/", "-c", f"{root}/etc/nginx/nginx.conf",
                              "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
     try:
@@ -456,6 +467,7 @@ def live_site(tmp_path):
         proc.wait(timeout=10)
         for server in upstreams:
             server.shutdown()
+        shutil.rmtree(shared)
 
 
 def tls_context(version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -467,16 +479,29 @@ def tls_context(version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     return context
 
 
-def https_get(port: int, path: str, name="scheduler.example.org", context=None):
-    """GET over TLS with SNI ``name`` (http.client sends none to an IP address)."""
+def https_get(port: int, path: str, name="scheduler.example.org", context=None, method="GET"):
+    """GET (or ``method``, without a body) over TLS with SNI ``name`` (http.client sends none
+    to an IP address)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     conn = (context or tls_context()).wrap_socket(raw, server_hostname=name)
-    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-    response = http.client.HTTPResponse(conn)
+    conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: {name}\r\nContent-Length: 0\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    response = http.client.HTTPResponse(conn, method=method)
     response.begin()
     body, version = response.read(), conn.version()
     conn.close()
     return response, body, version
+
+
+def http_get(port: int, path: str, host: str) -> tuple[int, str]:
+    """GET over plain HTTP with ``Host: host``; (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 
 def test_live_nginx_redirects_serves_acme_and_proxies_with_headers(live_site):
@@ -533,3 +558,40 @@ def test_live_nginx_speaks_only_tls12_and_tls13_and_drops_unknown_names(live_sit
     plain.request("GET", "/", headers={"Host": "other.example.net"})
     with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
         plain.getresponse()  # 444: closed without an answer
+
+
+def test_live_nginx_answers_503_with_the_page_while_it_exists(live_site):
+    hs, ports = live_site
+    page = Path(nginx.host_maintenance_dir(hs)) / nginx.MAINTENANCE_PAGE
+    challenge = Path(hs.stack.paths.data_dir) / "acme-webroot/.well-known/acme-challenge/x"
+    challenge.parent.mkdir(parents=True)
+    challenge.write_text("token-x")
+    # Off: the site is served, and an upstream's own 503 passes through as it is.
+    response, body, _ = https_get(ports["https_port"], "/api/v1/people?status=503")
+    assert response.status == 503 and json.loads(body)["upstream"] == "backend"
+    assert "Retry-After" not in response.headers
+
+    page.parent.mkdir(parents=True)
+    page.write_text(nginx.maintenance_page(hs, "Back at 03:00 <b>"))
+    for method, path in [("GET", "/"), ("GET", "/api/v1/people"), ("POST", "/api/v1/notes"),
+                         ("DELETE", "/api/v1/notes/1"), ("GET", "/health"), ("HEAD", "/")]:
+        response, body, _ = https_get(ports["https_port"], path, method=method)
+        assert response.status == 503, (method, path)
+        assert response.headers["Retry-After"] == str(hs.stack.nginx.maintenance_retry_after)
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert SECURITY_HEADERS <= set(response.headers)
+        assert body == (b"" if method == "HEAD" else page.read_bytes()), (method, path)
+    response, _, _ = https_get(ports["https_port"], "/.rs-maintenance.html")
+    assert response.status == 404  # the page's own URI: internal, never served on its own
+    # Port 80 still answers ACME challenges from the webroot, and redirects the rest.
+    for host in ("scheduler.example.org", "new.example.net"):
+        assert http_get(ports["http_port"], "/.well-known/acme-challenge/x", host) == \
+            (200, "token-x")
+    assert http_get(ports["http_port"], "/", "scheduler.example.org")[0] == 308
+
+    page.unlink()  # off: no reload, the next request is served again
+    response, body, _ = https_get(ports["https_port"], "/dashboard")
+    assert response.status == 200 and json.loads(body)["upstream"] == "frontend"
+    response, _, _ = https_get(ports["https_port"], "/.rs-maintenance.html")
+    assert response.status == 404

@@ -274,6 +274,7 @@ TEXT_EXAMPLES = {
     "nginx.resolver": "10.0.0.53", "alertmanager.email.sender": "alerts@example.org",
     "alertmanager.email.smtp_host": "smtp.example.org",
     "alertmanager.email.smtp_username": "alerts", "alertmanager.slack.channel": "#rs-alerts",
+    "maintenance_message": "Back at 03:00",
 }
 #: Text settings that may hold several lines (env files carry them; see tests/test_app_env.py).
 MULTI_LINE = {"backend.extra_env"}

@@ -4,7 +4,7 @@ checks that span hosts and sections. One source of truth for templates, deploys 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import roles.alertmanager
 import roles.backend
@@ -25,6 +25,7 @@ import roles.tls
 from rsdeploy.errors import SettingsError
 from rsdeploy.settings import ROLES, BaseStackSettings
 from rsdeploy.stack.docker import project
+from rsdeploy.types import Line
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -61,6 +62,11 @@ class StackSettings(BaseStackSettings):
     exporters: roles.exporters.Settings = roles.exporters.Settings()
     backup: roles.backup.Settings = roles.backup.Settings()
     status: roles.status.Settings = roles.status.Settings()
+    # deploys/maintenance.py only (rsdeploy maintenance, or --data maintenance=on): switch the
+    # maintenance page on or off; other deploys ignore it
+    maintenance: Literal["on", "off"] | None = None
+    # deploys/maintenance.py: the page's text (rsdeploy maintenance --message); None: the default
+    maintenance_message: Line | None = None
 
 
 def for_host(hs: HostSettings) -> list[ModuleType]:

@@ -1,6 +1,7 @@
 """The docker layout end to end on a fresh sandbox host, images pulled from the sandbox's private
-registry (TLS + login): bootstrap, first deploy, verify, a no-op re-run, a setting change that
-restarts only its readers, a host reboot, a crashed backend; the data written first survives all.
+registry (TLS + login): bootstrap, first deploy, verify, maintenance mode on and off, a no-op
+re-run, a setting change that restarts only its readers, a host reboot, a crashed backend; the
+data written first survives all.
 
 The steps run in file order on one host, as an operator would run them.
 """
@@ -58,6 +59,25 @@ def test_bootstrap_and_first_deploy_serve_the_site(site, tmp_path):
 
 def test_verify_suite_passes_after_the_rollout(site):
     site.rsdeploy("verify").check()
+
+
+def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):
+    before = site.containers()
+    site.rsdeploy("maintenance", "on", "--message", "Back at 03:00 <b>").check()
+    code, response = site.curl("/", "-i")  # -i: the headers, then the body
+    headers, _, body = re.split(r"(\r?\n\r?\n)", response, maxsplit=1)
+    assert code == 503, response
+    assert re.search(r"(?im)^retry-after: 300\r?$", headers), headers
+    assert "<p>Back at 03:00 &lt;b&gt;</p>" in body, body
+    assert site.curl("/api/v1/notes")[0] == 503
+    assert site.curl("/api/v1/notes", "-X", "POST", "-H", "Content-Type: application/json",
+                     "--data", json.dumps(NOTE))[0] == 503  # every method, not only GET
+    again = site.rsdeploy("maintenance", "on", "--message", "Back at 03:00 <b>").check()
+    assert again.changed == 0, again.output[-4000:]
+    site.rsdeploy("maintenance", "off").check()
+    assert site.curl("/health")[0] == 200
+    assert site.containers() == before  # nginx looks for the page per request: no restart
+    assert_note_survived(site)
 
 
 def test_second_run_changes_and_restarts_nothing(site):

@@ -32,7 +32,17 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import field_validator
 
-from roles import alertmanager, backend, exporters, grafana, log_shipper, postgres, prometheus, tls
+from roles import (
+    alertmanager,
+    backend,
+    exporters,
+    grafana,
+    log_shipper,
+    nginx,
+    postgres,
+    prometheus,
+    tls,
+)
 from rsdeploy.layout import Recreate
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Name, Section
@@ -286,6 +296,7 @@ def _context(hs: HostSettings) -> dict:
         "app_uid": backend.APP_UID,
         "backend_resources": backend.resources(hs),
         "acme_webroot": tls.ACME_WEBROOT,
+        "maintenance_dirs": (nginx.host_maintenance_dir(hs), nginx.maintenance_dir(hs)),
     }
 
 
