@@ -29,10 +29,12 @@ MONITORING_IMAGES = ("prometheus", "alertmanager", "node-exporter", "postgres-ex
 
 @dataclass
 class Run:
-    """One rsdeploy command: exit code, output, and pyinfra's changed-operation count."""
+    """One rsdeploy command: exit code, output (stdout, then stderr), and pyinfra's
+    changed-operation count."""
 
     code: int
     output: str
+    stdout: str = ""  # rsdeploy's own summary line ends it (pyinfra writes its log to stderr)
 
     @property
     def changed(self) -> int:
@@ -69,7 +71,7 @@ class Site:
                    "--secrets", str(self.sandbox.paths.secrets)]
         proc = subprocess.run(command, cwd=REPO_ROOT, env=self.env, capture_output=True,
                               text=True, timeout=1800)
-        return Run(proc.returncode, proc.stdout + proc.stderr)
+        return Run(proc.returncode, proc.stdout + proc.stderr, proc.stdout)
 
     def on_host(self, command: str, timeout: float = 120) -> str:
         """A shell command on the sandbox host (as root, through SSH); its output."""
