@@ -35,6 +35,15 @@ def write_inventory(tmp_path: Path, stack: dict, host_data: dict | None = None,
     return path
 
 
+def write_two_hosts(tmp_path: Path, a: dict, b: dict) -> Path:
+    """An inventory with hosts ``a`` (10.0.0.1) and ``b`` (10.0.0.2) sharing GOOD_STACK; ``a``
+    and ``b`` are their host data."""
+    hosts = [("a", {**a, "address": "10.0.0.1"}), ("b", {**b, "address": "10.0.0.2"})]
+    path = tmp_path / "two_hosts.py"
+    path.write_text(f"stack = {GOOD_STACK!r}\nresidency = ({hosts!r}, stack)\n")
+    return path
+
+
 def run_check(capsys, inventory: Path, secrets: str | None = EXAMPLE_SECRETS, *extra: str):
     args = ["check", "-i", str(inventory), *extra]
     if secrets:
@@ -125,11 +134,8 @@ def test_two_hosts_claiming_one_role(tmp_path, capsys):
 
 
 def test_hosts_of_one_stack_must_share_layout(tmp_path, capsys):
-    path = tmp_path / "mixed.py"
-    path.write_text(f"stack = {GOOD_STACK!r}\n"
-                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'web'], 'address': '10.0.0.1'}),"
-                    " ('b', {'roles': ['monitoring'], 'layout': 'systemd', 'address': '10.0.0.2'})],"
-                    " stack)\n")
+    path = write_two_hosts(tmp_path, {"roles": ["db", "redis", "app", "web"]},
+                           {"roles": ["monitoring"], "layout": "systemd"})
     code, err = run_check(capsys, path)
     assert code == 2 and "host b: layout: 'systemd' differs from host a's 'docker'" in err
 
@@ -446,11 +452,8 @@ def test_certificate_and_site_names_are_each_listed_once(tmp_path, capsys, extra
 
 
 def test_the_served_names_are_the_same_on_every_host(tmp_path, capsys):
-    path = tmp_path / "multi.py"
-    path.write_text(f"stack = {GOOD_STACK!r}\n"
-                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'monitoring'], "
-                    "'address': '10.0.0.1'}), ('b', {'roles': ['web'], 'address': '10.0.0.2', "
-                    "'extra_domains': ['www.example.org']})], stack)\n")
+    path = write_two_hosts(tmp_path, {"roles": ["db", "redis", "app", "monitoring"]},
+                           {"roles": ["web"], "extra_domains": ["www.example.org"]})
     code, err = run_check(capsys, path)
     assert code == 2 and "host b: extra_domains: ['www.example.org'] differs from host a's []" \
         in err, err
