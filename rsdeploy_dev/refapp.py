@@ -4,13 +4,19 @@ The real application (FastAPI + Celery backend with a 2.7 GB virtualenv, Next.js
 not available offline. ``examples/refapp/`` holds a tiny app that keeps its deployment contract
 exactly (entrypoint, endpoints, metrics names, Celery app and beat schedule, settings and the
 production refusal rules, Alembic migrations needing pgvector, ``node server.js`` on 3000), in
-three releases:
+four releases:
 
 - ``v1.0.0``: the tree in ``examples/refapp/backend`` and ``examples/refapp/frontend``;
-- ``v1.1.0``: adds migration 0002 (``notes.author``, with a working downgrade);
-- ``v1.2.0-broken``: starts, but ``/health`` always answers 503 (for rollback tests).
+- ``v1.1.0`` (on v1.0.0): adds migration 0002 (``notes.author``, with a working downgrade);
+- ``v1.2.0-broken`` (on v1.1.0): starts, but ``/health`` always answers 503 (for rollback tests);
+- ``v1.3.0-badmigration`` (on v1.1.0, so its ``/health`` is sound): migration 0003 creates the
+  ``wards`` table, then seeds a row PostgreSQL refuses (``NotNullViolation``) on any database,
+  fresh ones included; the upgrade's one transaction rolls back, the database keeps its
+  revision (for failed-migration deploy tests). Its frontend is v1.1.0's byte for byte
+  (``version.json`` still says v1.1.0), so building its image is a full cache hit.
 
-Each release is the previous one plus the files under ``examples/refapp/versions/<tag>/``.
+Each release is its parent (:data:`PARENTS`) plus the files under
+``examples/refapp/versions/<tag>/``, added or replaced, never deleted.
 
 Example::
 
@@ -33,8 +39,12 @@ from rsdeploy import REPO_ROOT
 REFAPP_DIR = REPO_ROOT / "examples" / "refapp"
 OVERLAYS_DIR = REFAPP_DIR / "versions"
 
-#: Every release, oldest first; each is the previous one plus its overlay directory.
-VERSIONS = ["v1.0.0", "v1.1.0", "v1.2.0-broken"]
+#: Every release, oldest first: the order of the commits on the repository's main branch.
+VERSIONS = ["v1.0.0", "v1.1.0", "v1.2.0-broken", "v1.3.0-badmigration"]
+#: The release each one is built on (None: the tree in examples/refapp itself). Not always the
+#: previous one: v1.3.0-badmigration must not inherit v1.2.0-broken's failing /health.
+PARENTS = {"v1.0.0": None, "v1.1.0": "v1.0.0", "v1.2.0-broken": "v1.1.0",
+           "v1.3.0-badmigration": "v1.1.0"}
 PARTS = ("backend", "frontend")
 
 #: Image repository per part; the tag is the release (``residency-scheduler-backend:v1.0.0``).
@@ -61,10 +71,15 @@ Layout as upstream: `backend/` (FastAPI, Celery, Alembic) and `frontend/` (Next.
 """
 
 
-def _releases_up_to(tag: str) -> list[str]:
-    if tag not in VERSIONS:
+def lineage(tag: str) -> list[str]:
+    """The releases whose overlays make ``tag``, oldest first, ending with ``tag`` itself.
+
+    Example: ``lineage("v1.3.0-badmigration")`` -> ``["v1.0.0", "v1.1.0", "v1.3.0-badmigration"]``
+    """
+    if tag not in PARENTS:
         raise ValueError(f"unknown refapp version {tag!r}; known: {', '.join(VERSIONS)}")
-    return VERSIONS[: VERSIONS.index(tag) + 1]
+    parent = PARENTS[tag]
+    return [tag] if parent is None else [*lineage(parent), tag]
 
 
 def checkout(tag: str, dest: Path) -> Path:
@@ -77,7 +92,7 @@ def checkout(tag: str, dest: Path) -> Path:
     for part in PARTS:
         shutil.rmtree(dest / part, ignore_errors=True)
         shutil.copytree(REFAPP_DIR / part, dest / part, ignore=_NOT_SOURCE)
-    for release in _releases_up_to(tag)[1:]:
+    for release in lineage(tag)[1:]:
         shutil.copytree(OVERLAYS_DIR / release, dest, ignore=_NOT_SOURCE, dirs_exist_ok=True)
     return dest
 
@@ -99,7 +114,12 @@ def _tag_ids(repo: Path) -> dict[str, str]:
 
 
 def _make_repo(repo: Path) -> None:
-    """A fresh repository with one commit and one annotated tag per release, on branch main."""
+    """A fresh repository with one commit and one annotated tag per release, on branch main.
+
+    The history is linear in VERSIONS order even where a release's parent is an older one: each
+    commit holds exactly its release's tree (``checkout`` replaces backend/ and frontend/ whole),
+    so v1.3.0-badmigration's commit undoes v1.2.0-broken's /health as a revert would.
+    """
     repo.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text(_REPO_README)

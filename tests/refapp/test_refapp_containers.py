@@ -2,6 +2,7 @@
 
 What a deploy relies on: migrations run at start, /health tells the truth about the database,
 data survives an upgrade, the v1.1.0 migration downgrades, v1.2.0-broken fails its health check,
+v1.3.0-badmigration's migration fails with PostgreSQL's error and leaves the previous revision,
 unsafe production secrets are refused before anything touches the database, Celery answers
 ``inspect ping``, and the frontend shows its version and proxies /api to the backend.
 """
@@ -22,6 +23,10 @@ from rsdeploy_dev import refapp
 pytestmark = pytest.mark.sandbox
 
 QUEUES = "default,resilience,notifications,metrics,exports,security"
+BAD_MIGRATION = "v1.3.0-badmigration"
+# What Alembic prints when 0003's seed breaks (psycopg2's exception, wrapped by SQLAlchemy).
+SEED_ERROR = re.compile(r'psycopg2\.errors\.NotNullViolation\)? null value in column "name" '
+                        r'of relation "wards" violates not-null constraint')
 
 
 def fresh_name() -> str:
@@ -156,6 +161,59 @@ def test_v1_2_0_broken_starts_but_fails_its_health_check(postgres, backend):
     _, root = json_of(broken.url + "/")
     assert root["version"] == "v1.2.0-broken"
     assert http(broken.url + "/health")[0] == 503
+
+
+def schema(postgres, database: str) -> str:
+    """Every table and column of the app's schema, one ``table.column`` a line."""
+    return postgres.psql("SELECT table_name || '.' || column_name FROM information_schema.columns "
+                         "WHERE table_schema = 'public' ORDER BY 1", database)
+
+
+@pytest.mark.parametrize("previous, revision", [("v1.1.0", "0002"), ("v1.0.0", "0001")])
+def test_v1_3_0_badmigration_fails_midway_and_keeps_the_previous_revision(
+        postgres, backend, containers, previous, revision):
+    """From v1.1.0 only 0003 is pending; from v1.0.0, 0002 too: one transaction undoes both."""
+    database_url = postgres.create_database(fresh_name())
+    database = database_url.rsplit("/", 1)[1]
+    old = backend(previous, database_url)
+    json_of(old.url + "/api/v1/notes", {"body": f"written by {previous}"})
+    old.container.stop(timeout=10)
+    before = schema(postgres, database)
+
+    # Started as a deploy starts it: the entrypoint migrates, fails, and never starts uvicorn.
+    code, logs = run_once(containers, BAD_MIGRATION, app_env(database_url))
+    assert code != 0 and SEED_ERROR.search(logs), logs[-3000:]
+    assert "Running upgrade 0002 -> 0003" in logs
+
+    code, current = run_once(containers, BAD_MIGRATION, app_env(database_url),
+                             ["alembic", "current"])
+    assert code == 0 and current.split()[-1] == revision, current
+    assert postgres.psql("SELECT to_regclass('wards') IS NULL", database) == "t"
+    assert schema(postgres, database) == before, "the failed upgrade left schema changes"
+
+    # The previous release still starts on that database: a deploy can roll back to it.
+    rolled_back = backend(previous, database_url)
+    assert http(rolled_back.url + "/health")[0] == 200
+    _, notes = json_of(rolled_back.url + "/api/v1/notes")
+    assert [n["body"] for n in notes] == [f"written by {previous}"]
+
+
+def test_v1_3_0_badmigration_downgrade_drops_the_wards_table(postgres, containers):
+    """The upgrade never succeeds, so its schema step is done by hand, as an operator fixing
+    the seed would; ``alembic downgrade -1`` then undoes it."""
+    database_url = postgres.create_database(fresh_name())
+    database = database_url.rsplit("/", 1)[1]
+    code, logs = run_once(containers, "v1.1.0", app_env(database_url), ["alembic", "upgrade", "head"])
+    assert code == 0, logs[-3000:]
+    # As the app role: the downgrade runs as it, and only a table's owner may drop it.
+    postgres.psql("SET ROLE scheduler; CREATE TABLE wards (id serial PRIMARY KEY, "
+                  "code varchar(20) NOT NULL UNIQUE, name varchar(200) NOT NULL); "
+                  "UPDATE alembic_version SET version_num = '0003'", database)
+    code, logs = run_once(containers, BAD_MIGRATION, app_env(database_url),
+                          ["alembic", "downgrade", "-1"])
+    assert code == 0 and "Running downgrade 0003 -> 0002" in logs, logs[-3000:]
+    assert postgres.psql("SELECT version_num FROM alembic_version", database) == "0002"
+    assert postgres.psql("SELECT to_regclass('wards') IS NULL", database) == "t"
 
 
 @pytest.mark.parametrize("unsafe, reason", [

@@ -28,13 +28,54 @@ def test_build_repo_has_one_annotated_tag_per_version(repo):
     assert git(repo, "tag", "--list").split() == sorted(refapp.VERSIONS)
     for tag in refapp.VERSIONS:
         assert git(repo, "cat-file", "-t", tag) == "tag", f"{tag} is not an annotated tag"
-    assert int(git(repo, "rev-list", "--count", "main")) == len(refapp.VERSIONS)
+    # Linear history: main's commits, oldest first, are the tags' commits in VERSIONS order.
+    commits = [git(repo, "rev-parse", f"{tag}^{{commit}}") for tag in refapp.VERSIONS]
+    assert git(repo, "rev-list", "--reverse", "main").split() == commits
+
+
+def test_every_parent_is_an_earlier_release():
+    """The linear history adds releases in VERSIONS order: a parent must already be there."""
+    assert list(refapp.PARENTS) == refapp.VERSIONS
+    for tag, parent in refapp.PARENTS.items():
+        if parent is not None:
+            assert refapp.VERSIONS.index(parent) < refapp.VERSIONS.index(tag), tag
+    assert refapp.lineage("v1.3.0-badmigration") == ["v1.0.0", "v1.1.0", "v1.3.0-badmigration"]
+
+
+def _blobs(tree: Path) -> dict[str, str]:
+    """{relative path: git blob id} of every file under ``tree`` (what ``git ls-tree`` lists)."""
+    paths = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+    ids = subprocess.run(["git", "hash-object", "--stdin-paths"], input="\n".join(paths),
+                         cwd=tree, check=True, capture_output=True, text=True).stdout.split()
+    return dict(zip(paths, ids))
+
+
+@pytest.mark.parametrize("tag", refapp.VERSIONS)
+def test_each_tag_holds_exactly_its_release(repo, tag, tmp_path):
+    """No file of the commit before leaks in (v1.2.0-broken's /health into v1.3.0-badmigration)."""
+    tree = refapp.checkout(tag, tmp_path)
+    listed = git(repo, "ls-tree", "-r", tag, "backend", "frontend").splitlines()
+    assert {line.split("\t")[1]: line.split()[2] for line in listed} == _blobs(tree)
+
+
+#: Releases that ship their parent's frontend unchanged: its version.json names the parent.
+FRONTEND_OF = {"v1.3.0-badmigration": "v1.1.0"}
 
 
 @pytest.mark.parametrize("tag", refapp.VERSIONS)
 def test_each_tag_reports_its_own_version(repo, tag):
     assert f'VERSION = "{tag}"' in git(repo, "show", f"{tag}:backend/app/version.py")
-    assert json.loads(git(repo, "show", f"{tag}:frontend/version.json")) == {"version": tag}
+    frontend = FRONTEND_OF.get(tag, tag)
+    assert json.loads(git(repo, "show", f"{tag}:frontend/version.json")) == {"version": frontend}
+
+
+def test_v1_3_0_badmigration_is_v1_1_0_plus_a_migration(repo):
+    """Built on v1.1.0 (a healthy /health), not on v1.2.0-broken; the same frontend tree, so
+    its image build is a full cache hit."""
+    changed = git(repo, "diff", "--name-only", "v1.1.0", "v1.3.0-badmigration").split()
+    assert changed == ["backend/alembic/versions/0003_ward_seed.py", "backend/app/version.py"]
+    assert (git(repo, "rev-parse", "v1.3.0-badmigration:frontend")
+            == git(repo, "rev-parse", "v1.1.0:frontend"))
 
 
 def test_only_v1_1_0_and_later_carry_the_author_migration(repo):
@@ -43,6 +84,7 @@ def test_only_v1_1_0_and_later_carry_the_author_migration(repo):
     assert migrations("v1.0.0") == ["0001_initial.py"]
     assert migrations("v1.1.0") == ["0001_initial.py", "0002_note_author.py"]
     assert migrations("v1.2.0-broken") == migrations("v1.1.0")
+    assert migrations("v1.3.0-badmigration") == [*migrations("v1.1.0"), "0003_ward_seed.py"]
 
 
 def test_build_repo_is_idempotent(repo):
@@ -75,12 +117,17 @@ def _revisions(versions_dir: Path) -> dict[str, str | None]:
     return chain
 
 
+#: The schema revision each release's ``alembic upgrade head`` aims at.
+HEADS = {"v1.0.0": "0001", "v1.1.0": "0002", "v1.2.0-broken": "0002", "v1.3.0-badmigration": "0003"}
+
+
 @pytest.mark.parametrize("tag", refapp.VERSIONS)
 def test_migrations_form_one_chain_so_upgrade_head_is_unambiguous(tag, tmp_path):
     chain = _revisions(refapp.checkout(tag, tmp_path) / "backend" / "alembic" / "versions")
     heads = set(chain) - set(chain.values())
     assert len(heads) == 1, f"{tag}: several alembic heads {heads}"
     assert list(chain.values()).count(None) == 1, f"{tag}: not exactly one base migration"
+    assert heads == {HEADS[tag]}, f"{tag}: head {heads}"
 
 
 def test_checkout_refuses_an_unknown_tag(tmp_path):
