@@ -5,6 +5,9 @@ Docker layout: the Compose services take their flags and environment from the fu
 this role renders only their secret files (``base/secrets/<name>``, mounted at /run/secrets).
 Systemd layout: Debian's prometheus-node-exporter, prometheus-postgres-exporter and
 prometheus-redis-exporter packages, configured through /etc/default/<package>.
+
+node-exporter also serves the ``*.prom`` files in :func:`rsdeploy.release_metrics.metrics_dir`
+(its textfile collector): the release each host runs, written there by the deploy.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 from typing import TYPE_CHECKING
 
 from pydantic import model_validator
+from pyinfra.api import deploy
+from pyinfra.operations import files
 
 from rsdeploy.component_files import (
     MONITORING_SECRETS_DIR,
@@ -22,6 +27,7 @@ from rsdeploy.component_files import (
     secret_read_path,
 )
 from rsdeploy.layout import Restart
+from rsdeploy.release_metrics import metrics_dir
 from rsdeploy.types import Image, Port, Resources, Section
 
 if TYPE_CHECKING:
@@ -39,6 +45,9 @@ SYSTEMD_UNITS = "(residency-.+|postgresql.*|redis-server|nginx|prometheus.*)[.]s
 BESIDE = {"postgres_exporter": "db", "redis_exporter": "redis"}
 #: Exporters only a layout running containers has: cAdvisor reports the containers.
 CONTAINERS_ONLY = ("cadvisor",)
+#: Where the node-exporter container sees the host's root file system (``/:/host:ro,rslave`` in
+#: compose.monitoring.yml).
+HOST_ROOT = "/host"
 
 
 class Exporter(Section):
@@ -130,16 +139,29 @@ def exporter_listen(hs: HostSettings, exporter: str) -> str:
     return f"{hs.layout.listen_address(hs, not hs.has_role('monitoring'))}:{port}"
 
 
+def textfile_dir(hs: HostSettings) -> str:
+    """The textfile collector's directory as node-exporter sees it: the host's
+    :func:`~rsdeploy.release_metrics.metrics_dir`, in a container under the host's root
+    (:data:`HOST_ROOT`, already mounted read-only: no mount of its own, and a directory made
+    after the container started is seen as well).
+
+    Example: ``textfile_dir(hs)`` -> ``"/host/var/lib/residency-scheduler/metrics"`` (docker)
+    """
+    return hs.layout.data_dir(f"{HOST_ROOT}{metrics_dir(hs)}", metrics_dir(hs))
+
+
 def node_exporter_flags(hs: HostSettings) -> list[str]:
     """node-exporter's flags: the Compose ``command`` (docker) or Debian's ARGS (systemd).
 
     Docker: the host's root is mounted at /host (``/:/host:ro,rslave``, pid: host). Systemd: the
-    systemd collector feeds the Celery-unit and failed-unit alerts.
+    systemd collector feeds the Celery-unit and failed-unit alerts. Both: the textfile collector
+    serves the release metrics (:func:`textfile_dir`).
     Example: ``node_exporter_flags(hs)`` -> ``["--web.listen-address=172.30.0.1:9100", ...]``
     """
-    flags = [f"--web.listen-address={node_exporter_listen(hs)}"]
+    flags = [f"--web.listen-address={node_exporter_listen(hs)}",
+             f"--collector.textfile.directory={textfile_dir(hs)}"]
     if hs.layout.runs_in_containers:  # a container path: the image sees the host's root there
-        return [*flags, "--path.rootfs=/host"]
+        return [*flags, f"--path.rootfs={HOST_ROOT}"]
     return [*flags, "--collector.systemd", f"--collector.systemd.unit-include={SYSTEMD_UNITS}"]
 
 
@@ -226,3 +248,19 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     if exporter_applies(hs, "redis_exporter"):
         files += _redis_files(hs)
     return files
+
+
+# --- deploy -----------------------------------------------------------------------------------
+
+
+@deploy("Create node-exporter's textfile directory")
+def create_textfile_dir(hs: HostSettings) -> None:
+    """The host directory node-exporter reads ``*.prom`` files from
+    (:func:`~rsdeploy.release_metrics.metrics_dir`), made before node-exporter starts: the
+    deploy writes the release metrics there and never renders nor prunes it. Readable by
+    node-exporter's user (nobody in the image, prometheus natively), written only by root.
+
+    Example: ``if exporters.exporter_applies(hs, "node_exporter"): exporters.create_textfile_dir(hs)``
+    """
+    files.directory(name=f"Create {metrics_dir(hs)} (node-exporter's textfile metrics)",
+                    path=metrics_dir(hs), mode="755", user="root", group="root")

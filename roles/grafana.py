@@ -185,6 +185,17 @@ UTILIZATION_LEVELS = ((0, "GREEN", "green"), (1, "YELLOW", "yellow"), (2, "ORANG
 #: Threshold steps colouring each utilization level like its name.
 LEVEL_COLOURS = ((None, "green"), *((level, colour) for level, _, colour in UTILIZATION_LEVELS[1:]))
 RATE = "[$__rate_interval]"
+#: Deploys on every dashboard's time axis, from each host's release metrics
+#: (:mod:`rsdeploy.release_metrics`): a host's deploy time changed, named with the release it
+#: runs since (the newest info series: an older one lingers after a Prometheus restart).
+DEPLOY_ANNOTATION = {
+    "name": "Deploys", "datasource": PROMETHEUS, "enable": True, "iconColor": "blue",
+    "expr": "(changes(rsdeploy_release_deployed_timestamp_seconds[2m]) > 0)"
+            " * on (instance, stack) group_left (version)"
+            " topk by (instance, stack) (1, timestamp(rsdeploy_release_info))",
+    "step": "1m", "titleFormat": "Deploy", "textFormat": "{{instance}}: {{version}}",
+    "tagKeys": "instance",
+}
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
@@ -242,7 +253,7 @@ def dashboard(uid: str, title: str, panels: list[Panel], variables: list[dict] =
         "uid": uid, "title": title, "id": None, "version": 1, "schemaVersion": 39,
         "tags": ["residency-scheduler"], "editable": False, "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
-        "annotations": {"list": []}, "templating": {"list": list(variables)},
+        "annotations": {"list": [DEPLOY_ANNOTATION]}, "templating": {"list": list(variables)},
         "panels": layout(panels),
     }
 

@@ -35,9 +35,10 @@ GRAFANA_CONTAINER_PORT = 3000  # the grafana image's port inside the Compose net
 COMMON_RULES = ("targets.yml", "monitoring.yml", "host.yml")
 #: Rules on the backend's own metrics: only when it serves /metrics (backend.metrics).
 BACKEND_RULES = "backend.yml"
-#: Rule files that need an exporter, by the exporter each one needs.
+#: Rule files that need an exporter, by the exporter each one needs (the release metrics reach
+#: Prometheus through node-exporter's textfile collector).
 EXPORTER_RULES = {"postgres_exporter": "postgres.yml", "redis_exporter": "redis.yml",
-                  "cadvisor": "containers.yml"}
+                  "cadvisor": "containers.yml", "node_exporter": "release.yml"}
 #: The rules on systemd units need node-exporter's systemd collector on some host.
 SYSTEMD_RULES = "systemd.yml"
 

@@ -167,6 +167,20 @@ def test_disabled_exporter_is_not_scraped():
     assert "redis.yml" not in prometheus.rule_files(hs)
 
 
+def test_release_rules_only_where_node_exporter_serves_the_release_metrics():
+    from rsdeploy.stack import load_inventory
+
+    from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
+
+    hs = load_inventory(str(INVENTORIES / "example_multi.py"), EXAMPLE_SECRETS, env={})[
+        "mon1.example.org"]
+    assert "release.yml" in prometheus.rule_files(hs)
+    hs = load_inventory(str(INVENTORIES / "example_multi.py"), EXAMPLE_SECRETS,
+                        {"exporters": {"node_exporter": {"enabled": False}}}, env={})[
+        "mon1.example.org"]
+    assert "release.yml" not in prometheus.rule_files(hs)
+
+
 def test_command_flags_enable_reload_and_retention_and_systemd_loopback(example):
     _, root, rendered = example
     name, hs, files = _monitoring(rendered)
@@ -285,7 +299,13 @@ def test_systemd_exporter_defaults_read_the_password_from_a_file(rendered_exampl
 def test_node_exporter_flags_per_layout(rendered_examples):
     docker = rendered_examples("example_docker")["hosts"]["rs1.example.org"][0]
     assert exporters.node_exporter_flags(docker) == [
-        "--web.listen-address=172.30.0.1:9100", "--path.rootfs=/host"]
+        "--web.listen-address=172.30.0.1:9100",
+        "--collector.textfile.directory=/host/var/lib/residency-scheduler/metrics",
+        "--path.rootfs=/host"]
+    systemd = rendered_examples("example_systemd")["hosts"]["rs1.example.org"][0]
+    assert exporters.node_exporter_flags(systemd)[:2] == [
+        "--web.listen-address=127.0.0.1:9100",
+        "--collector.textfile.directory=/var/lib/residency-scheduler/metrics"]
     multi = rendered_examples("example_multi")["hosts"]["db1.example.org"][0]
     assert exporters.node_exporter_flags(multi)[0] == "--web.listen-address=10.0.0.21:9100"
     assert exporters.postgres_exporter_environment(multi) == {
