@@ -5,15 +5,18 @@
 
 The story of a rollout, top to bottom: render every file the host needs, upload them (secrets
 mode 0600, never shown) and remove what the roles no longer render, carry out the host's own
-reactions to what changed, make the maintenance page's directory (empty: nginx mounts it),
-deliver the release, put the certificate in place, let the layout bring the stack up
-health-gated and reload or restart only what reads a changed file, enable timers, and record
-the release. A second run with nothing changed changes nothing.
+reactions to what changed, make the directories read at run time (nginx: maintenance page,
+traffic pins; node-exporter: the release's metrics), deliver the release, put the certificate in place, let the layout bring the
+stack's services up health-gated and reload or restart only what reads a changed file, switch
+the app to the release (new instances beside the old, health-gated, then the traffic; refused
+and undone when it fails), enable timers, and record the release. A second run with nothing
+changed changes nothing.
 """
 
-from roles import base, nginx, tls
+from roles import base, exporters, nginx, tls
 from rsdeploy import apply, release, stack
 from rsdeploy.layout import Reload
+from rsdeploy.stack import release as releases
 
 hs = stack.current()
 
@@ -26,10 +29,14 @@ apply.react_on_host(reactions)
 base.ensure_firewall(hs)
 if nginx.applies(hs):
     nginx.create_maintenance_dir(hs)
+    nginx.create_traffic_dir(hs)
+if exporters.exporter_applies(hs, "node_exporter"):
+    exporters.create_textfile_dir(hs)  # where the release is exported for monitoring
 # The release first: the first certificate is obtained with the certbot image.
 delivered = hs.layout.deliver(hs, rendered)
 if tls.applies(hs):
     reactions.setdefault(Reload("nginx"), []).extend(tls.ensure_certificate(hs))
-hs.layout.roll_out(hs, reactions, delivered)
+hs.layout.roll_out(hs, reactions, delivered, releases.released_services(hs))
+releases.switch(hs, reactions, delivered, kind=hs.stack.release_kind)
 apply.enable_timers(reactions)
 release.record_version(hs)

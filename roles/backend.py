@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from rsdeploy.errors import SettingsError
 from rsdeploy.escape import url_part
 from rsdeploy.layout import Recreate
+from rsdeploy.release import OVERLAP, SERVE, SINGLE, CommandProbe, HttpProbe, ReleaseUnit
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.secrets import WEAK_VALUES
 from rsdeploy.types import (
@@ -276,6 +277,41 @@ def app_env_file(hs: HostSettings) -> RenderedFile:
     content = template(f"app/app.env.{hs.layout.name}.j2", hs, env=app_environment(hs))
     return RenderedFile(app_env_path(hs), content, "backend", mode="600", secret=True,
                         reactions=app_env_reactions(hs))
+
+
+# --- releases ------------------------------------------------------------------------------------
+
+#: Seconds each service gets to finish its work when a release stops it: the API its in-flight
+#: requests, the worker its running tasks (warm shutdown, the guide's grace), beat its tick.
+STOP_GRACE = {"backend": 30, "celery-worker": 120, "celery-beat": 10}
+#: The Alembic command the one-shot migration runs.
+MIGRATE_ARGV = ("alembic", "upgrade", "head")
+
+
+def migration_service(hs: HostSettings) -> str:
+    """The one-shot service whose definition runs the release's migrations."""
+    return hs.layout.service("migrate", "residency-migrate")
+
+
+def release_units(hs: HostSettings) -> list[ReleaseUnit]:
+    """How a release replaces the API (health-checked, then given the traffic), the worker
+    (answers a Celery ping before the old one gets its warm shutdown) and beat (one at a time,
+    ready once it has written its schedule).
+
+    Example: ``[u.service for u in release_units(hs)]`` -> ``["backend", "celery-worker", "celery-beat"]``
+    """
+    app = "--app=app.core.celery_app"
+    ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
+                        "celery inspect ping")
+    beat = CommandProbe(("sh", "-c", "ls /run/celerybeat/schedule* >/dev/null"),
+                        "its schedule file (beat's heartbeat)")
+    names = {name: hs.layout.service(name, f"residency-{name}") for name in STOP_GRACE}
+    return [
+        ReleaseUnit(names["backend"], SERVE, HttpProbe(hs.stack.backend.port, "/health"),
+                    STOP_GRACE["backend"], traffic="backend"),
+        ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"]),
+        ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"]),
+    ]
 
 
 # --- systemd layout ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from roles.backend import APP_UID, APP_USER, listen_address, release_dir
 from rsdeploy.layout import Recreate, Restart
+from rsdeploy.release import SERVE, HttpProbe, ReleaseUnit
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Port, Repository, Resources, Section
 from rsdeploy.units import UNIT_DIR, AppUnit, memory_bytes, unit_safe_path, verify_units
@@ -45,6 +46,19 @@ def applies(hs: HostSettings) -> bool:
 def ports(hs: HostSettings) -> dict[str, int]:
     """The port the frontend takes on this host, by settings key. Example: ``{"frontend.port": ...}``"""
     return {"frontend.port": hs.stack.frontend.port}
+
+
+#: Seconds the frontend gets to finish in-flight requests when a release stops it.
+STOP_GRACE = 30
+
+
+def release_units(hs: HostSettings) -> list[ReleaseUnit]:
+    """The frontend is replaced like the API: started beside the old one, ready when ``/``
+    answers 200, then given the traffic. Example: ``release_units(hs)[0].traffic`` -> ``"frontend"``
+    """
+    service = hs.layout.service("frontend", APP_NAME)
+    return [ReleaseUnit(service, SERVE, HttpProbe(hs.stack.frontend.port, "/"), STOP_GRACE,
+                        traffic="frontend")]
 
 
 def ecosystem_path(hs: HostSettings) -> str:

@@ -24,6 +24,7 @@ from pyinfra.operations import files
 
 from roles.tls import ACME_WEBROOT, certificate_paths
 from rsdeploy import apply
+from rsdeploy.escape import nginx_str
 from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import HostAddress, Image, Port, Resources, Section, Size
@@ -38,6 +39,10 @@ HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 CONTAINER_MAINTENANCE_DIR = "/var/www/maintenance"
 #: The maintenance page's file name: nginx answers 503 with it while it exists.
 MAINTENANCE_PAGE = "maintenance.html"
+#: Where nginx reads the release's traffic pins in its container (docker layout).
+CONTAINER_TRAFFIC_DIR = "/etc/nginx/traffic"
+#: The file of pins in the traffic directory (see :func:`traffic_pins`).
+TRAFFIC_FILE = "release.conf"
 #: The page's text when ``rsdeploy maintenance on`` is given no ``--message``.
 MAINTENANCE_MESSAGE = "The site is down for maintenance and will be back shortly."
 #: Debian 12's nginx, which the systemd layout runs.
@@ -130,6 +135,32 @@ def host_maintenance_dir(hs: HostSettings) -> str:
     return f"{hs.stack.paths.data_dir}/maintenance"
 
 
+def host_traffic_dir(hs: HostSettings) -> str:
+    """The host directory of the release's traffic pins: the release procedure writes
+    :data:`TRAFFIC_FILE` there when it switches a release; the deploy creates it and never
+    renders nor prunes it. Example: ``"/var/lib/residency-scheduler/traffic"``
+    """
+    return f"{hs.stack.paths.data_dir}/traffic"
+
+
+def traffic_dir(hs: HostSettings) -> str:
+    """The traffic directory as nginx sees it (docker: the host's, mounted read-only)."""
+    return hs.layout.data_dir(CONTAINER_TRAFFIC_DIR, host_traffic_dir(hs))
+
+
+def traffic_pins(targets: dict[str, str]) -> str:
+    """The traffic file: each proxy target pinned to one instance, which nginx reads at its
+    next reload. ``targets``: ``{"backend": "residency-scheduler-backend-2:8000", ...}``.
+
+    Example: ``traffic_pins({"backend": "rs-backend-2:8000"})`` ->
+    ``'set $rs_backend "rs-backend-2:8000";\n'`` (after a header comment)
+    """
+    lines = ["# The instances serving the current release (written by rsdeploy when it switches",
+             "# a release; nginx reads it at its next reload). Do not edit."]
+    lines += [f"set $rs_{name} {nginx_str(address)};" for name, address in sorted(targets.items())]
+    return "\n".join(lines) + "\n"
+
+
 def maintenance_dir(hs: HostSettings) -> str:
     """The maintenance directory as nginx sees it (docker: the host's, mounted read-only).
 
@@ -220,6 +251,7 @@ SNIPPETS = ("tls.conf", "security-headers.conf.j2", "api-headers.conf.j2", "prox
 def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
     variables = {"snippets_dir": snippets_dir(hs), "acme_webroot": ACME_WEBROOT,
                  "maintenance_dir": maintenance_dir(hs), "maintenance_page": MAINTENANCE_PAGE,
+                 "traffic_dir": traffic_dir(hs),
                  **_proxy_targets(hs), **_listen_variables(hs)}
     certificate, certificate_key = certificate_paths(hs)
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,
@@ -379,6 +411,17 @@ def create_maintenance_dir(hs: HostSettings) -> None:
     """
     files.directory(name=f"Create {host_maintenance_dir(hs)} (the maintenance page's)",
                     path=host_maintenance_dir(hs), mode="755", user="root", group="root")
+
+
+@deploy("Create the traffic pins' directory")
+def create_traffic_dir(hs: HostSettings) -> None:
+    """The directory nginx reads the release's traffic pins from (mounted into its container,
+    so it must exist before the stack comes up); the release procedure writes the pins.
+
+    Example: ``nginx.create_traffic_dir(hs)``
+    """
+    files.directory(name=f"Create {host_traffic_dir(hs)} (the release's traffic pins)",
+                    path=host_traffic_dir(hs), mode="755", user="root", group="root")
 
 
 @deploy("Switch maintenance mode")

@@ -3,7 +3,9 @@
     rsdeploy render    -i INVENTORY [--host NAME] --out DIR
     rsdeploy check     -i INVENTORY [--host NAME]
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
-    rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry]
+    rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--lock-wait S]
+    rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--lock-wait S]
+    rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
     rsdeploy maintenance on|off -i INVENTORY [--host NAME] [--message TEXT] [--dry]
     rsdeploy demo      [--name PREFIX] [--version TAG]
@@ -12,8 +14,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -23,8 +27,9 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, release, remote
 from rsdeploy.errors import UserError
+from rsdeploy.lock import LOCK_HELD, HostLock
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
@@ -90,18 +95,36 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
-def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int:
+def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None,
+                locked: str | None = None) -> int:
     """Validate every host's settings, then run a deploy file with the pyinfra CLI.
 
     Nothing contacts a host before the whole inventory has passed validation (and ``check``,
-    called with each host's settings, if given). Secrets reach the
-    pyinfra process through the environment (RS_SECRETS_FILE), never its command line.
-    Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"})``
+    called with each host's settings, if given). ``locked`` (what the run does, e.g.
+    "deploying"): each host's deploy lock is held for the whole run (:mod:`rsdeploy.lock`).
+    Secrets reach the pyinfra process through the environment (RS_SECRETS_FILE), never its
+    command line.
+    Example: ``run_pyinfra(args, "deploy.py", {"version": "v1.1.0"}, locked="deploying")``
     """
     hosts = _selected(args, data)
     args.selected_hosts = list(hosts)  # for the summary line
     for hs in hosts.values() if check else ():
         check(hs)
+    with contextlib.ExitStack() as held:
+        if locked and not args.dry:
+            holder = {"who": release.who(), "action": locked,
+                      "version": data.get("version") or next(iter(hosts.values())).stack.version,
+                      "message": getattr(args, "message", None) or ""}
+            for hs in hosts.values():
+                lock = held.enter_context(HostLock(hs, holder, getattr(args, "lock_wait", 0),
+                                                          getattr(args, "break_lock", False)))
+                for note in lock.notes:
+                    print(f"rsdeploy: {note}", file=sys.stderr)
+        return _pyinfra(args, deploy_file, data, hosts)
+
+
+def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
+    """The pyinfra CLI on a deploy file; a release refused on some host makes exit code 3."""
     env = dict(os.environ, **{INVENTORY_ENV: str(Path(args.inventory).resolve())})
     if args.secrets:
         env[FILE_ENV] = str(Path(args.secrets).resolve())
@@ -114,7 +137,16 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None) -> int
         command += ["--limit", ",".join(hosts)]
     if args.dry:
         command.append("--dry")
-    return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+    with tempfile.NamedTemporaryFile("r", prefix="rsdeploy-outcome-", suffix=".jsonl") as outcome:
+        env[release.OUTCOME_ENV] = outcome.name
+        code = subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+        refused = [json.loads(line) for line in outcome if line.strip()]
+    refused = [o for o in refused if o["result"] == release.FAILED]
+    if code and refused:
+        args.reason = "; ".join(f"{o['reason']} (the previous release keeps serving on "
+                                f"{o['host']})" for o in refused)
+        return RELEASE_REFUSED
+    return code
 
 
 def cmd_bootstrap(args) -> int:
@@ -126,7 +158,53 @@ def cmd_deploy(args) -> int:
     """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
     data = {"version": args.version} if args.version is not None else {}
     # A tag missing from the app's repository, a bundle manifest missing: stopped here.
-    return run_pyinfra(args, "deploy.py", data, check=preflight)
+    return run_pyinfra(args, "deploy.py", data, check=preflight, locked="deploying")
+
+
+def host_history(hosts: dict) -> dict[str, list[dict]]:
+    """Each host's release history, read over SSH (empty for a host that has none)."""
+    found = {}
+    for name, hs in hosts.items():
+        proc = remote.run(hs, f"cat {shlex.quote(release.history_file(hs))} 2>/dev/null || true")
+        if proc.returncode:
+            raise UserError(f"{name}: cannot read the release history over SSH: "
+                            f"{(proc.stderr.strip().splitlines() or ['no answer'])[-1]}")
+        found[name] = release.parse_history(proc.stdout)
+    return found
+
+
+def cmd_rollback(args) -> int:
+    """Switch back to an earlier release (``--to TAG``, default the previous successful one),
+    zero-downtime and recorded, downgrading the database with the newer release's scripts."""
+    hosts = _selected(args)
+    target = args.to
+    if target is None:
+        found = {name: release.previous_good(attempts)
+                 for name, attempts in host_history(hosts).items()}
+        targets = set(found.values())
+        if None in targets:
+            missing = [name for name, tag in found.items() if tag is None]
+            raise UserError(f"{missing[0]}: no earlier successful release in its history to roll "
+                            "back to; name one with --to TAG")
+        if len(targets) > 1:
+            raise UserError("the hosts' previous releases differ ("
+                            + ", ".join(f"{n}: {t}" for n, t in sorted(found.items()))
+                            + "); name one with --to TAG")
+        target = targets.pop()
+    args.version = target
+    return run_pyinfra(args, "deploy.py", {"version": target, "release_kind": "rollback"},
+                       check=preflight, locked="rolling back to")
+
+
+def cmd_releases(args) -> int:
+    """Print every release attempt on each host (newest first), or ``--json``."""
+    history = host_history(_selected(args))
+    if args.json:
+        print(json.dumps(history, indent=2))
+        return 0
+    for name, attempts in history.items():
+        print(release.table(attempts, name) if attempts else f"{name}: no release recorded yet")
+    return 0
 
 
 def ssh_config(hosts: dict) -> str:
@@ -178,6 +256,14 @@ def cmd_maintenance(args) -> int:
     return run_pyinfra(args, "maintenance.py", data)
 
 
+def _lock_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS",
+                        help="wait this long for another run's deploy lock (default: refuse at once)")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="stop a hung run holding the deploy lock, then take it")
+    parser.add_argument("--message", metavar="TEXT", help="why: shown to whoever finds the lock held")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,7 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     _summary_args(deploy)
     deploy.add_argument("--version", help="release tag to deploy (default: the inventory's)")
     deploy.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    _lock_args(deploy)
     deploy.set_defaults(func=cmd_deploy)
+
+    rollback = sub.add_parser("rollback", help="switch back to an earlier release, zero-downtime")
+    _inventory_args(rollback)
+    _summary_args(rollback)
+    rollback.add_argument("--to", metavar="TAG",
+                          help="release to go back to (default: the previous successful one)")
+    _lock_args(rollback)
+    rollback.set_defaults(func=cmd_rollback, dry=False)
+
+    releases = sub.add_parser("releases", help="every release attempt on each host")
+    _inventory_args(releases)
+    releases.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    releases.set_defaults(func=cmd_releases)
 
     verify = sub.add_parser("verify", help="check deployed hosts (testinfra suite tests/verify)")
     _inventory_args(verify)
@@ -231,9 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands that act on hosts: they end with one summary line (and ``--summary-json FILE``).
-SUMMARIZED = ("bootstrap", "deploy", "verify", "maintenance")
+SUMMARIZED = ("bootstrap", "deploy", "rollback", "verify", "maintenance")
+#: A release failed its checks or migration on a host and was undone: the old one serves.
+RELEASE_REFUSED = 3
 #: Exit codes of those commands (README, "Commands").
-RESULTS = {0: "ok", 1: "failed", 2: "refused", 130: "interrupted"}
+RESULTS = {0: "ok", 1: "failed", 2: "refused", RELEASE_REFUSED: "release refused, rolled back",
+           LOCK_HELD: "lock held", 130: "interrupted"}
 
 
 def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
@@ -257,8 +360,9 @@ def summary_line(report: dict) -> str:
     hosts = ", ".join(report["hosts"]) or "no host"
     result = report["result"] if not report["exit_code"] or report["result"] != "failed" \
         else f"failed (exit {report['exit_code']})"
+    why = f": {report['reason']}" if report["exit_code"] == RELEASE_REFUSED else ""
     return (f"rsdeploy: {report['command']}{version} on {hosts}: {result} "
-            f"in {report['duration_seconds']:.0f} s")
+            f"in {report['duration_seconds']:.0f} s{why}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     if args.command in SUMMARIZED:
-        report = summary(args, code, time.monotonic() - started, reason)
+        report = summary(args, code, time.monotonic() - started,
+                         reason or getattr(args, "reason", None))
         if reason is None:  # a refusal is its one error line
             print(summary_line(report), flush=True)
         if getattr(args, "summary_json", None):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from rsdeploy.render import RenderedFile
@@ -212,6 +213,15 @@ class Layout(ABC):
         returns the operations, so the rollout knows something new arrived."""
 
     @abstractmethod
-    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list) -> None:
+    def release_host(self, hs: HostSettings, shell: Callable[[str], tuple[bool, str]]) -> object:
+        """The primitives the release procedure (:mod:`rsdeploy.stack.release`) switches a
+        release with on this host: list and start instances, probe them, run the migrations,
+        pin the web server's traffic, stop and remove. ``shell`` runs a shell line on the host.
+        """
+
+    @abstractmethod
+    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
+                 released: frozenset[str] = frozenset()) -> None:
         """Bring the stack up on this host, health-gated, then carry out the stack-service
-        ``reactions`` (each gated on the operations that asked for it)."""
+        ``reactions`` (each gated on the operations that asked for it). The ``released``
+        services are left to the release procedure, which switches them afterwards."""

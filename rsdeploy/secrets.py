@@ -13,11 +13,16 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from rsdeploy.errors import SettingsError
+from rsdeploy.escape import url_part
+
+if TYPE_CHECKING:
+    from rsdeploy.settings import HostSettings
 
 ENV_PREFIX = "RS_"
 FILE_ENV = "RS_SECRETS_FILE"
@@ -220,3 +225,16 @@ def _read_as(kind: str, raw: str) -> str | None:
     if kind == "null":
         return _READ_AS[kind]
     return f"{_READ_AS[kind]} ({yaml.safe_load(f'!!{kind} {raw}')})"
+
+
+#: What a secret is shown as.
+MASK = "********"
+
+
+def masked(text: str, hs: HostSettings) -> str:
+    """``text`` with every secret of the stack (as written and as URL-encoded in DATABASE_URL
+    and REDIS_URL) replaced by ``********``. Example: ``masked(log, hs)``"""
+    values = {v for v in (getattr(hs.secrets, name) for name in type(hs.secrets).model_fields) if v}
+    for value in sorted(values | {url_part(v) for v in values}, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text

@@ -13,6 +13,7 @@ import yaml
 
 from roles import backend, grafana, prometheus
 from rsdeploy.render import write_tree
+from rsdeploy.secrets import MASK, masked
 from rsdeploy.stack import load_inventory, render_host
 from rsdeploy.stack.docker import diagnose, project
 from rsdeploy.types import duration_seconds
@@ -182,7 +183,7 @@ def test_logs_are_shown_with_every_secret_masked():
     hs = next(iter(load_example("example_docker").values()))
     log = (f"connecting to {backend.database_url(hs)}\n"
            f"SECRET_KEY={hs.secrets.secret_key} redis {hs.secrets.redis_password}\n")
-    shown = diagnose.masked(log, hs)
+    shown = masked(log, hs)
     for secret in (hs.secrets.db_password, hs.secrets.secret_key, hs.secrets.redis_password):
         assert secret not in shown
-    assert shown.count(diagnose.MASK) == 3 and "connecting to postgresql://scheduler:" in shown
+    assert shown.count(MASK) == 3 and "connecting to postgresql://scheduler:" in shown

@@ -6,6 +6,8 @@ switching to maintenance mode and back).
 
 from __future__ import annotations
 
+import fnmatch
+
 import http.client
 import json
 import os
@@ -98,7 +100,8 @@ def expand(directives: list, files: dict[str, str]) -> list:
     out = []
     for name, args, children in directives:
         if name == "include":
-            out += expand(parse(files[args[0]]), files)
+            for path in sorted(fnmatch.filter(files, args[0])):  # none for an empty glob
+                out += expand(parse(files[path]), files)
         else:
             out.append((name, args, children))
     return out

@@ -67,6 +67,9 @@ class StackSettings(BaseStackSettings):
     maintenance: Literal["on", "off"] | None = None
     # deploys/maintenance.py: the page's text (rsdeploy maintenance --message); None: the default
     maintenance_message: Line | None = None
+    # deploys/deploy.py: what the release history calls this switch (rsdeploy rollback says
+    # "rollback"); the procedure is the same
+    release_kind: Literal["deploy", "rollback"] = "deploy"
 
 
 def for_host(hs: HostSettings) -> list[ModuleType]:

@@ -98,5 +98,9 @@ class SystemdLayout(Layout):
         apply.fail("the systemd layout's rollout is not available yet: deploy it with layout docker")
         return []
 
-    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list) -> None:
+    def release_host(self, hs: HostSettings, shell) -> object:
+        apply.fail("the systemd layout's releases are not available yet: deploy it with layout docker")
+
+    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
+                 released: frozenset[str] = frozenset()) -> None:
         apply.fail("the systemd layout's rollout is not available yet: deploy it with layout docker")

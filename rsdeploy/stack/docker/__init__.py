@@ -12,7 +12,7 @@ from pyinfra import host
 
 from rsdeploy.facts import ComposeContainers
 from rsdeploy.layout import Layout
-from rsdeploy.stack.docker import delivery, project, rollout
+from rsdeploy.stack.docker import delivery, project, release, rollout
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,5 +102,9 @@ class DockerLayout(Layout):
     def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
         return delivery.deliver_images(hs, project.project_images(rendered))
 
-    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list) -> None:
-        rollout.roll_out(hs, reactions, delivered)
+    def release_host(self, hs: HostSettings, shell) -> release.DockerReleaseHost:
+        return release.DockerReleaseHost(hs, shell)
+
+    def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
+                 released: frozenset[str] = frozenset()) -> None:
+        rollout.roll_out(hs, reactions, delivered, released)

@@ -20,7 +20,7 @@ from pyinfra import logger
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.operations import python
 
-from rsdeploy.escape import url_part
+from rsdeploy.secrets import masked
 from rsdeploy.stack.docker.project import ONE_SHOT
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 #: Log lines shown per failing service.
 LOG_LINES = 30
-MASK = "********"
 #: The memory cgroup's OOM-kill counter as a container sees it (cgroup v2, then v1).
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
@@ -99,15 +98,6 @@ def oom_kills(counters: str) -> int:
     """
     found = re.search(r"^oom_kill (\d+)$", counters, re.MULTILINE)
     return int(found.group(1)) if found else 0
-
-
-def masked(text: str, hs: HostSettings) -> str:
-    """``text`` with every secret of the stack (as written and as URL-encoded in DATABASE_URL
-    and REDIS_URL) replaced by ``********``. Example: ``masked(log, hs)``"""
-    values = {v for v in (getattr(hs.secrets, name) for name in type(hs.secrets).model_fields) if v}
-    for value in sorted(values | {url_part(v) for v in values}, key=len, reverse=True):
-        text = text.replace(value, MASK)
-    return text
 
 
 def explain(state: State, host: Host, hs: HostSettings, project: str) -> bool:

@@ -36,6 +36,7 @@ from roles import (
     alertmanager,
     backend,
     exporters,
+    frontend,
     grafana,
     log_shipper,
     nginx,
@@ -295,8 +296,12 @@ def _context(hs: HostSettings) -> dict:
         "alertmanager_secrets": alertmanager.secret_names(hs),
         "app_uid": backend.APP_UID,
         "backend_resources": backend.resources(hs),
+        # The grace each app service gets when stopped: the release procedure waits as long.
+        "stop_grace": {service: f"{seconds}s" for service, seconds in
+                       {**backend.STOP_GRACE, "frontend": frontend.STOP_GRACE}.items()},
         "acme_webroot": tls.ACME_WEBROOT,
         "maintenance_dirs": (nginx.host_maintenance_dir(hs), nginx.maintenance_dir(hs)),
+        "traffic_dirs": (nginx.host_traffic_dir(hs), nginx.traffic_dir(hs)),
     }
 
 

@@ -1,5 +1,6 @@
-"""The docker layout's rollout: bring the Compose project up health-gated, then carry out the
-reactions of the stack's services (reload, restart, run a command in a service).
+"""The docker layout's rollout: bring the Compose project's services up health-gated (all but
+the app's, which the release procedure switches), then carry out the reactions of the stack's
+services (reload, restart, run a command in a service).
 
 Compose compares service definitions, not the content of bind-mounted files: a changed Compose
 file, env file or image recreates its services through ``up``; a changed mounted config file or
@@ -30,32 +31,37 @@ def _down(container: dict | None) -> bool:
 
 
 @deploy("Roll out the Compose project")
-def roll_out(hs: HostSettings, wanted: dict[Reaction, list], delivered: list) -> None:
-    """Bring the project up (health-gated), then reload or restart each service whose mounted
-    files changed. Nothing runs when nothing changed and all is healthy.
+def roll_out(hs: HostSettings, wanted: dict[Reaction, list], delivered: list,
+             released: frozenset[str] = frozenset()) -> None:
+    """Bring the project's other services up (health-gated), then reload or restart each
+    service whose mounted files changed. Nothing runs when nothing changed and all is healthy.
 
     ``wanted``: the reactions of every rendered file with their gates (a new certificate adds
     a ``Reload("nginx")``); ``delivered``: the operations of image delivery (new images
-    recreate their services).
-    Example: ``roll_out(hs, apply.reactions(rendered, metas), delivered)``
+    recreate their services); ``released``: the services the release procedure replaces
+    (:mod:`rsdeploy.stack.release`), left alone here.
+    Example: ``roll_out(hs, apply.reactions(rendered, metas), delivered, {"backend", ...})``
     """
+    services = [name for name in long_running(hs) if name not in released]
     containers = host.get_fact(ComposeContainers, project=hs.stack.compose.project)
-    down = [name for name in long_running(hs) if _down(containers.get(name))]
-    recreated = [gate for reaction, gates in wanted.items() if isinstance(reaction, Recreate)
-                 for gate in gates]
-    # A failure is explained (exit codes, OOM kills, logs) before the host is failed.
-    up = server.shell(
-        name="Bring the stack up, waiting for health checks (docker compose up --wait)"
-             + (f": {', '.join(down)} not running or unhealthy" if down else ""),
-        commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout",
-                                  str(duration_seconds(hs.stack.backend.health.wait_timeout)),
-                                  "--remove-orphans")],
-        _chdir=hs.stack.paths.base_dir, _ignore_errors=True,
-        **({} if down else {"_if": any_changed(*recreated, *delivered)}),
-    )
-    explain_if_failed(hs, up)
+    down = [name for name in services if _down(containers.get(name))]
+    recreated = [gate for reaction, gates in wanted.items()
+                 if isinstance(reaction, Recreate) and reaction.target in services for gate in gates]
+    if services:
+        # --no-deps: nginx's dependency on the app is the release procedure's business.
+        # A failure is explained (exit codes, OOM kills, logs) before the host is failed.
+        up = server.shell(
+            name="Bring the stack's services up, waiting for health checks (docker compose up "
+                 "--wait)" + (f": {', '.join(down)} not running or unhealthy" if down else ""),
+            commands=[compose_command(hs, "up", "--detach", "--wait", "--wait-timeout",
+                                      str(duration_seconds(hs.stack.backend.health.wait_timeout)),
+                                      "--no-deps", "--remove-orphans", *services)],
+            _chdir=hs.stack.paths.base_dir, _ignore_errors=True,
+            **({} if down else {"_if": any_changed(*recreated, *delivered)}),
+        )
+        explain_if_failed(hs, up)
     # A service whose container did not exist yet was just created with the new files.
-    existing = set(name for name in long_running(hs) if name in containers)
+    existing = set(name for name in services if name in containers)
     for reaction, gates in wanted.items():
         if reaction.target in existing:
             react(hs, reaction, gates)

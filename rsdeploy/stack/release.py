@@ -1,0 +1,440 @@
+"""The release procedure: switch a host to a new release without dropping a request, or refuse
+it and keep the old one serving. The same in every layout: the layout supplies the primitives
+(``hs.layout.release_host``), the roles their release units (how each service is replaced and
+proves itself ready).
+
+The story of one switch, top to bottom:
+
+1. tidy what an interrupted switch left (a second instance that never got traffic);
+2. find what changes: each unit whose running definition differs from the uploaded one;
+3. the database: read its Alembic revision and the new release's head; when the new release is
+   ahead, back the database up and migrate while the old release serves (one transaction: a
+   failed migration leaves the old revision); when the database is ahead (a rollback), downgrade
+   it with the running, newer release's own scripts, as the older code does not know them;
+4. start the new instances beside the old ones and probe each until ready;
+5. move the traffic: pin the web server's targets to the new instances, graceful reload;
+6. replace the singletons (beat): the old one stopped, the new one proved, the old one removed;
+7. drain the old instances (each with its grace period) and record the release.
+
+Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
+instances, new instances removed, the old beat started again, a migration of this attempt downgraded.
+The old release keeps serving and the attempt is recorded as failed with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import python
+from pyinfra.operations.util import any_changed
+
+from roles import backend, backup, frontend, nginx
+from rsdeploy import release, release_metrics
+from rsdeploy.layout import Recreate
+from rsdeploy.release import FAILED, OK, OVERLAP, SERVE, SINGLE, Attempt, ReleaseUnit
+from rsdeploy.secrets import masked
+from rsdeploy.types import duration_seconds
+
+if TYPE_CHECKING:
+    from pyinfra.api import Host, State
+
+    from rsdeploy.layout import Reaction
+    from rsdeploy.settings import HostSettings
+
+#: Seconds between two probes of a starting instance.
+PROBE_INTERVAL = 3
+#: Lines of a failed command's output shown (migrations: the Alembic/PostgreSQL error).
+ERROR_LINES = 25
+
+
+def units(hs: HostSettings) -> list[ReleaseUnit]:
+    """Every release unit of the app on this host, in the order they are replaced."""
+    if not hs.has_role("app"):
+        return []
+    return backend.release_units(hs) + frontend.release_units(hs)
+
+
+def released_services(hs: HostSettings) -> frozenset[str]:
+    """The services the release procedure replaces (and the one-shot migration): the layout's
+    rollout leaves them alone. Example: ``{"backend", "celery-worker", ..., "migrate"}``"""
+    if not hs.has_role("app"):
+        return frozenset()
+    return frozenset([u.service for u in units(hs)] + [backend.migration_service(hs)])
+
+
+@deploy("Switch the release")
+def switch(hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
+           kind: str = "deploy") -> None:
+    """Switch the host to ``hs.stack.version`` when something asks for it: the release's own
+    files or images changed, the host serves another version, or an app service is down. A
+    re-run with nothing changed does nothing.
+
+    Example (after the layout's rollout): ``release.switch(hs, reactions, delivered)``
+    """
+    if not units(hs):
+        return
+    gates = [gate for reaction, found in reactions.items()
+             if isinstance(reaction, Recreate) and reaction.target in released_services(hs)
+             for gate in found]
+    serving = host.get_fact(FileContents, path=release.version_file(hs)) or []
+    down = [u.service for u in units(hs) if not hs.layout.service_running(hs, u.service)]
+    due = [f"{', '.join(down)} not running"] if down else []
+    if [line.strip() for line in serving] != [hs.stack.version]:
+        due.append(f"the host serves {serving[0].strip() if serving else 'no release'}")
+    python.call(
+        name=f"Switch the release to {hs.stack.version} (new instances beside the old, "
+             "health-gated, then the traffic)" + (f": {'; '.join(due)}" if due else ""),
+        function=switch_release, hs=hs, kind=kind,
+        **({} if due else {"_if": any_changed(*gates, *delivered)}))
+
+
+class Refused(Exception):
+    """The release cannot go on; the message says why, on one line (the details were logged)."""
+
+
+@dataclass
+class Switch:
+    """One release switch on one host (see the module docstring). ``shell(command)`` runs a
+    shell line on the host and returns ``(ok, output)``; ``say(line)`` logs a line."""
+
+    hs: HostSettings
+    rh: object  # the layout's release primitives
+    say: object
+    attempt: Attempt
+    undo: list = field(default_factory=list)  # callables, most recent last
+
+    # --- 1. leftovers --------------------------------------------------------------------------
+
+    def tidy(self, pinned: set[str]) -> None:
+        """Remove the extra instances an interrupted switch left: keep the pinned one of a
+        served unit (``pinned``: the web server's targets), the newest running one of the
+        others (started again if it was stopped)."""
+        found = self.rh.instances()
+        for unit in units(self.hs):
+            instances = found.get(unit.service, [])
+            if len(instances) < 2:
+                continue
+            if unit.strategy == SERVE:
+                keep = [i for i in instances if self.rh.proxy_target(i, unit.probe.port) in pinned]
+            else:
+                keep = [i for i in instances if i.state == "running"][-1:] or instances[-1:]
+            keep = keep[:1] or instances[:1]
+            extra = [i for i in instances if i not in keep]
+            self.say(f"{unit.service}: removing {', '.join(i.name for i in extra)} "
+                     "(left by an interrupted release)")
+            self.rh.remove(extra)
+            if keep[0].state != "running":
+                self.rh.start_again(keep[0])
+
+    # --- 3. database ---------------------------------------------------------------------------
+
+    def revisions(self, live: dict) -> tuple[str | None, str | None, set[str]]:
+        """(the database's revision, the new release's head, every revision it knows)."""
+        service = backend.migration_service(self.hs)
+        ok, output = self.rh.run_once(service, ["sh", "-c", "alembic heads && echo '--' && "
+                                                            "alembic history"])
+        if not ok:
+            raise Refused(f"the new release cannot read its migrations: {_tail(output, 1)}")
+        heads_text, _, history_text = output.partition("\n--\n")
+        head = _revision(heads_text)
+        known = set(re.findall(r"-> (\w+)", history_text))
+        # The running release reads the database best (the new one may not know its
+        # revision), unless it is older than the database itself (a release refused earlier).
+        old = live.get(units(self.hs)[0].service)
+        ok = False
+        if old is not None and old.state == "running":
+            ok, output = self.rh.exec(old, ["alembic", "current"])
+        if not ok:
+            ok, output = self.rh.run_once(service, ["alembic", "current"])
+        return (_revision(output) if ok else None), head, known
+
+    def migrate(self, live: dict) -> None:
+        """Bring the database to the new release's head (see the module docstring, step 3)."""
+        current, head, known = self.revisions(live)
+        self.attempt.revision_before = self.attempt.revision_after = current
+        if head is None or current == head:
+            return
+        if current is None or current in known:
+            self.backup()
+            self.say(f"migrating the database {current or 'empty'} -> {head} "
+                     "(the old release keeps serving)")
+            ok, output = self.rh.run_once(backend.migration_service(self.hs),
+                                          list(backend.MIGRATE_ARGV))
+            if not ok:
+                self.show(f"the migration to {head} failed; the database stays at "
+                          f"{current or 'empty'} (one transaction)", output)
+                raise Refused(f"its migration to {head} failed: {_tail(output, 1)}")
+            self.attempt.revision_after = head
+            if current is not None:
+                self.undo.append(lambda: self.undo_migration(current))
+            return
+        old = live.get(units(self.hs)[0].service)
+        self.backup()
+        self.downgrade(head, "the running release's scripts (the new release does not know "
+                             f"{current})", old)
+        self.attempt.revision_after = head
+
+    def downgrade(self, target: str, whose: str, instance) -> None:
+        """``alembic downgrade target`` in ``instance`` (a running release that knows the
+        revisions), or in a one-off container of the new release when None."""
+        self.say(f"downgrading the database to {target} with {whose}")
+        argv = ["alembic", "downgrade", target]
+        ok, output = (self.rh.exec(instance, argv) if instance is not None
+                      else self.rh.run_once(backend.migration_service(self.hs), argv))
+        if not ok:
+            self.show(f"the downgrade to {target} failed; the database is unchanged", output)
+            raise Refused(f"the database cannot be downgraded to {target}: {_tail(output, 1)} "
+                          "(a migration without a working downgrade)")
+
+    def undo_migration(self, revision: str) -> None:
+        """Take the database back to ``revision`` with the new release's scripts (they know
+        both): the release that keeps serving expects it."""
+        self.downgrade(revision, "the new release's own scripts", None)
+        self.attempt.revision_after = revision
+
+    def backup(self) -> None:
+        """A dump of the database before migrating, named after the release serving now."""
+        if not backup.applies(self.hs):
+            self.say("no backup before migrating: this host keeps none (backup.enabled is off "
+                     "or the database is elsewhere)")
+            return
+        ok, output = self.rh.shell(backup.SCRIPT)
+        if not ok:
+            self.show("the backup before migrating failed", output)
+            raise Refused(f"the backup before migrating failed: {_tail(output, 1)}")
+        found = re.search(r"wrote (\S+)", output)
+        self.attempt.backup = found.group(1) if found else None
+        self.say(f"backed up the database before changing its schema: {self.attempt.backup}")
+
+    # --- 4. new instances ----------------------------------------------------------------------
+
+    def start_beside(self, changing: list[ReleaseUnit], live: dict) -> dict:
+        """Start one new instance of each changing unit beside its old one; probe them all."""
+        counts = {u.service: (2 if u.service in live else 1) for u in changing}
+        if not counts:
+            return {}
+        before = {i.name for group in self.rh.instances().values() for i in group}
+        self.say(f"starting the new {', '.join(counts)} beside the old")
+        ok, output = self.rh.start(counts)
+        after = self.rh.instances()
+        new = {u.service: next((i for i in after.get(u.service, []) if i.name not in before), None)
+               for u in changing}
+        self.undo.append(lambda: self.remove_new(changing, new))
+        if not ok:
+            self.show("the new instances did not start", output)
+            raise Refused(f"its services did not start: {_tail(output, 1)}")
+        for unit in changing:
+            self.wait_ready(unit, new[unit.service])
+        return new
+
+    def wait_ready(self, unit: ReleaseUnit, instance) -> None:
+        """Probe ``instance`` until it is ready; a wrong answer ``retries`` times in a row, an
+        instance that stops, or no answer within the health gate's wait refuses the release."""
+        gate = self.hs.stack.backend.health
+        deadline = time.monotonic() + duration_seconds(gate.wait_timeout)
+        timeout = int(duration_seconds(gate.timeout))
+        wrong, detail = 0, "it did not start"
+        while instance is not None and time.monotonic() < deadline:
+            instance = self.rh.refresh(instance)
+            verdict, detail = self.rh.probe(instance, unit.probe, timeout)
+            if verdict == "ok":
+                self.say(f"{instance.name} is ready ({unit.probe.describe()})")
+                return
+            wrong = wrong + 1 if verdict == "bad" else 0
+            if wrong >= gate.retries or instance.state not in ("running", "created"):
+                break
+            time.sleep(PROBE_INTERVAL)
+        name = instance.name if instance is not None else unit.service
+        if instance is not None:
+            self.show(f"{name} is not ready: {detail}; its last log lines", self.rh.logs(instance, 20))
+        raise Refused(f"{self.attempt.version} failed its health check on {self.hs.name}: "
+                      f"{unit.service}: {detail}")
+
+    def remove_new(self, changing: list[ReleaseUnit], new: dict) -> None:
+        """Undo :meth:`start_beside`: the new instances go (a worker gets its warm shutdown)."""
+        for unit in changing:
+            if new.get(unit.service) is not None:
+                self.rh.stop([new[unit.service]], unit.grace if unit.strategy == OVERLAP else 5)
+                self.rh.remove([new[unit.service]])
+        self.say("removed the new release's instances")
+
+    # --- 5. traffic ------------------------------------------------------------------------------
+
+    def pin(self, targets: dict[str, str], reason: str) -> None:
+        """Point the web server at ``targets`` and reload it gracefully."""
+        text = nginx.traffic_pins(targets)
+        path = f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}"
+        ok, output = self.rh.shell(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}.new && "
+                                   f"mv -f {shlex.quote(path)}.new {shlex.quote(path)}")
+        if ok:
+            ok, output = self.rh.reload_web()
+        if not ok:
+            self.show("nginx did not take the new targets", output)
+            raise Refused(f"nginx refused the new targets: {_tail(output, 1)}")
+        self.say(f"traffic {reason}: {', '.join(f'{k} -> {v}' for k, v in sorted(targets.items()))}")
+
+    def switch_traffic(self, serving: list[ReleaseUnit], live: dict, new: dict) -> None:
+        if not serving or not nginx.applies(self.hs):
+            return
+        old_targets = {u.traffic: self.rh.proxy_target(live[u.service], u.probe.port)
+                       for u in serving if u.service in live}
+        targets = {u.traffic: self.rh.proxy_target(new.get(u.service) or live[u.service],
+                                                   u.probe.port) for u in serving}
+        self.pin(targets, "moved to the new release")
+        if old_targets:
+            self.undo.append(lambda: self.pin({**targets, **old_targets}, "back to the old release"))
+
+    # --- 6. singletons ---------------------------------------------------------------------------
+
+    def replace_singletons(self, singles: list[ReleaseUnit], live: dict) -> dict:
+        """Stop the old instance first (never two at a time), then start and probe the new."""
+        new = {}
+        for unit in singles:
+            old = live.get(unit.service)
+            if old is not None:
+                self.rh.stop([old], unit.grace)
+                self.undo.append(lambda old=old: self.rh.start_again(old))
+                self.say(f"stopped the old {old.name} (never two at a time)")
+            new.update(self.start_beside([unit], live))
+        return new
+
+    # --- 7. drain and record ---------------------------------------------------------------------
+
+    def drain(self, changing: list[ReleaseUnit], live: dict) -> None:
+        """Stop the old instances, each given its grace; an old singleton (already stopped) is
+        removed."""
+        singles = [live[u.service] for u in changing if u.strategy == SINGLE and u.service in live]
+        self.rh.remove(singles)
+        others = [u for u in changing if u.strategy != SINGLE]
+        for grace in sorted({u.grace for u in others}):
+            old = [live[u.service] for u in others if u.grace == grace and u.service in live]
+            if old:
+                self.say(f"draining {', '.join(i.name for i in old)} (up to {grace} s)")
+                self.rh.stop(old, grace)
+                self.rh.remove(old)
+
+    def show(self, title: str, output: str) -> None:
+        """A failure's output as one readable block, secrets masked."""
+        lines = _readable(masked(output, self.hs))
+        for line in [title + ":", *(f"  | {line}" for line in lines)]:
+            self.say(line, error=True)
+
+    def rollback(self) -> None:
+        """Undo every step taken, most recent first; one failing does not stop the others."""
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Refused as exc:
+                self.say(f"could not undo a step: {exc}", error=True)
+        self.undo.clear()
+
+
+def _revision(text: str) -> str | None:
+    """The first Alembic revision id in ``alembic current``/``heads`` output, if any."""
+    found = re.search(r"^(\w+)(?: \((?:head|effective head)\))*\s*$", text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+#: The line a Python program (Alembic, the app) ends with when it fails: ``module.Error: ...``.
+_EXCEPTION = re.compile(r"^[\w.]*(Error|Exception|Violation|Failure)\b[^:]*: ")
+
+
+def _tail(output: str, lines: int) -> str:
+    """The last ``lines`` lines of ``output`` that say something: the exception a Python
+    program ended with when there is one (the SQL error, not SQLAlchemy's help link)."""
+    kept = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in kept if _EXCEPTION.match(line)]
+    return " ".join(errors[-1:] if errors and lines == 1 else kept[-lines:])[:300] or "no output"
+
+
+def _readable(output: str) -> list[str]:
+    """A failed command's output as a reader wants it: the steps it announced (Alembic's
+    "Running upgrade") and its final error with the lines after it, not the whole traceback."""
+    lines = output.strip().splitlines()
+    last = max((i for i, line in enumerate(lines) if _EXCEPTION.match(line.strip())), default=None)
+    if last is None:
+        return lines[-ERROR_LINES:]
+    steps = [line for line in lines[:last] if "Running upgrade" in line or "Running downgrade" in line]
+    return (steps + lines[last:])[-ERROR_LINES:]
+
+
+def _connector(host: Host) -> dict:
+    return {key: value for key, value in host.current_op_global_arguments.items()
+            if key in CONNECTOR_ARGUMENT_KEYS}
+
+
+def record(hs: HostSettings, shell, attempt: Attempt) -> None:
+    """Append ``attempt`` to the host's history, tell the rsdeploy command, and export the
+    release for monitoring (node-exporter's textfile collector): the release serving (the last
+    successful attempt) and this attempt."""
+    shell(release.append_command(hs, attempt))
+    if attempt.result == FAILED:
+        release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason)
+    _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
+    serving = next((a for a in reversed(release.parse_history(text)) if a.get("result") == OK), None)
+    metrics = release_metrics.render_metrics(release_metrics.stack_label(hs), serving,
+                                             asdict(attempt))
+    path = shlex.quote(f"{release_metrics.metrics_dir(hs)}/{release_metrics.METRICS_FILE}")
+    # Renamed into place: node-exporter reads only *.prom files, never a half-written one.
+    shell(f"mkdir -p {shlex.quote(release_metrics.metrics_dir(hs))} && "
+          f"printf '%s' {shlex.quote(metrics)} > {path}.new && mv -f {path}.new {path}")
+
+
+def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> bool:
+    """A pyinfra callback: switch this host to ``hs.stack.version`` (the module's story), or
+    refuse and keep the old release serving. Records the attempt either way.
+
+    Example: ``python.call(name="Switch the release", function=switch_release, hs=hs,
+    kind="deploy")``
+    """
+    connector = _connector(host)
+
+    def shell(command: str) -> tuple[bool, str]:
+        ok, output = host.run_shell_command(command, **connector)
+        return ok, output.stdout if ok else output.output
+
+    def say(line: str, error: bool = False) -> None:
+        host.log_styled(line, fg="red" if error else None,
+                        log_func=logger.error if error else logger.info)
+
+    rh = hs.layout.release_host(hs, shell)
+    _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
+    attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
+                      started=release.now(), previous=previous.strip() or None)
+    switch = Switch(hs, rh, say, attempt)
+    try:
+        _, pins = shell(f"cat {shlex.quote(nginx.host_traffic_dir(hs))}/*.conf 2>/dev/null || true")
+        switch.tidy(set(re.findall(r'"([^"]+)"', pins)))
+        live = {service: group[-1] for service, group in rh.instances().items()}
+        outdated = rh.outdated([u.service for u in units(hs) if u.service in live])
+        changing = [u for u in units(hs) if u.service not in live or u.service in outdated
+                    or live[u.service].state != "running"]
+        switch.migrate(live)
+        beside = [u for u in changing if u.strategy in (SERVE, OVERLAP)]
+        new = switch.start_beside(beside, live)
+        switch.switch_traffic([u for u in units(hs) if u.strategy == SERVE], live, new)
+        new.update(switch.replace_singletons([u for u in changing if u.strategy == SINGLE], live))
+        switch.undo.clear()  # from here on the new release serves: no way back but a rollback
+        switch.drain(changing, live)
+        rh.keep_definition()
+        attempt.images = {i.image: i.image_id for i in new.values() if i is not None}
+        attempt.commit = next((i.revision for i in new.values() if i and i.revision), "")
+    except Refused as exc:
+        say(f"{hs.name}: {hs.stack.version} refused: {exc}; undoing its steps", error=True)
+        switch.rollback()
+        rh.restore_definition()
+        record(hs, shell, attempt.finish(FAILED, str(exc)))
+        say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
+        return False
+    record(hs, shell, attempt.finish(OK))
+    say(f"{hs.name}: {hs.stack.version} serves ({kind} took "
+        f"{release.seconds_between(attempt.started, attempt.ended)} s)")
+    return True
