@@ -4,7 +4,7 @@ The real application (FastAPI + Celery backend with a 2.7 GB virtualenv, Next.js
 not available offline. ``examples/refapp/`` holds a tiny app that keeps its deployment contract
 exactly (entrypoint, endpoints, metrics names, Celery app and beat schedule, settings and the
 production refusal rules, Alembic migrations needing pgvector, ``node server.js`` on 3000), in
-four releases:
+five releases:
 
 - ``v1.0.0``: the tree in ``examples/refapp/backend`` and ``examples/refapp/frontend``;
 - ``v1.1.0`` (on v1.0.0): adds migration 0002 (``notes.author``, with a working downgrade);
@@ -14,6 +14,8 @@ four releases:
   fresh ones included; the upgrade's one transaction rolls back, the database keeps its
   revision (for failed-migration deploy tests). Its frontend is v1.1.0's byte for byte
   (``version.json`` still says v1.1.0), so building its image is a full cache hit.
+- ``v1.4.0-irreversible`` (on v1.1.0): migration 0003 trims note bodies and has no way back
+  (its ``downgrade()`` raises), for rollbacks that need ``--restore-backup``; frontend as v1.1.0.
 
 Each release is its parent (:data:`PARENTS`) plus the files under
 ``examples/refapp/versions/<tag>/``, added or replaced, never deleted.
@@ -40,11 +42,11 @@ REFAPP_DIR = REPO_ROOT / "examples" / "refapp"
 OVERLAYS_DIR = REFAPP_DIR / "versions"
 
 #: Every release, oldest first: the order of the commits on the repository's main branch.
-VERSIONS = ["v1.0.0", "v1.1.0", "v1.2.0-broken", "v1.3.0-badmigration"]
+VERSIONS = ["v1.0.0", "v1.1.0", "v1.2.0-broken", "v1.3.0-badmigration", "v1.4.0-irreversible"]
 #: The release each one is built on (None: the tree in examples/refapp itself). Not always the
 #: previous one: v1.3.0-badmigration must not inherit v1.2.0-broken's failing /health.
 PARENTS = {"v1.0.0": None, "v1.1.0": "v1.0.0", "v1.2.0-broken": "v1.1.0",
-           "v1.3.0-badmigration": "v1.1.0"}
+           "v1.3.0-badmigration": "v1.1.0", "v1.4.0-irreversible": "v1.1.0"}
 PARTS = ("backend", "frontend")
 
 #: Image repository per part; the tag is the release (``residency-scheduler-backend:v1.0.0``).

@@ -59,7 +59,7 @@ def test_each_tag_holds_exactly_its_release(repo, tag, tmp_path):
 
 
 #: Releases that ship their parent's frontend unchanged: its version.json names the parent.
-FRONTEND_OF = {"v1.3.0-badmigration": "v1.1.0"}
+FRONTEND_OF = {"v1.3.0-badmigration": "v1.1.0", "v1.4.0-irreversible": "v1.1.0"}
 
 
 @pytest.mark.parametrize("tag", refapp.VERSIONS)
@@ -118,7 +118,8 @@ def _revisions(versions_dir: Path) -> dict[str, str | None]:
 
 
 #: The schema revision each release's ``alembic upgrade head`` aims at.
-HEADS = {"v1.0.0": "0001", "v1.1.0": "0002", "v1.2.0-broken": "0002", "v1.3.0-badmigration": "0003"}
+HEADS = {"v1.0.0": "0001", "v1.1.0": "0002", "v1.2.0-broken": "0002", "v1.3.0-badmigration": "0003",
+         "v1.4.0-irreversible": "0003"}
 
 
 @pytest.mark.parametrize("tag", refapp.VERSIONS)
