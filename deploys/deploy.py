@@ -14,11 +14,12 @@ changed changes nothing.
 """
 
 from roles import base, exporters, nginx, tls
-from rsdeploy import apply, release, stack
+from rsdeploy import apply, lock, release, stack
 from rsdeploy.layout import Reload
 from rsdeploy.stack import release as releases
 
 hs = stack.current()
+lock.refuse_if_held_by_another(hs)  # rsdeploy holds it for this run; plain pyinfra holds none
 
 rendered = stack.render_host(hs)
 metas = apply.upload(hs, rendered)

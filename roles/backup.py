@@ -1,8 +1,10 @@
-"""Scheduled PostgreSQL backups (pg_dump, custom format) with retention (role ``db``).
+"""Scheduled PostgreSQL backups (pg_dump, custom format) with retention, and their restore
+(role ``db``).
 
 ``/usr/local/sbin/rs-backup`` writes ``<directory>/<db>-<UTC timestamp>-<version>.dump``, checks
 it with ``pg_restore --list`` and deletes dumps older than ``retention_days``; ``rs-backup.timer``
-runs it. No password is involved: pg_dump runs inside the db container over its socket (docker
+runs it. ``/usr/local/sbin/rs-restore DUMP`` puts one back (``rsdeploy db restore``). No
+password is involved: pg_dump runs inside the db container over its socket (docker
 layout) or as the postgres superuser with peer authentication (systemd layout).
 """
 
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from rsdeploy.validate import Verdict
 
 SCRIPT = "/usr/local/sbin/rs-backup"
+RESTORE_SCRIPT = "/usr/local/sbin/rs-restore"
+#: The app's services that write to the database (stopped while a dump is restored).
+WRITERS = (("backend", "residency-backend"), ("celery-worker", "residency-celery-worker"),
+           ("celery-beat", "residency-celery-beat"))
 SERVICE = "rs-backup.service"
 TIMER = "rs-backup.timer"
 
@@ -62,11 +68,16 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     script = template("backup/rs-backup.sh.j2", hs, database=s.postgres.database,
                       db_user=s.postgres.user, version_file=version_file(hs),
                       **hs.layout.script_context(hs))
+    restore = template("backup/rs-restore.sh.j2", hs, database=s.postgres.database,
+                       db_user=s.postgres.user, backup_script=SCRIPT,
+                       writers=[hs.layout.service(c, u) for c, u in WRITERS],
+                       **hs.layout.script_context(hs))
     service = template("backup/rs-backup.service.j2", hs, script=unit_safe_path(SCRIPT),
                        after=hs.layout.unit_after("db"))
     timer = template("backup/rs-backup.timer.j2", hs)
     return [
         RenderedFile(SCRIPT, script, "backup", mode="755"),
+        RenderedFile(RESTORE_SCRIPT, restore, "backup", mode="755"),
         RenderedFile(f"{UNIT_DIR}/{SERVICE}", service, "backup"),
         RenderedFile(f"{UNIT_DIR}/{TIMER}", timer, "backup", reactions=(EnableTimer(TIMER),)),
     ]
@@ -79,4 +90,4 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     calendar = run_tool(["systemd-analyze", "calendar", hs.stack.backup.on_calendar],
                         f"{UNIT_DIR}/{TIMER}", "systemd-analyze calendar")
     units = verify_units(tree, [f"{UNIT_DIR}/{SERVICE}", f"{UNIT_DIR}/{TIMER}"], (SCRIPT,))
-    return [*check_script(tree, SCRIPT), calendar, *units]
+    return [*check_script(tree, SCRIPT), *check_script(tree, RESTORE_SCRIPT), calendar, *units]

@@ -6,6 +6,7 @@
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--lock-wait S]
     rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--lock-wait S]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
+    rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
     rsdeploy maintenance on|off -i INVENTORY [--host NAME] [--message TEXT] [--dry]
     rsdeploy demo      [--name PREFIX] [--version TAG]
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -28,8 +30,9 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from rsdeploy import DEPLOYS_DIR, REPO_ROOT, release, remote
-from rsdeploy.errors import UserError
-from rsdeploy.lock import LOCK_HELD, HostLock
+from roles import backup
+from rsdeploy.errors import CommandFailed, UserError
+from rsdeploy.lock import LOCK_HELD, TOKEN_ENV, HostLock
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
@@ -111,6 +114,7 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None,
     for hs in hosts.values() if check else ():
         check(hs)
     with contextlib.ExitStack() as held:
+        os.environ.setdefault(TOKEN_ENV, secrets.token_hex(16))  # passed on to pyinfra
         if locked and not args.dry:
             holder = {"who": release.who(), "action": locked,
                       "version": data.get("version") or next(iter(hosts.values())).stack.version,
@@ -192,8 +196,10 @@ def cmd_rollback(args) -> int:
                             + "); name one with --to TAG")
         target = targets.pop()
     args.version = target
-    return run_pyinfra(args, "deploy.py", {"version": target, "release_kind": "rollback"},
-                       check=preflight, locked="rolling back to")
+    data = {"version": target, "release_kind": "rollback"}
+    if args.restore_backup:
+        data["restore_backup"] = True
+    return run_pyinfra(args, "deploy.py", data, check=preflight, locked="rolling back to")
 
 
 def cmd_releases(args) -> int:
@@ -256,6 +262,99 @@ def cmd_maintenance(args) -> int:
     return run_pyinfra(args, "maintenance.py", data)
 
 
+def _backup_hosts(args) -> dict:
+    """The selected hosts that keep database backups (role db, backup.enabled)."""
+    hosts = {name: hs for name, hs in _selected(args).items() if backup.applies(hs)}
+    if not hosts:
+        raise UserError(f"{args.inventory}: no selected host keeps database backups "
+                        "(role db with backup.enabled)")
+    return hosts
+
+
+def _on_host(hs, command: str, timeout: float = 7200) -> str:
+    """Run a host command for a ``db`` action; its output, or a failure naming the host."""
+    proc = remote.run(hs, command, timeout=timeout)
+    if proc.returncode:
+        lines = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        print("\n".join(f"  | {line}" for line in lines), file=sys.stderr)
+        raise CommandFailed(f"{hs.name}: {command.split()[0]} failed (exit {proc.returncode})")
+    return proc.stdout
+
+
+def _dumps(hs) -> list[dict]:
+    """The host's dumps, oldest first: name, bytes, modified (UTC)."""
+    directory = shlex.quote(hs.stack.backup.directory)
+    out = _on_host(hs, f"cd {directory} 2>/dev/null && find . -maxdepth 1 -name '*.dump' "
+                       "-printf '%f %s %TY-%Tm-%TdT%TH:%TM:%TSZ\\n' | sort -k3 || true", 60)
+    rows = [line.split() for line in out.splitlines() if len(line.split()) == 3]
+    return [{"name": n, "bytes": int(b), "modified": m.split(".")[0] + "Z"} for n, b, m in rows]
+
+
+def cmd_db(args) -> int:
+    """Database backups on the db hosts: take one, list them, restore one, copy one here."""
+    hosts = _backup_hosts(args)
+    for name, hs in hosts.items():
+        if args.action == "backup":
+            print(f"{name}: {_on_host(hs, backup.SCRIPT).strip()}")
+        elif args.action == "backups":
+            dumps = _dumps(hs)
+            if args.json:
+                print(json.dumps({name: dumps}, indent=2))
+            for dump in dumps if not args.json else ():
+                print(f"{name}  {dump['modified']}  {dump['bytes']:>12}  {dump['name']}")
+        elif args.action == "fetch":
+            print(f"{name}: {_fetch(hs, _dump_name(hs, args.name), Path(args.to))}")
+        else:
+            _restore(args, hs, _dump_name(hs, args.name))
+    return 0
+
+
+def _dump_name(hs, name: str | None) -> str:
+    """``name`` when the host has that dump; the newest one when None."""
+    dumps = [dump["name"] for dump in _dumps(hs)]
+    if name is None and dumps:
+        return dumps[-1]
+    if name not in dumps:
+        raise UserError(f"{hs.name}: no dump {name or '(none at all)'} in "
+                        f"{hs.stack.backup.directory} (rsdeploy db backups lists them)")
+    return name
+
+
+def _fetch(hs, name: str, directory: Path) -> Path:
+    """Copy a dump off the host into ``directory`` (mode 0600), checked by its size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dest = directory / name
+    source = shlex.quote(f"{hs.stack.backup.directory}/{name}")
+    with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        proc = subprocess.run(remote.ssh_argv(hs, f"cat {source}"), stdout=out,
+                              stderr=subprocess.PIPE, timeout=7200)
+    size = int(_on_host(hs, f"stat -c %s {source}", 60))
+    if proc.returncode or dest.stat().st_size != size:
+        dest.unlink(missing_ok=True)
+        raise CommandFailed(f"{hs.name}: copying {name} failed: "
+                            f"{proc.stderr.decode(errors='replace').strip() or 'size differs'}")
+    return dest
+
+
+def _restore(args, hs, name: str) -> None:
+    """Restore a dump on a host that runs the app beside its database: deploy lock held,
+    maintenance mode on around it (nginx answers 503 and the page), a safety dump first."""
+    if not hs.has_role("app"):
+        raise UserError(f"{hs.name}: restores need the app on the database's host (it stops "
+                        "the app's writers); this one has no role app")
+    holder = {"who": release.who(), "action": "restoring", "version": name,
+              "message": getattr(args, "message", None) or ""}
+    with HostLock(hs, holder, args.lock_wait, args.break_lock):
+        maintenance = argparse.Namespace(**{**vars(args), "host": [hs.name], "dry": False})
+        message = {"maintenance_message": "The database is being restored; back shortly."}
+        if run_pyinfra(maintenance, "maintenance.py", {"maintenance": "on", **message}):
+            raise CommandFailed(f"{hs.name}: could not switch maintenance mode on")
+        try:
+            print(_on_host(hs, f"{backup.RESTORE_SCRIPT} {shlex.quote(name)}").rstrip())
+        finally:
+            run_pyinfra(maintenance, "maintenance.py", {"maintenance": "off"})
+
+
 def _lock_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS",
                         help="wait this long for another run's deploy lock (default: refuse at once)")
@@ -296,8 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     _summary_args(rollback)
     rollback.add_argument("--to", metavar="TAG",
                           help="release to go back to (default: the previous successful one)")
+    rollback.add_argument("--restore-backup", action="store_true",
+                          help="when the database cannot be downgraded, restore the dump taken "
+                               "while TAG served (rows written since are lost)")
     _lock_args(rollback)
     rollback.set_defaults(func=cmd_rollback, dry=False)
+
+    db = sub.add_parser("db", help="database backups: take, list, restore, copy here")
+    db.add_argument("action", choices=["backup", "backups", "restore", "fetch"],
+                    help="backup: dump now; backups: list dumps; restore: put a dump back "
+                         "(safety dump first); fetch: copy a dump here")
+    _inventory_args(db)
+    db.add_argument("--from", dest="name", metavar="NAME",
+                    help="restore/fetch: the dump's file name (default: the newest)")
+    db.add_argument("--to", default=".", metavar="DIR", help="fetch: where to put it (default .)")
+    db.add_argument("--json", action="store_true", help="backups: as JSON")
+    _lock_args(db)
+    db.set_defaults(func=cmd_db, dry=False)
 
     releases = sub.add_parser("releases", help="every release attempt on each host")
     _inventory_args(releases)

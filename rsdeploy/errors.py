@@ -52,3 +52,12 @@ class SettingsError(UserError):
             parts.append(key)
         parts.append(message)
         super().__init__(": ".join(parts))
+
+
+class CommandFailed(UserError):
+    """A command's work failed on a host (not the operator's input): one line, exit code 1.
+
+    Example: ``raise CommandFailed("rs1: rs-backup failed (exit 1)")``
+    """
+
+    exit_code = 1

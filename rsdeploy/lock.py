@@ -18,11 +18,16 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from typing import TYPE_CHECKING
 
-from rsdeploy.errors import UserError
+from pyinfra import host
+from pyinfra.api import FactBase
+
+from rsdeploy.apply import fail
+from rsdeploy.errors import CommandFailed, UserError
 from rsdeploy.release import now
 from rsdeploy.remote import ssh_argv
 
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 #: Exit code of a command refused because another run holds a host's lock.
 LOCK_HELD = 4
 LOCK_DIR = "/run/rsdeploy"
+#: Set by the rsdeploy command for its pyinfra process: the token of the locks it holds, so a
+#: deploy file knows the lock it finds held is its own.
+TOKEN_ENV = "RSDEPLOY_LOCK_TOKEN"
 
 
 class HostLocked(UserError):
@@ -40,10 +48,8 @@ class HostLocked(UserError):
     exit_code = LOCK_HELD
 
 
-class LockUnreachable(UserError):
+class LockUnreachable(CommandFailed):
     """The lock could not be taken at all (the host does not answer): the run failed (exit 1)."""
-
-    exit_code = 1
 
 
 def paths(hs: HostSettings) -> tuple[str, str]:
@@ -89,7 +95,7 @@ class HostLock:
 
     def __init__(self, hs: HostSettings, holder: dict, wait: float = 0, break_lock: bool = False):
         self.hs, self.wait, self.break_lock = hs, wait, break_lock
-        self.holder = {**holder, "since": now()}
+        self.holder = {**holder, "since": now(), "token": os.environ.get(TOKEN_ENV, "")}
         self.notes: list[str] = []
         self._shell: subprocess.Popen | None = None
 
@@ -124,3 +130,40 @@ class HostLock:
                 self._shell.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self._shell.kill()
+
+
+class LockHolder(FactBase):
+    """
+    The holder record of a host's deploy lock while another process holds it, else ``None``.
+
+    .. code:: python
+
+        host.get_fact(LockHolder, lock="/run/rsdeploy/x.lock", info="/run/rsdeploy/x.holder")
+    """
+
+    def command(self, lock: str, info: str) -> str:
+        lock, info = shlex.quote(lock), shlex.quote(info)
+        return (f"[ -e {lock} ] && exec 9<{lock} && ! flock -n 9 && cat {info} 2>/dev/null; "
+                "true")
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        return text or None
+
+
+def refuse_if_held_by_another(hs: HostSettings) -> None:
+    """Stop this host's run when another run holds its deploy lock: a plain pyinfra run holds
+    none itself (``rsdeploy deploy`` does), but never runs beside one that does.
+
+    Example (first step of a deploy file): ``lock.refuse_if_held_by_another(hs)``
+    """
+    lock, info = paths(hs)
+    holder = host.get_fact(LockHolder, lock=lock, info=info)
+    if holder is None:
+        return
+    try:
+        token = json.loads(holder).get("token")
+    except json.JSONDecodeError:
+        token = None
+    if not token or token != os.environ.get(TOKEN_ENV):
+        fail(f"another run holds the deploy lock: {describe(holder)}")

@@ -169,17 +169,22 @@ def append_command(hs: HostSettings, attempt: Attempt) -> str:
 
 
 def parse_history(text: str) -> list[dict]:
-    """The attempts of a ``history.jsonl``, oldest first (a torn last line is skipped).
+    """The attempts of a ``history.jsonl``, oldest first. An attempt is written when it begins
+    and again when it ends: the last line of each counts (one never ended stays unfinished,
+    ``result`` None); a torn line is skipped.
 
     Example: ``parse_history(ssh_output)[-1]["result"]`` -> ``"ok"``
     """
-    attempts = []
+    attempts: dict[tuple, dict] = {}
     for line in text.splitlines():
         try:
-            attempts.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return attempts
+        key = (record.get("started"), record.get("version"), record.get("kind"))
+        attempts.pop(key, None)  # re-inserted: ordered by its last line
+        attempts[key] = record
+    return list(attempts.values())
 
 
 def previous_good(attempts: list[dict]) -> str | None:

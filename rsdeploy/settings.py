@@ -78,6 +78,9 @@ class AppSettings(Section):
     # rsdeploy runs; hosts get `git archive` of the release tag, never git or credentials.
     source_repo: Line | None = None
     build_args: dict[str, OneLine] = {}  # build: --build-arg values (not secrets: images keep them)
+    # app images of the last N successful releases kept on each host (a rollback to them needs
+    # no delivery); older ones are removed after a release, never the serving one
+    keep_releases: int = Field(default=3, ge=1, le=50)
 
     @field_validator("source_repo")
     @classmethod

@@ -118,6 +118,8 @@ class Switch:
         served unit (``pinned``: the web server's targets), the newest running one of the
         others (started again if it was stopped)."""
         found = self.rh.instances()
+        # Migrations run in one-off containers, removed after; older deploys left one behind.
+        self.rh.remove(found.get(backend.migration_service(self.hs), []))
         for unit in units(self.hs):
             instances = found.get(unit.service, [])
             if len(instances) < 2:
@@ -178,8 +180,17 @@ class Switch:
             return
         old = live.get(units(self.hs)[0].service)
         self.backup()
-        self.downgrade(head, "the running release's scripts (the new release does not know "
-                             f"{current})", old)
+        try:
+            self.downgrade(head, "the running release's scripts (the new release does not "
+                                 f"know {current})", old)
+        except Refused:
+            if not self.hs.stack.restore_backup:
+                raise Refused(f"the database cannot be downgraded from {current} to {head} (a "
+                              "migration without a working downgrade); to go back anyway, "
+                              "rollback --restore-backup puts back the dump taken before "
+                              f"{self.attempt.version} was replaced (rows written since are "
+                              "lost; a safety dump is taken first)") from None
+            self.restore_dump_of(self.attempt.version)
         self.attempt.revision_after = head
 
     def downgrade(self, target: str, whose: str, instance) -> None:
@@ -193,6 +204,21 @@ class Switch:
             self.show(f"the downgrade to {target} failed; the database is unchanged", output)
             raise Refused(f"the database cannot be downgraded to {target}: {_tail(output, 1)} "
                           "(a migration without a working downgrade)")
+
+    def restore_dump_of(self, version: str) -> None:
+        """Put back the newest dump taken while ``version`` served (rs-backup names dumps
+        after the release serving): the database as that release left it."""
+        directory = shlex.quote(self.hs.stack.backup.directory)
+        _, names = self.rh.shell(f"cd {directory} && ls -1t -- *-{shlex.quote(version)}.dump "
+                                 "2>/dev/null | head -1")
+        if not backup.applies(self.hs) or not names.strip():
+            raise Refused(f"no dump taken while {version} served is on {self.hs.name}")
+        self.say(f"restoring {names.strip()} (the database as {version} left it; a safety dump "
+                 "first)")
+        ok, output = self.rh.shell(f"{backup.RESTORE_SCRIPT} {shlex.quote(names.strip())}")
+        if not ok:
+            self.show("the restore failed; the database is unchanged", output)
+            raise Refused(f"the restore of {names.strip()} failed: {_tail(output, 1)}")
 
     def undo_migration(self, revision: str) -> None:
         """Take the database back to ``revision`` with the new release's scripts (they know
@@ -252,9 +278,13 @@ class Switch:
             if wrong >= gate.retries or instance.state not in ("running", "created"):
                 break
             time.sleep(PROBE_INTERVAL)
-        name = instance.name if instance is not None else unit.service
         if instance is not None:
-            self.show(f"{name} is not ready: {detail}; its last log lines", self.rh.logs(instance, 20))
+            why = self.rh.explain(instance)
+            if why:  # the layout's view: OOM kills, exit code, restarts
+                self.say(f"service {unit.service}: {why}", error=True)
+                detail = f"{detail}; {why}"
+            self.show(f"{instance.name} is not ready: {detail}; its last log lines",
+                      self.rh.logs(instance, 20))
         raise Refused(f"{self.attempt.version} failed its health check on {self.hs.name}: "
                       f"{unit.service}: {detail}")
 
@@ -388,6 +418,18 @@ def record(hs: HostSettings, shell, attempt: Attempt) -> None:
           f"printf '%s' {shlex.quote(metrics)} > {path}.new && mv -f {path}.new {path}")
 
 
+def prune(hs: HostSettings, shell, rh, say) -> None:
+    """Keep the images of the last ``app.keep_releases`` successful releases (the serving one
+    among them), remove older app images."""
+    _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
+    good = [a for a in release.parse_history(text) if a.get("result") == OK and a.get("images")]
+    keep = {ref for attempt in good[-hs.stack.app.keep_releases:] for ref in attempt["images"]}
+    if keep:
+        removed = rh.prune_images(keep)
+        if removed:
+            say(f"removed the images of older releases: {', '.join(removed)}")
+
+
 def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> bool:
     """A pyinfra callback: switch this host to ``hs.stack.version`` (the module's story), or
     refuse and keep the old release serving. Records the attempt either way.
@@ -410,6 +452,8 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
     attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
                       started=release.now(), previous=previous.strip() or None)
     switch = Switch(hs, rh, say, attempt)
+    # Recorded as begun: an attempt cut off (Ctrl-C, a dropped connection) shows as unfinished.
+    shell(release.append_command(hs, attempt))
     try:
         _, pins = shell(f"cat {shlex.quote(nginx.host_traffic_dir(hs))}/*.conf 2>/dev/null || true")
         switch.tidy(set(re.findall(r'"([^"]+)"', pins)))
@@ -435,6 +479,7 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
         return False
     record(hs, shell, attempt.finish(OK))
+    prune(hs, shell, rh, say)
     say(f"{hs.name}: {hs.stack.version} serves ({kind} took "
         f"{release.seconds_between(attempt.started, attempt.ended)} s)")
     return True

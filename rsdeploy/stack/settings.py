@@ -70,6 +70,9 @@ class StackSettings(BaseStackSettings):
     # deploys/deploy.py: what the release history calls this switch (rsdeploy rollback says
     # "rollback"); the procedure is the same
     release_kind: Literal["deploy", "rollback"] = "deploy"
+    # rsdeploy rollback --restore-backup: when the database cannot be downgraded, put back the
+    # dump taken while the target release served (rows written since are lost)
+    restore_backup: bool = False
 
 
 def for_host(hs: HostSettings) -> list[ModuleType]:

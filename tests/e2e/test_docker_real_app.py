@@ -92,8 +92,8 @@ def test_a_failing_migration_shows_its_own_error_and_keeps_the_schema(site, tmp_
     before = schema_revision(site)
     inventory = changed_inventory(tmp_path, "backend", {"extra_env": {"REFAPP_FAIL_MIGRATION": "1"}})
     run = site.rsdeploy("deploy", "--version", NEXT_VERSION, inventory=inventory)
-    assert run.code != 0, run.output[-3000:]
-    assert "service migrate: exited, exit code" in run.output, run.output[-5000:]
+    assert run.code == 3, run.output[-3000:]  # refused, the previous release serving
+    assert "its migration to 0002 failed" in run.stdout, run.output[-5000:]
     # The migration's own words (Alembic/PostgreSQL), from its log, not just "exit 1".
     assert "violates" in run.output or "psycopg2.errors" in run.output, run.output[-5000:]
     secrets = yaml.safe_load(site.sandbox.paths.secrets.read_text())

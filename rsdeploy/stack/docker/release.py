@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from rsdeploy.release import CommandProbe, HttpProbe
-from rsdeploy.stack.docker.project import compose_command, compose_files
+from rsdeploy.stack.docker import diagnose
+from rsdeploy.stack.docker.project import app_image, compose_command, compose_files
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -178,6 +179,20 @@ class DockerReleaseHost:
         """Start a stopped instance again (an old singleton, when its successor failed)."""
         return self.shell(shlex.join(["docker", "start", instance.name]))
 
+    def explain(self, instance: Instance) -> str | None:
+        """What is wrong with ``instance`` in Docker's eyes (exit code, OOM kills, restarts,
+        its own health check), or None when it looks fine from outside."""
+        ok, output = self.shell(f"docker inspect {shlex.quote(instance.name)} 2>/dev/null")
+        found = diagnose.findings(json.loads(output or "[]")) if ok else []
+        if not found:
+            return None
+        finding = found[0]
+        if finding.status == "running":
+            _, counters = self.shell(f"docker exec {shlex.quote(instance.name)} cat "
+                                     f"{' '.join(diagnose.OOM_COUNTERS)} 2>/dev/null")
+            finding = replace(finding, oom_kills=diagnose.oom_kills(counters))
+        return finding.reason() or None
+
     def logs(self, instance: Instance, lines: int) -> str:
         _, output = self.shell(f"docker logs --tail {lines} {shlex.quote(instance.name)} 2>&1")
         return output
@@ -204,6 +219,19 @@ class DockerReleaseHost:
     @property
     def _definition(self) -> list[str]:
         return [*compose_files(self.hs), "app.env"]
+
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove the app's images (backend and frontend repositories) other than ``keep``
+        (image references); an image a container still uses stays. The removed references."""
+        repositories = {app_image(self.hs, part).rpartition(":")[0] for part in ("backend", "frontend")}
+        _, output = self.shell("docker image ls --format '{{.Repository}}:{{.Tag}}'")
+        old = sorted(ref for ref in output.split()
+                     if ref.rpartition(":")[0] in repositories and ref not in keep)
+        removed = []
+        for ref in old:
+            ok, _ = self.shell(f"docker image rm {shlex.quote(ref)} >/dev/null 2>&1")
+            removed += [ref] if ok else []
+        return removed
 
     def reload_web(self) -> tuple[bool, str]:
         """Check the web server's configuration, then reload it gracefully (in-flight requests

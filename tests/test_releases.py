@@ -1,0 +1,215 @@
+"""Releases without a host: the history's records and the rollback target read from them, the
+deploy lock's shell (run here, in bash, as the host runs it), what a refused release tells the
+operator, and the web server's traffic pins. The switch itself runs on sandbox hosts
+(tests/e2e/test_docker_releases.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import yaml
+
+from roles import nginx
+from rsdeploy import lock, release, remote
+from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
+from rsdeploy.lock import HostLock, HostLocked
+from rsdeploy.stack import release as switch
+from rsdeploy.stack import render_host
+from tests.conftest import load_example
+from tests.test_nginx import directive, servers
+
+
+def attempt(version: str, result: str | None, started: str, kind: str = "deploy") -> dict:
+    return {"version": version, "result": result, "started": started, "kind": kind,
+            "who": "ana@laptop", "ended": None if result is None else started}
+
+
+def lines(*records: dict) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+def test_an_attempt_written_at_start_and_end_counts_once_and_one_cut_off_stays_unfinished():
+    begun = attempt("v1.1.0", None, "2026-11-30T10:00:00Z")
+    text = lines(begun, {**begun, "result": "ok"}, attempt("v1.2.0", None, "2026-11-30T11:00:00Z"))
+    history = release.parse_history(text + '{"version": "v1.3')  # a torn last line
+    assert [(a["version"], a["result"]) for a in history] == [("v1.1.0", "ok"), ("v1.2.0", None)]
+
+
+@pytest.mark.parametrize("results, expected", [
+    ([("v1.0.0", "ok"), ("v1.1.0", "ok")], "v1.0.0"),
+    ([("v1.0.0", "ok"), ("v1.1.0", "ok"), ("v1.2.0-broken", "failed")], "v1.0.0"),
+    ([("v1.0.0", "ok"), ("v1.1.0", "ok"), ("v1.0.0", "ok")], "v1.1.0"),  # after a rollback
+    ([("v1.0.0", "ok"), ("v1.0.0", "ok")], None),  # only ever one release
+    ([("v1.0.0", "failed")], None),
+])
+def test_rollback_goes_back_to_the_last_good_release_before_the_serving_one(results, expected):
+    history = [attempt(v, r, f"2026-11-30T1{i}:00:00Z") for i, (v, r) in enumerate(results)]
+    assert release.previous_good(history) == expected
+
+
+def test_the_table_lists_the_newest_attempt_first_with_its_reason():
+    history = [attempt("v1.0.0", "ok", "2026-11-30T10:00:00Z"),
+               {**attempt("v1.2.0-broken", "failed", "2026-11-30T11:00:00Z"),
+                "reason": "backend: /health answered 503"}]
+    rows = release.table(history, "rs1").splitlines()
+    assert rows[0].split()[:5] == ["HOST", "STARTED", "KIND", "VERSION", "RESULT"]
+    assert rows[1].split()[3:5] == ["v1.2.0-broken", "failed"]
+    assert rows[1].endswith("backend: /health answered 503")
+    assert rows[2].split()[3:5] == ["v1.0.0", "ok"]
+
+
+def test_who_names_the_ci_job_from_the_ci_environment():
+    assert release.who({"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "ops/rs",
+                        "GITHUB_RUN_ID": "7", "GITHUB_ACTOR": "ana"}) == "github ops/rs run 7 (ana)"
+    assert release.who({"GITLAB_CI": "true", "CI_PROJECT_PATH": "ops/rs", "CI_JOB_ID": "42",
+                        "GITLAB_USER_LOGIN": "bo"}) == "gitlab ops/rs job 42 (bo)"
+    assert "@" in release.who({})
+
+
+def test_an_attempt_reaches_the_history_as_one_quoted_json_line(tmp_path, monkeypatch):
+    hs = next(iter(load_example("example_docker").values()))
+    monkeypatch.setattr(release, "history_file", lambda hs: f"{tmp_path}/releases/history.jsonl")
+    record = release.Attempt(version="v1.1.0", kind="deploy", who="ana's laptop; rm -rf /",
+                             started=release.now())
+    for _ in range(2):
+        subprocess.run(["bash", "-c", release.append_command(hs, record)], check=True)
+    (read,) = release.parse_history((tmp_path / "releases/history.jsonl").read_text())
+    assert read["who"] == "ana's laptop; rm -rf /"
+
+
+# --- the deploy lock, its shell run here as the host runs it -------------------------------------
+
+
+@pytest.fixture
+def local_lock(monkeypatch, tmp_path):
+    """The lock's shell runs in bash on this machine (no SSH), in a private directory."""
+    monkeypatch.setattr(lock, "LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(lock, "ssh_argv", lambda hs, command: ["bash", "-c", command])
+    return next(iter(load_example("example_docker").values()))
+
+
+def test_a_held_lock_refuses_at_once_naming_its_holder(local_lock):
+    holder = {"who": "ana@laptop", "action": "deploying", "version": "v1.1.0", "message": "hotfix"}
+    with HostLock(local_lock, holder):
+        started = time.monotonic()
+        with pytest.raises(HostLocked) as refused:
+            HostLock(local_lock, {"who": "bo@ci", "version": "v1.2.0"}).__enter__()
+        assert time.monotonic() - started < 5
+    assert refused.value.exit_code == lock.LOCK_HELD == 4
+    assert "ana@laptop since 20" in str(refused.value) and "deploying v1.1.0 ('hotfix')" in str(
+        refused.value)
+    with HostLock(local_lock, {"who": "bo@ci"}):  # freed when its holder ended
+        pass
+
+
+def test_a_waiting_run_takes_the_lock_when_the_holder_ends(local_lock):
+    first = HostLock(local_lock, {"who": "ana@laptop"}).__enter__()
+    threading.Timer(2, first.__exit__).start()
+    started = time.monotonic()
+    with HostLock(local_lock, {"who": "bo@ci"}, wait=30):
+        assert 1.5 < time.monotonic() - started < 20
+
+
+def test_a_record_left_without_a_lock_is_reported_stale_and_replaced(local_lock):
+    _, info = lock.paths(local_lock)
+    with open(info, "w") as stale:
+        stale.write(json.dumps({"who": "gone@crashed", "since": "2026-11-30T09:00:00Z", "pid": 1}))
+    with HostLock(local_lock, {"who": "bo@ci"}) as held:
+        assert "stale lock record" in held.notes[0] and "gone@crashed" in held.notes[0]
+
+
+def test_break_lock_stops_a_hung_holder(local_lock):
+    hung = HostLock(local_lock, {"who": "ana@hung"}).__enter__()
+    with HostLock(local_lock, {"who": "bo@ci"}, break_lock=True):
+        pass
+    hung.__exit__()
+
+
+def test_the_lock_runs_as_root_through_sudo_for_another_login():
+    hs = next(iter(load_example("example_docker").values()))
+    argv = remote.ssh_argv(type("Host", (), {"connection": {"ssh_user": "deploy"},
+                                             "name": hs.name})(), "flock -n 9")
+    assert argv[0] == "ssh" and argv[-1].startswith("sudo -n sh -c ")
+    assert "BatchMode=yes" in argv
+
+
+# --- what a refused release tells the operator ---------------------------------------------------
+
+MIGRATION_OUTPUT = """\
+INFO  [alembic.runtime.migration] Running upgrade 0002 -> 0003, wards
+Traceback (most recent call last):
+  File "/opt/venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py", line 2143, in x
+    cursor.execute(statement, parameters)
+sqlalchemy.exc.IntegrityError: (psycopg2.errors.NotNullViolation) null value in column "name"
+DETAIL:  Failing row contains (2, W2, null).
+
+(Background on this error at: https://sqlalche.me/e/20/gkpj)
+"""
+
+
+def test_a_failed_migration_is_summed_up_by_its_database_error_not_a_help_link():
+    assert switch._tail(MIGRATION_OUTPUT, 1).startswith(
+        "sqlalchemy.exc.IntegrityError: (psycopg2.errors.NotNullViolation)")
+    block = switch._readable(MIGRATION_OUTPUT)
+    assert block[0].endswith("Running upgrade 0002 -> 0003, wards")
+    assert "Traceback (most recent call last):" not in block and "DETAIL:" in block[2]
+
+
+@pytest.mark.parametrize("output, revision", [
+    ("INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.\n0002 (head)\n", "0002"),
+    ("3f2a9c1b7d4e (effective head)\n", "3f2a9c1b7d4e"),
+    ("INFO  [alembic.runtime.migration] Will assume transactional DDL.\n", None),
+])
+def test_the_revision_is_read_from_alembic_output(output, revision):
+    assert switch._revision(output) == revision
+
+
+def test_a_refused_release_ends_with_exit_3_and_its_reason_in_the_summary():
+    args = argparse.Namespace(command="deploy", inventory="inv.py", version="v1.2.0-broken",
+                              host=None, selected_hosts=["rs1"])
+    reason = "v1.2.0-broken failed its health check on rs1: backend: /health answered 503"
+    report = summary(args, RELEASE_REFUSED, 34, reason)
+    assert report["result"] == "release refused, rolled back" and report["exit_code"] == 3
+    assert summary_line(report) == ("rsdeploy: deploy v1.2.0-broken on rs1: release refused, "
+                                    f"rolled back in 34 s: {reason}")
+
+
+# --- traffic pins ----------------------------------------------------------------------------------
+
+
+def test_the_pins_name_each_target_quoted_for_nginx():
+    text = nginx.traffic_pins({"frontend": "rs-frontend-2:3000", "backend": "rs-backend-2:8000"})
+    assert text.splitlines()[-2:] == ['set $rs_backend "rs-backend-2:8000";',
+                                     'set $rs_frontend "rs-frontend-2:3000";']
+    with pytest.raises(ValueError):
+        nginx.traffic_pins({"backend": "$host:8000"})
+
+
+def https_server(hs) -> list:
+    """The site's HTTPS server block as written (includes not inlined)."""
+    blocks, _ = servers(hs)
+    return next(b for b in blocks if directive(b, "ssl_certificate"))
+
+
+def test_the_docker_site_reads_the_pins_after_its_defaults():
+    server = https_server(next(iter(load_example("example_docker").values())))
+    pins = [i for i, (name, args, _) in enumerate(server)
+            if name == "include" and args == [f"{nginx.CONTAINER_TRAFFIC_DIR}/*.conf"]]
+    defaults = [i for i, (name, args, _) in enumerate(server)
+                if name == "set" and args[0].startswith("$rs_")]
+    assert len(pins) == 1 and len(defaults) == 2 and max(defaults) < pins[0]
+
+
+def test_the_docker_web_service_mounts_the_pins_read_only():
+    hs = next(iter(load_example("example_docker").values()))
+    web = next(f for f in render_host(hs) if f.path.endswith("/compose.web.yml"))
+    volumes = yaml.safe_load(web.content)["services"]["nginx"]["volumes"]
+    assert f"{nginx.host_traffic_dir(hs)}:{nginx.CONTAINER_TRAFFIC_DIR}:ro" in volumes
