@@ -73,14 +73,17 @@ def test_a_failing_window_is_one_run_as_long_as_the_window(site):
         site.failing, window = False, time.monotonic() - began
         time.sleep(0.4)
     report = run.report()
-    slot = 1 / 50  # the window's edges are known to one request's interval
-    assert report.total == pytest.approx(report.duration * 50, abs=2)
-    assert report.failed == pytest.approx(window * 50, abs=2)
-    assert report.longest_failure_run == pytest.approx(window, abs=2 * slot + 0.05)
+    # The edges are known to a request's interval (0.02 s) plus the scheduling delays of a busy
+    # machine (client and server share it): 0.15 s, still well inside the 0.4 s of success on
+    # either side.
+    jitter = 0.15
+    assert report.total == pytest.approx(report.duration * 50, abs=jitter * 50)
+    assert report.failed == pytest.approx(window * 50, abs=jitter * 50)
+    assert report.longest_failure_run == pytest.approx(window, abs=jitter)
     assert report.longest_failure_run_requests == report.failed
     assert report.failures_by_status == {"503": report.failed}
     assert set(report.failures_by_kind) == {k.label for k in load.MIX}
-    assert report.last_failure - report.first_failure == pytest.approx(window, abs=2 * slot)
+    assert report.last_failure - report.first_failure == pytest.approx(window, abs=jitter)
     assert not report.truncated
 
 
@@ -107,7 +110,7 @@ def test_an_answer_later_than_the_timeout_is_a_failure(site):
         time.sleep(0.1)
     report = run.report()
     assert report.failures_by_status == {"TimeoutError": 2}
-    assert report.p95 == pytest.approx(0.2, abs=0.1)  # the timeout, not the server's 0.5 s
+    assert 0.2 <= report.p95 < 0.45  # the timeout (late on a busy machine), not the server's 0.5 s
 
 
 def test_the_load_stops_at_its_bounds(site):
@@ -115,7 +118,7 @@ def test_the_load_stops_at_its_bounds(site):
         time.sleep(0.5)
     assert (run.report().total, run.report().truncated) == (5, True)
     with load.steady(site.url, rate=50, max_seconds=0.2) as run:
-        time.sleep(0.6)
+        time.sleep(1.0)
     assert run.report().total == 11 and run.report().truncated  # at 0, 0.02, ... 0.2 s
 
 
