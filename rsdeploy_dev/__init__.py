@@ -7,14 +7,16 @@ can be run end to end on one machine with no network beyond the Debian mirror. P
 - :mod:`rsdeploy_dev.engine`: this machine's Debian packages and a running Docker engine
   (``ensure_packages``, ``ensure_engine``); the only importer of the docker SDK, on first use.
 - :mod:`rsdeploy_dev.refapp`: the reference app, a small stand-in for the Residency Scheduler
-  in three releases: git tags, checkouts, docker build contexts.
+  in five releases: git tags, checkouts, docker build contexts.
 - :mod:`rsdeploy_dev.images`: the offline container images (debootstrap base, infra images,
   app images per release): build, ``docker save`` bundles.
 - :mod:`rsdeploy_dev.sandbox`: sandbox hosts (Debian 12 systemd containers over SSH), their
   private registry (and pushing images to it) and a test ACME server.
+- :mod:`rsdeploy_dev.load`: a steady, bounded load through a sandbox site's nginx while a
+  release runs, and what its users saw (failures, longest failure run, latency).
 - :mod:`rsdeploy_dev.cli`: ``rsdeploy demo``, ``rsdeploy sandbox ...`` and ``rsdeploy images
   ...``, registered through the entry-point group ``rsdeploy.commands``.
 
-Imports run one way: cli -> sandbox -> images -> refapp, and each of sandbox and images ->
-engine (engine and refapp import nothing from this package).
+Imports run one way: cli -> sandbox -> images -> refapp, load -> sandbox, and each of sandbox
+and images -> engine (engine and refapp import nothing from this package).
 """
