@@ -9,15 +9,19 @@ The story of one switch, top to bottom:
 2. find what changes: each unit whose running definition differs from the uploaded one;
 3. the database: read its Alembic revision and the new release's head; when the new release is
    ahead, back the database up and migrate while the old release serves (one transaction: a
-   failed migration leaves the old revision); when the database is ahead (a rollback), downgrade
-   it with the running, newer release's own scripts, as the older code does not know them;
-4. start the new instances beside the old ones and probe each until ready;
+   failed migration leaves the old revision); when the database is ahead (a rollback), it is
+   downgraded after step 6, once the older code serves (it runs on the newer schema; the newer
+   code would fail on the older one), with the newer release's own scripts, as the older code
+   does not know them;
+4. pin the web server to the old instances (graceful reload), start the new instances beside
+   them and probe each until ready;
 5. move the traffic: pin the web server's targets to the new instances, graceful reload;
 6. replace the singletons (beat): the old one stopped, the new one proved, the old one removed;
-7. drain the old instances (each with its grace period) and record the release.
+7. drain the old instances (each with its grace period), unpin (nginx finds the one instance
+   left by its service's name again, so plain Compose commands keep working), and record.
 
 Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
-instances, new instances removed, the old beat started again, a migration of this attempt downgraded.
+instances, new instances removed, the pins removed, the old beat started again, a migration of this attempt downgraded.
 The old release keeps serving and the attempt is recorded as failed with its reason.
 """
 
@@ -115,11 +119,17 @@ class Switch:
 
     def tidy(self, pinned: set[str]) -> None:
         """Remove the extra instances an interrupted switch left: keep the pinned one of a
-        served unit (``pinned``: the web server's targets), the newest running one of the
-        others (started again if it was stopped)."""
+        served unit (``pinned``: the web server's targets), and of the others the one of the
+        release that serves (started again if it was stopped)."""
         found = self.rh.instances()
         # Migrations run in one-off containers, removed after; older deploys left one behind.
         self.rh.remove(found.get(backend.migration_service(self.hs), []))
+        # Cut off after the traffic moved (the pinned instances are the newest): the new
+        # release serves, keep its worker and beat; before that, keep the old ones.
+        doubled = [u for u in units(self.hs)
+                   if u.strategy == SERVE and len(found.get(u.service, [])) > 1]
+        switched = any(self.rh.proxy_target(found[u.service][-1], u.probe.port) in pinned
+                       for u in doubled)
         for unit in units(self.hs):
             instances = found.get(unit.service, [])
             if len(instances) < 2:
@@ -127,7 +137,8 @@ class Switch:
             if unit.strategy == SERVE:
                 keep = [i for i in instances if self.rh.proxy_target(i, unit.probe.port) in pinned]
             else:
-                keep = [i for i in instances if i.state == "running"][-1:] or instances[-1:]
+                running = [i for i in instances if i.state == "running"] or instances
+                keep = running[-1:] if switched else running[:1]
             keep = keep[:1] or instances[:1]
             extra = [i for i in instances if i not in keep]
             self.say(f"{unit.service}: removing {', '.join(i.name for i in extra)} "
@@ -158,31 +169,40 @@ class Switch:
             ok, output = self.rh.run_once(service, ["alembic", "current"])
         return (_revision(output) if ok else None), head, known
 
-    def migrate(self, live: dict) -> None:
-        """Bring the database to the new release's head (see the module docstring, step 3)."""
+    def migrate(self, live: dict) -> str | None:
+        """Bring the database up to the new release's head while the old release serves (see
+        the module docstring, step 3). Returns the head when the database is ahead of it
+        instead: :meth:`step_down` takes it there once the older code serves."""
         current, head, known = self.revisions(live)
         self.attempt.revision_before = self.attempt.revision_after = current
         if head is None or current == head:
-            return
-        if current is None or current in known:
-            self.backup()
-            self.say(f"migrating the database {current or 'empty'} -> {head} "
-                     "(the old release keeps serving)")
-            ok, output = self.rh.run_once(backend.migration_service(self.hs),
-                                          list(backend.MIGRATE_ARGV))
-            if not ok:
-                self.show(f"the migration to {head} failed; the database stays at "
-                          f"{current or 'empty'} (one transaction)", output)
-                raise Refused(f"its migration to {head} failed: {_tail(output, 1)}")
-            self.attempt.revision_after = head
-            if current is not None:
-                self.undo.append(lambda: self.undo_migration(current))
-            return
-        old = live.get(units(self.hs)[0].service)
+            return None
+        if current is not None and current not in known:
+            return head
+        self.backup()
+        self.say(f"migrating the database {current or 'empty'} -> {head} "
+                 "(the old release keeps serving)")
+        ok, output = self.rh.run_once(backend.migration_service(self.hs),
+                                      list(backend.MIGRATE_ARGV))
+        if not ok:
+            self.show(f"the migration to {head} failed; the database stays at "
+                      f"{current or 'empty'} (one transaction)", output)
+            raise Refused(f"its migration to {head} failed: {_tail(output, 1)}")
+        self.attempt.revision_after = head
+        if current is not None:
+            self.undo.append(lambda: self.undo_migration(current))
+        return None
+
+    def step_down(self, head: str, live: dict) -> None:
+        """Downgrade the database to the older release's ``head`` once that release serves (the
+        older code runs on the newer schema, not the newer code on the older one), with the
+        scripts of the newer release, still running but given no more traffic. A migration
+        that cannot be downgraded refuses the rollback, unless --restore-backup was given."""
+        current = self.attempt.revision_before
         self.backup()
         try:
-            self.downgrade(head, "the running release's scripts (the new release does not "
-                                 f"know {current})", old)
+            self.downgrade(head, "the newer release's scripts (the older one does not know "
+                                 f"{current})", live.get(units(self.hs)[0].service))
         except Refused:
             if not self.hs.stack.restore_backup:
                 raise Refused(f"the database cannot be downgraded from {current} to {head} (a "
@@ -311,7 +331,17 @@ class Switch:
             raise Refused(f"nginx refused the new targets: {_tail(output, 1)}")
         self.say(f"traffic {reason}: {', '.join(f'{k} -> {v}' for k, v in sorted(targets.items()))}")
 
+    def hold_traffic(self, serving: list[ReleaseUnit], live: dict) -> None:
+        """Pin the web server to the old instances before new ones join the network (the
+        service's name would soon resolve to both)."""
+        old = {u.traffic: self.rh.proxy_target(live[u.service], u.probe.port)
+               for u in serving if u.service in live}
+        if old and nginx.applies(self.hs):
+            self.pin(old, "held on the serving release")
+            self.undo.append(self.release_traffic)
+
     def switch_traffic(self, serving: list[ReleaseUnit], live: dict, new: dict) -> None:
+        """Pin the web server to the new instances (the old ones finish what they serve)."""
         if not serving or not nginx.applies(self.hs):
             return
         old_targets = {u.traffic: self.rh.proxy_target(live[u.service], u.probe.port)
@@ -321,6 +351,20 @@ class Switch:
         self.pin(targets, "moved to the new release")
         if old_targets:
             self.undo.append(lambda: self.pin({**targets, **old_targets}, "back to the old release"))
+
+    def release_traffic(self) -> None:
+        """Remove the pins once one instance of each service is left: nginx goes back to the
+        services' names, so the project stays usable with plain Compose commands."""
+        if not nginx.applies(self.hs):
+            return
+        path = shlex.quote(f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}")
+        ok, output = self.rh.shell(f"rm -f {path}")
+        if ok:
+            ok, output = self.rh.reload_web()
+        if not ok:
+            self.show("nginx did not reload without the pins", output)
+            raise Refused(f"nginx did not reload without the pins: {_tail(output, 1)}")
+        self.say("traffic by service name again (pins removed)")
 
     # --- 6. singletons ---------------------------------------------------------------------------
 
@@ -337,6 +381,15 @@ class Switch:
         return new
 
     # --- 7. drain and record ---------------------------------------------------------------------
+
+    def quiesce(self, overlapping: list[ReleaseUnit], live: dict) -> None:
+        """Stop the old instances of ``overlapping`` units (warm shutdown), kept for the undo."""
+        for unit in overlapping:
+            old = live.get(unit.service)
+            if old is not None:
+                self.say(f"stopping {old.name} (up to {unit.grace} s) before the downgrade")
+                self.rh.stop([old], unit.grace)
+                self.undo.append(lambda old=old: self.rh.start_again(old))
 
     def drain(self, changing: list[ReleaseUnit], live: dict) -> None:
         """Stop the old instances, each given its grace; an old singleton (already stopped) is
@@ -461,13 +514,20 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         outdated = rh.outdated([u.service for u in units(hs) if u.service in live])
         changing = [u for u in units(hs) if u.service not in live or u.service in outdated
                     or live[u.service].state != "running"]
-        switch.migrate(live)
+        older_head = switch.migrate(live)
         beside = [u for u in changing if u.strategy in (SERVE, OVERLAP)]
+        serving = [u for u in units(hs) if u.strategy == SERVE]
+        switch.hold_traffic([u for u in beside if u.strategy == SERVE], live)
         new = switch.start_beside(beside, live)
-        switch.switch_traffic([u for u in units(hs) if u.strategy == SERVE], live, new)
+        switch.switch_traffic(serving, live, new)
         new.update(switch.replace_singletons([u for u in changing if u.strategy == SINGLE], live))
+        if older_head is not None:
+            # The newer worker stops first: nothing of the newer release writes during the step.
+            switch.quiesce([u for u in changing if u.strategy == OVERLAP], live)
+            switch.step_down(older_head, live)
         switch.undo.clear()  # from here on the new release serves: no way back but a rollback
         switch.drain(changing, live)
+        switch.release_traffic()
         rh.keep_definition()
         attempt.images = {i.image: i.image_id for i in new.values() if i is not None}
         attempt.commit = next((i.revision for i in new.values() if i and i.revision), "")

@@ -134,8 +134,9 @@ def test_host_reboot_brings_everything_back(site):
 
 def test_crashed_backend_is_restarted_and_healthy_again(site):
     before = site.containers()["backend"]
-    site.on_host("kill -9 $(docker inspect --format '{{.State.Pid}}' "
-                 "residency-scheduler-backend-1)")
+    # By service: a release switch numbers its containers on (backend-2, -3, ...).
+    site.on_host("kill -9 $(docker inspect --format '{{.State.Pid}}' $(docker ps -q --filter "
+                 "label=com.docker.compose.service=backend))")
     deadline = time.monotonic() + 120
     while site.containers()["backend"]["started"] == before["started"]:
         assert time.monotonic() < deadline, "the killed backend was not restarted"

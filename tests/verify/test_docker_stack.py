@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from roles import alertmanager, prometheus
+from roles import alertmanager, nginx, prometheus
 from rsdeploy import release
+from rsdeploy.stack import release as releases
 from rsdeploy.stack import render_host
 
 #: Ports that must never be reachable from outside the host (service, port setting).
@@ -223,3 +224,23 @@ def test_recorded_version_is_the_requested_one(host, hs, docker_stack):
     recorded = host.file(release.version_file(hs)).content_string.strip()
     assert recorded == hs.stack.version, \
         f"{hs.name}: recorded version: expected {hs.stack.version}, found {recorded}"
+
+
+def test_traffic_goes_to_one_instance_of_the_release(host, hs, docker_stack):
+    if not hs.has_role("app"):
+        pytest.skip("no app on this host")
+    # Pins exist only while a release switches: after it, nginx finds each service by name.
+    pins = f"{nginx.host_traffic_dir(hs)}/{nginx.TRAFFIC_FILE}"
+    assert not host.file(pins).exists, f"{hs.name}: {pins} left after the release switch"
+    label = shlex.quote(f"label=com.docker.compose.project={hs.stack.compose.project}")
+    rows = host.run(f"docker ps --all --filter {label} --format "
+                    "'{{.Label \"com.docker.compose.service\"}} {{.Image}} {{.State}}'").stdout
+    found: dict[str, list] = {}
+    for service, image, state in (line.split() for line in rows.splitlines() if line.strip()):
+        found.setdefault(service, []).append((image, state))
+    for service in (unit.service for unit in releases.units(hs)):
+        instances = found.get(service, [])
+        assert len(instances) == 1, f"{hs.name}: {service}: expected one instance, found {instances}"
+        image, state = instances[0]
+        assert state == "running" and image.endswith(f":{hs.stack.version}"), \
+            f"{hs.name}: {service}: expected {hs.stack.version} running, found {image} {state}"

@@ -125,8 +125,10 @@ class DockerReleaseHost:
         before = {i.name for group in self.instances().values() for i in group}
         scales = [arg for service, n in sorted(counts.items()) for arg in ("--scale", f"{service}={n}")]
         ok, output = self._compose("create", "--no-recreate", *scales, *sorted(counts))
-        new = [i.name for service in counts for i in self.instances().get(service, [])
-               if i.name not in before]
+        created = [i for group in self.instances().values() for i in group if i.name not in before]
+        # `create` has no --no-deps: a dependency it made (the one-shot migration) goes again.
+        self.remove([i for i in created if i.service not in counts])
+        new = [i.name for i in created if i.service in counts]
         if ok and new:
             ok, output = self.shell(shlex.join(["docker", "start", *new]))
         return ok, output
@@ -186,7 +188,8 @@ class DockerReleaseHost:
         found = diagnose.findings(json.loads(output or "[]")) if ok else []
         if not found:
             return None
-        finding = found[0]
+        # Docker's own check still in its start period says nothing the probe did not.
+        finding = replace(found[0], health=None if found[0].health == "starting" else found[0].health)
         if finding.status == "running":
             _, counters = self.shell(f"docker exec {shlex.quote(instance.name)} cat "
                                      f"{' '.join(diagnose.OOM_COUNTERS)} 2>/dev/null")
