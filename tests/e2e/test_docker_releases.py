@@ -1,0 +1,265 @@
+"""Releases on a fresh sandbox host, docker layout, under steady load through nginx: v1.0.0 ->
+v1.1.0 (a migration) -> rollback to v1.0.0 (a downgrade) -> v1.2.0-broken (refused, never
+served) -> v1.3.0-badmigration (refused, revision unchanged) -> a deploy interrupted by Ctrl-C
+-> v1.1.0 again -> v1.4.0-irreversible, whose rollback is refused until --restore-backup puts
+back the dump taken before it. Rows written before each step are all there after it; a concurrent deploy is
+refused by the lock; ``rsdeploy releases`` shows every attempt with its result, and the live
+Prometheus sees the release the host exports.
+
+The steps run in file order on one host, as an operator (or CI) would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rsdeploy import REPO_ROOT
+from rsdeploy.lock import HostLock
+from rsdeploy.stack import load_inventory
+from rsdeploy_dev import images, load
+from rsdeploy_dev import sandbox as sandbox_module
+from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+
+pytestmark = pytest.mark.sandbox
+
+NEXT, BROKEN, BAD_MIGRATION = "v1.1.0", "v1.2.0-broken", "v1.3.0-badmigration"
+IRREVERSIBLE = "v1.4.0-irreversible"  # its migration 0003 has no working downgrade
+#: Alembic head of each release (examples/refapp).
+HEADS = {FIRST_VERSION: "0001", NEXT: "0002"}
+
+
+@pytest.fixture(scope="module")
+def site():
+    for found in ready_site("rs-e2e-rel", "pull"):
+        images.build(["backend", "frontend"], [NEXT, BROKEN, BAD_MIGRATION, IRREVERSIBLE])
+        sandbox_module.push_images(found.sandbox.prefix, ["backend", "frontend"],
+                                   [NEXT, BROKEN, BAD_MIGRATION, IRREVERSIBLE])
+        yield found
+
+
+@pytest.fixture(scope="module")
+def ca_file(site, tmp_path_factory):
+    """The site's self-signed certificate, which the load trusts (and nothing else)."""
+    path = tmp_path_factory.mktemp("ca") / "site.pem"
+    path.write_text(site.on_host("cat /opt/residency-scheduler/tls/fullchain.pem"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def written():
+    """Every note the steps wrote (its body), to find after each later step."""
+    return []
+
+
+def write_note(site, written: list, step: str) -> None:
+    body = f"written before {step}"
+    code, answer = site.curl("/api/v1/notes", "-X", "POST", "-H",
+                             "Content-Type: application/json", "--data", json.dumps({"body": body}))
+    assert code == 201, f"POST /api/v1/notes: {code} {answer}"
+    written.append(body)
+
+
+def assert_rows_kept(site, written: list) -> None:
+    code, body = site.curl("/api/v1/notes")
+    assert code == 200, f"GET /api/v1/notes: {code} {body}"
+    bodies = {note["body"] for note in json.loads(body)}
+    assert set(written) <= bodies, f"lost: {set(written) - bodies}"
+
+
+def serving(site) -> dict:
+    """What answers through nginx: the code's version and the database's schema revision."""
+    code, body = site.curl("/api/v1/version")
+    assert code == 200, f"/api/v1/version: {code} {body}"
+    return json.loads(body)
+
+
+def under_load(site, ca_file, *args: str):
+    """``rsdeploy ARGS`` while the steady load runs; (the run, the load's report)."""
+    with load.steady(f"https://127.0.0.1:{site.host.port(443)}", site.domain, ca_file) as run:
+        result = site.rsdeploy(*args)
+    return result, run.report()
+
+
+def history(site) -> list[dict]:
+    run = site.rsdeploy("releases", "--json").check()
+    return json.loads(run.stdout)[site.host.name]
+
+
+def app_containers(site) -> list[str]:
+    return site.on_host("docker ps -a --format '{{.Names}}' | grep -E "
+                        "'backend|frontend|celery' | sort").split()
+
+
+def test_first_release_serves_and_is_recorded(site, written):
+    site.rsdeploy("bootstrap").check()
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    assert serving(site)["version"] == FIRST_VERSION
+    write_note(site, written, NEXT)
+    (attempt,) = history(site)
+    assert (attempt["version"], attempt["result"], attempt["revision_after"]) == (
+        FIRST_VERSION, "ok", "0001")
+
+
+def test_an_upgrade_with_a_migration_drops_no_request(site, written, ca_file):
+    run, report = under_load(site, ca_file, "deploy", "--version", NEXT)
+    run.check()
+    assert report.failed == 0, report.summary()
+    assert report.total > 100, report.summary()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (NEXT, HEADS[NEXT])
+    assert_rows_kept(site, written)
+    last = history(site)[-1]
+    assert (last["result"], last["revision_before"], last["revision_after"]) == ("ok", "0001", "0002")
+    # The dump taken before migrating: private, named after the release it was taken under.
+    assert last["backup"].endswith(f"-{FIRST_VERSION}.dump"), last
+    assert site.on_host(f"stat -c %a {last['backup']}").strip() == "600"
+    # The old containers are gone: one of each app service serves.
+    assert len(app_containers(site)) == 4, app_containers(site)
+
+
+def test_a_second_deploy_waits_for_the_lock_or_is_refused_at_once(site, monkeypatch):
+    for name, value in site.env.items():  # the sandbox inventory reads its prefix from there
+        monkeypatch.setenv(name, value)
+    hs = load_inventory(str(SANDBOX_INVENTORY), str(site.sandbox.paths.secrets))[site.host.name]
+    holder = {"who": "ana@ops-laptop", "action": "deploying", "version": NEXT,
+              "message": "hotfix in progress"}
+    with HostLock(hs, holder):
+        started = time.monotonic()
+        run = site.rsdeploy("deploy", "--version", NEXT)
+        assert time.monotonic() - started < 30
+    assert run.code == 4, run.output[-2000:]
+    assert "another run holds the deploy lock: ana@ops-laptop since" in run.output
+    assert "'hotfix in progress'" in run.output and "Traceback" not in run.output
+    # Released with the holder's connection: the next run takes it.
+    site.rsdeploy("deploy", "--version", NEXT).check()
+
+
+def test_rollback_downgrades_with_the_newer_scripts_and_drops_no_request(site, written, ca_file):
+    write_note(site, written, "rollback")
+    run, report = under_load(site, ca_file, "rollback")  # default: the previous good release
+    run.check()
+    assert report.failed == 0, report.summary()
+    assert run.stdout.startswith(f"rsdeploy: rollback {FIRST_VERSION} on "), run.stdout
+    assert serving(site)["version"] == FIRST_VERSION
+    assert serving(site)["schema_revision"] == HEADS[FIRST_VERSION]
+    assert_rows_kept(site, written)
+    last = history(site)[-1]
+    assert (last["kind"], last["result"], last["revision_after"]) == ("rollback", "ok", "0001")
+
+
+def test_a_release_failing_its_health_check_never_gets_traffic(site, written, ca_file):
+    write_note(site, written, BROKEN)
+    run, report = under_load(site, ca_file, "deploy", "--version", BROKEN)
+    assert run.code == 3, run.output[-3000:]
+    assert (f"{BROKEN} failed its health check on {site.host.name}: backend: /health answered "
+            "503") in run.stdout, run.stdout
+    assert report.failed == 0, report.summary()
+    # Its migration was undone with its own scripts: the old release's schema.
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
+    assert len(app_containers(site)) == 4, app_containers(site)  # its instances removed
+    assert_rows_kept(site, written)
+    last = history(site)[-1]
+    assert (last["version"], last["result"]) == (BROKEN, "failed") and "503" in last["reason"]
+    # The project on disk names the release that serves, not the refused one.
+    compose = site.on_host("cat /opt/residency-scheduler/compose.yml")
+    assert f":{FIRST_VERSION}" in compose and BROKEN not in compose
+
+
+def test_a_failing_migration_is_refused_with_its_own_error(site, written, ca_file):
+    run, report = under_load(site, ca_file, "deploy", "--version", BAD_MIGRATION)
+    assert run.code == 3, run.output[-3000:]
+    assert "NotNullViolation" in run.output and "its migration to 0003 failed" in run.stdout
+    assert report.failed == 0, report.summary()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
+    tables = site.on_host("docker exec $(docker ps -q --filter label=com.docker.compose.service=db)"
+                          " psql -U postgres -d residency_scheduler -tAc '\\dt'")
+    assert "wards" not in tables
+    assert_rows_kept(site, written)
+
+
+def test_ctrl_c_in_the_middle_leaves_the_old_release_and_no_lock(site, written):
+    command = [sys.executable, "-m", "rsdeploy.cli", "deploy", "--version", NEXT,
+               "-i", str(SANDBOX_INVENTORY), "--secrets", str(site.sandbox.paths.secrets)]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=site.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "starting the new" in line:  # new instances beside the old, no traffic yet
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+            break
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted" in output.splitlines()[-1], output[-2000:]
+    assert serving(site)["version"] == FIRST_VERSION
+    assert_rows_kept(site, written)
+    assert history(site)[-1]["result"] is None  # recorded as unfinished
+    # No lock left behind, and a re-run completes (tidying the half-started instances).
+    site.rsdeploy("deploy", "--version", NEXT).check()
+    assert serving(site)["version"] == NEXT and serving(site)["schema_revision"] == HEADS[NEXT]
+    assert len(app_containers(site)) == 4, app_containers(site)
+    assert_rows_kept(site, written)
+    # Images of refused releases go; those of the last good ones stay for rollbacks.
+    tags = set(site.on_host("docker image ls --format '{{.Tag}}'").split())
+    assert {FIRST_VERSION, NEXT} <= tags and not {BROKEN, BAD_MIGRATION} & tags, tags
+
+
+def test_releases_lists_every_attempt_with_its_result(site):
+    run = site.rsdeploy("releases").check()
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[:5] == ["HOST", "STARTED", "KIND", "VERSION", "RESULT"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[2], r[3], r[4]) for r in rows] == [
+        ("deploy", NEXT, "ok"), ("deploy", NEXT, "unfinished"), ("deploy", BAD_MIGRATION, "failed"),
+        ("deploy", BROKEN, "failed"), ("rollback", FIRST_VERSION, "ok"), ("deploy", NEXT, "ok"),
+        ("deploy", FIRST_VERSION, "ok")]
+    attempts = history(site)
+    assert all(a["who"] and a["started"] for a in attempts)
+
+
+def test_the_live_prometheus_sees_the_release_and_the_last_attempt(site):
+    query = "rsdeploy_release_last_attempt_info"
+    deadline = time.monotonic() + 120
+    while True:
+        answer = json.loads(site.on_host(
+            f"curl -fsS 'http://127.0.0.1:9090/api/v1/query?query={query}'"))
+        found = {(r["metric"]["version"], r["metric"]["result"]) for r in answer["data"]["result"]}
+        if found == {(NEXT, "ok")}:
+            break
+        assert time.monotonic() < deadline, found
+        time.sleep(5)
+    info = json.loads(site.on_host("curl -fsS 'http://127.0.0.1:9090/api/v1/query?query="
+                                   "rsdeploy_release_info'"))
+    assert [r["metric"]["version"] for r in info["data"]["result"]] == [NEXT]
+
+
+def test_a_second_run_changes_nothing(site):
+    run = site.rsdeploy("deploy", "--version", NEXT).check()
+    assert run.changed == 0, run.output[-3000:]
+
+
+def test_a_migration_without_downgrade_rolls_back_only_by_restoring_its_dump(site, written):
+    site.rsdeploy("deploy", "--version", IRREVERSIBLE).check()
+    lost = "written while the irreversible release served"
+    write_note(site, [], lost)
+    run = site.rsdeploy("rollback")  # to v1.1.0, the previous good release
+    assert run.code == 3, run.output[-3000:]
+    assert "cannot be downgraded from 0003 to 0002" in run.stdout and \
+        "rollback --restore-backup" in run.stdout, run.stdout
+    assert serving(site)["version"] == IRREVERSIBLE
+    site.rsdeploy("rollback", "--restore-backup").check()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (NEXT, HEADS[NEXT])
+    assert_rows_kept(site, written)
+    code, body = site.curl("/api/v1/notes")
+    assert f"written before {lost}" not in body, "rows written after the dump came back"
