@@ -15,12 +15,12 @@ import pytest
 import yaml
 
 from roles import nginx
-from rsdeploy import lock, release, remote
+from rsdeploy import cli, lock, release, remote
 from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked
 from rsdeploy.stack import release as switch
 from rsdeploy.stack import render_host
-from tests.conftest import load_example
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 from tests.test_nginx import directive, servers
 
 
@@ -213,3 +213,31 @@ def test_the_docker_web_service_mounts_the_pins_read_only():
     web = next(f for f in render_host(hs) if f.path.endswith("/compose.web.yml"))
     volumes = yaml.safe_load(web.content)["services"]["nginx"]["volumes"]
     assert f"{nginx.host_traffic_dir(hs)}:{nginx.CONTAINER_TRAFFIC_DIR}:ro" in volumes
+
+
+# --- rollback's default target ------------------------------------------------------------------
+
+
+def run_rollback(monkeypatch, capsys, histories: dict[str, list]) -> tuple[int, str]:
+    """``rsdeploy rollback`` on the multi-host example, each host's history as given."""
+    monkeypatch.setattr(cli, "host_history",
+                        lambda selected: {name: histories.get(name, []) for name in selected})
+    code = cli.main(["rollback", "-i", str(INVENTORIES / "example_multi.py"),
+                     "--secrets", EXAMPLE_SECRETS])
+    return code, capsys.readouterr().err
+
+
+def test_rollback_without_an_earlier_release_is_refused_before_any_change(monkeypatch, capsys):
+    code, err = run_rollback(monkeypatch, capsys, {})
+    assert code == 2 and "no earlier successful release in its history" in err
+    assert "--to TAG" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rollback_is_refused_when_the_hosts_would_go_back_to_different_releases(monkeypatch, capsys):
+    hosts = list(load_example("example_multi"))
+    ok = [attempt("v1.0.0", "ok", "2026-11-30T10:00:00Z"),
+          attempt("v1.1.0", "ok", "2026-11-30T11:00:00Z")]
+    other = [attempt("v0.9.0", "ok", "2026-11-30T09:00:00Z"),
+             attempt("v1.1.0", "ok", "2026-11-30T11:00:00Z")]
+    code, err = run_rollback(monkeypatch, capsys, {hosts[0]: other, **{h: ok for h in hosts[1:]}})
+    assert code == 2 and "the hosts' previous releases differ" in err and "v0.9.0" in err
