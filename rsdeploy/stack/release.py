@@ -149,6 +149,10 @@ class Switch:
 
     # --- 3. database ---------------------------------------------------------------------------
 
+    def api(self, live: dict):
+        """The running instance of the app's API (it has Alembic and the database's address)."""
+        return next((live.get(u.service) for u in units(self.hs) if u.traffic == "backend"), None)
+
     def revisions(self, live: dict) -> tuple[str | None, str | None, set[str]]:
         """(the database's revision, the new release's head, every revision it knows)."""
         service = backend.migration_service(self.hs)
@@ -161,7 +165,7 @@ class Switch:
         known = set(re.findall(r"-> (\w+)", history_text))
         # The running release reads the database best (the new one may not know its
         # revision), unless it is older than the database itself (a release refused earlier).
-        old = live.get(units(self.hs)[0].service)
+        old = self.api(live)
         ok = False
         if old is not None and old.state == "running":
             ok, output = self.rh.exec(old, ["alembic", "current"])
@@ -202,7 +206,7 @@ class Switch:
         self.backup()
         try:
             self.downgrade(head, "the newer release's scripts (the older one does not know "
-                                 f"{current})", live.get(units(self.hs)[0].service))
+                                 f"{current})", self.api(live))
         except Refused:
             if not self.hs.stack.restore_backup:
                 raise Refused(f"the database cannot be downgraded from {current} to {head} (a "
