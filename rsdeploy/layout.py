@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -91,6 +91,70 @@ class EnableTimer(HostReaction):
 @dataclass(frozen=True, order=True)
 class HostCommand(HostReaction):
     """A one-shot command on the host, e.g. ``update-ca-certificates``; ``target`` is the argv."""
+
+
+# --- release primitives ---------------------------------------------------------------------------
+
+
+class ReleaseHost(Protocol):
+    """What the release procedure (:mod:`rsdeploy.stack.release`) asks of a layout on one host
+    while it switches a release. An instance is one running copy of a service (a container, a
+    unit on its own port) with at least ``name``, ``service``, ``state`` ("running", ...),
+    ``image``, ``image_id`` and ``revision``. Commands answer ``(ok, output)``."""
+
+    def shell(self, command: str) -> tuple[bool, str]:
+        """Run a shell line on the host."""
+
+    def instances(self) -> dict[str, list]:
+        """Every instance of the stack's services, by service, oldest first."""
+
+    def refresh(self, instance):
+        """``instance`` as it is now, None once it is gone."""
+
+    def outdated(self, services: list[str]) -> set[str]:
+        """Those of ``services`` whose running instance differs from the uploaded definition."""
+
+    def start(self, counts: dict[str, int]) -> tuple[bool, str]:
+        """Bring each service to ``counts[service]`` instances, starting only the new ones."""
+
+    def run_once(self, service: str, argv: list[str]) -> tuple[bool, str]:
+        """Run ``argv`` once as the uploaded definition of ``service`` (the new release)."""
+
+    def exec(self, instance, argv: list[str]) -> tuple[bool, str]:
+        """Run ``argv`` inside a running instance (the release it runs)."""
+
+    def probe(self, instance, probe, timeout: int) -> tuple[str, str]:
+        """``("ok" | "no answer" | "bad", detail)`` of a release unit's probe."""
+
+    def explain(self, instance) -> str | None:
+        """What the layout sees wrong with an instance (exit code, OOM kills), if anything."""
+
+    def logs(self, instance, lines: int) -> str:
+        """The instance's last log lines."""
+
+    def proxy_target(self, instance, port: int) -> str:
+        """How the web server names the instance's ``port``."""
+
+    def reload_web(self) -> tuple[bool, str]:
+        """Check the web server's configuration, then reload it gracefully."""
+
+    def stop(self, instances: list, grace: int) -> tuple[bool, str]:
+        """Stop instances, each given ``grace`` seconds to finish its work."""
+
+    def start_again(self, instance) -> tuple[bool, str]:
+        """Start a stopped instance again."""
+
+    def remove(self, instances: list) -> tuple[bool, str]:
+        """Remove instances."""
+
+    def keep_definition(self) -> tuple[bool, str]:
+        """Keep the serving release's definition files, to put back after a refused release."""
+
+    def restore_definition(self) -> tuple[bool, str]:
+        """Put the kept definition files back."""
+
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove the app's release artifacts other than ``keep``; the removed ones."""
 
 
 # --- the layout interface -------------------------------------------------------------------------
@@ -213,7 +277,8 @@ class Layout(ABC):
         returns the operations, so the rollout knows something new arrived."""
 
     @abstractmethod
-    def release_host(self, hs: HostSettings, shell: Callable[[str], tuple[bool, str]]) -> object:
+    def release_host(self, hs: HostSettings,
+                     shell: Callable[[str], tuple[bool, str]]) -> ReleaseHost:
         """The primitives the release procedure (:mod:`rsdeploy.stack.release`) switches a
         release with on this host: list and start instances, probe them, run the migrations,
         pin the web server's traffic, stop and remove. ``shell`` runs a shell line on the host.

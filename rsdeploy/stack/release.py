@@ -41,13 +41,16 @@ from pyinfra.operations import python
 from pyinfra.operations.util import any_changed
 
 from roles import backend, backup, frontend, nginx
-from rsdeploy import release, release_metrics
-from rsdeploy.layout import Recreate
+from rsdeploy import release, release_metrics, source
+from rsdeploy.errors import SettingsError
+from rsdeploy.layout import Recreate, ReleaseHost
 from rsdeploy.release import FAILED, OK, OVERLAP, SERVE, SINGLE, Attempt, ReleaseUnit
 from rsdeploy.secrets import masked
 from rsdeploy.types import duration_seconds
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyinfra.api import Host, State
 
     from rsdeploy.layout import Reaction
@@ -106,12 +109,12 @@ class Refused(Exception):
 
 @dataclass
 class Switch:
-    """One release switch on one host (see the module docstring). ``shell(command)`` runs a
-    shell line on the host and returns ``(ok, output)``; ``say(line)`` logs a line."""
+    """One release switch on one host (see the module docstring): ``rh`` the layout's
+    primitives, ``say(line, error=False)`` logs a line, ``undo`` the steps to take back."""
 
     hs: HostSettings
-    rh: object  # the layout's release primitives
-    say: object
+    rh: ReleaseHost  # the layout's release primitives
+    say: Callable[..., None]
     attempt: Attempt
     undo: list = field(default_factory=list)  # callables, most recent last
 
@@ -458,6 +461,17 @@ def _connector(host: Host) -> dict:
             if key in CONNECTOR_ARGUMENT_KEYS}
 
 
+def tag_commit(hs: HostSettings) -> str:
+    """The release tag's commit in ``app.source_repo`` when there is one (images pulled from a
+    registry may carry no revision label), else ""."""
+    if not hs.stack.app.source_repo:
+        return ""
+    try:
+        return source.release(hs)[1]
+    except SettingsError:
+        return ""
+
+
 def record(hs: HostSettings, shell, attempt: Attempt) -> None:
     """Append ``attempt`` to the host's history, tell the rsdeploy command, and export the
     release for monitoring (node-exporter's textfile collector): the release serving (the last
@@ -534,7 +548,8 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         switch.release_traffic()
         rh.keep_definition()
         attempt.images = {i.image: i.image_id for i in new.values() if i is not None}
-        attempt.commit = next((i.revision for i in new.values() if i and i.revision), "")
+        attempt.commit = next((i.revision for i in new.values() if i and i.revision), "") \
+            or tag_commit(hs)
     except Refused as exc:
         say(f"{hs.name}: {hs.stack.version} refused: {exc}; undoing its steps", error=True)
         switch.rollback()
