@@ -114,8 +114,9 @@ class ReleaseHost(Protocol):
     def outdated(self, services: list[str]) -> set[str]:
         """Those of ``services`` whose running instance differs from the uploaded definition."""
 
-    def start(self, counts: dict[str, int]) -> tuple[bool, str]:
-        """Bring each service to ``counts[service]`` instances, starting only the new ones."""
+    def start(self, counts: dict[str, int]) -> tuple[bool, str, dict]:
+        """Bring each service to ``counts[service]`` instances, starting only the new ones:
+        ``(ok, output, {service: its new instance})``."""
 
     def run_once(self, service: str, argv: list[str]) -> tuple[bool, str]:
         """Run ``argv`` once as the uploaded definition of ``service`` (the new release)."""

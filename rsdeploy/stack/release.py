@@ -274,12 +274,9 @@ class Switch:
         counts = {u.service: (2 if u.service in live else 1) for u in changing}
         if not counts:
             return {}
-        before = {i.name for group in self.rh.instances().values() for i in group}
         self.say(f"starting the new {', '.join(counts)} beside the old")
-        ok, output = self.rh.start(counts)
-        after = self.rh.instances()
-        new = {u.service: next((i for i in after.get(u.service, []) if i.name not in before), None)
-               for u in changing}
+        ok, output, started = self.rh.start(counts)
+        new = {u.service: started.get(u.service) for u in changing}
         self.undo.append(lambda: self.remove_new(changing, new))
         if not ok:
             self.show("the new instances did not start", output)
@@ -472,28 +469,29 @@ def tag_commit(hs: HostSettings) -> str:
         return ""
 
 
-def record(hs: HostSettings, shell, attempt: Attempt) -> None:
+def record(hs: HostSettings, shell, attempt: Attempt) -> list[dict]:
     """Append ``attempt`` to the host's history, tell the rsdeploy command, and export the
     release for monitoring (node-exporter's textfile collector): the release serving (the last
-    successful attempt) and this attempt."""
+    successful attempt) and this attempt. Returns the history as it now reads."""
     shell(release.append_command(hs, attempt))
     if attempt.result == FAILED:
         release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason)
     _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
-    serving = next((a for a in reversed(release.parse_history(text)) if a.get("result") == OK), None)
+    history = release.parse_history(text)
+    serving = next((a for a in reversed(history) if a.get("result") == OK), None)
     metrics = release_metrics.render_metrics(release_metrics.stack_label(hs), serving,
                                              asdict(attempt))
     path = shlex.quote(f"{release_metrics.metrics_dir(hs)}/{release_metrics.METRICS_FILE}")
     # Renamed into place: node-exporter reads only *.prom files, never a half-written one.
     shell(f"mkdir -p {shlex.quote(release_metrics.metrics_dir(hs))} && "
           f"printf '%s' {shlex.quote(metrics)} > {path}.new && mv -f {path}.new {path}")
+    return history
 
 
-def prune(hs: HostSettings, shell, rh, say) -> None:
-    """Keep the images of the last ``app.keep_releases`` successful releases (the serving one
-    among them), remove older app images."""
-    _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
-    good = [a for a in release.parse_history(text) if a.get("result") == OK and a.get("images")]
+def prune(hs: HostSettings, history: list[dict], rh, say) -> None:
+    """Keep the images of the last ``app.keep_releases`` successful releases of ``history``
+    (the serving one among them), remove older app images."""
+    good = [a for a in history if a.get("result") == OK and a.get("images")]
     keep = {ref for attempt in good[-hs.stack.app.keep_releases:] for ref in attempt["images"]}
     if keep:
         removed = rh.prune_images(keep)
@@ -557,8 +555,7 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         record(hs, shell, attempt.finish(FAILED, str(exc)))
         say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
         return False
-    record(hs, shell, attempt.finish(OK))
-    prune(hs, shell, rh, say)
+    prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)
     say(f"{hs.name}: {hs.stack.version} serves ({kind} took "
         f"{release.seconds_between(attempt.started, attempt.ended)} s)")
     return True

@@ -115,12 +115,13 @@ class DockerReleaseHost:
 
     # changes ----------------------------------------------------------------------------------
 
-    def start(self, counts: dict[str, int]) -> tuple[bool, str]:
+    def start(self, counts: dict[str, int]) -> tuple[bool, str, dict[str, Instance]]:
         """Bring each service to ``counts[service]`` containers without touching existing ones
         (new ones get the uploaded definition) and start only the new ones; dependencies and
         stopped old containers stay as they are.
 
-        Example: ``start({"backend": 2})``: a new backend beside the running one.
+        Example: ``start({"backend": 2})``: a new backend beside the running one; returns
+        ``(ok, output, {service: its new instance})``.
         """
         before = {i.name for group in self.instances().values() for i in group}
         scales = [arg for service, n in sorted(counts.items()) for arg in ("--scale", f"{service}={n}")]
@@ -128,10 +129,10 @@ class DockerReleaseHost:
         created = [i for group in self.instances().values() for i in group if i.name not in before]
         # `create` has no --no-deps: a dependency it made (the one-shot migration) goes again.
         self.remove([i for i in created if i.service not in counts])
-        new = [i.name for i in created if i.service in counts]
+        new = {i.service: i for i in created if i.service in counts}
         if ok and new:
-            ok, output = self.shell(shlex.join(["docker", "start", *new]))
-        return ok, output
+            ok, output = self.shell(shlex.join(["docker", "start", *(i.name for i in new.values())]))
+        return ok, output, new
 
     def run_once(self, service: str, argv: list[str]) -> tuple[bool, str]:
         """Run ``argv`` in a one-off container of ``service`` as the uploaded files define it
