@@ -3,7 +3,8 @@
     rsdeploy deploy -i inventories/prod.py --version v1.1.0        # validates everything first
     pyinfra -y inventories/prod.py deploys/deploy.py --data version=v1.1.0
 
-The story of a rollout, top to bottom: render every file the host needs, upload them (secrets
+The story of a rollout, top to bottom: install what the roles need from the distribution
+(natively; nothing in containers), render every file the host needs, upload them (secrets
 mode 0600, never shown) and remove what the roles no longer render, carry out the host's own
 reactions to what changed, make the directories read at run time (nginx: maintenance page,
 traffic pins; node-exporter: the release's metrics), deliver the release, put the certificate in place, let the layout bring the
@@ -21,6 +22,7 @@ from rsdeploy.stack import release as releases
 hs = stack.current()
 lock.refuse_if_held_by_another(hs)  # rsdeploy holds it for this run; plain pyinfra holds none
 
+stack.install(hs)
 rendered = stack.render_host(hs)
 metas = apply.upload(hs, rendered)
 reactions = apply.reactions(rendered, metas)

@@ -25,6 +25,11 @@ certificate through the sandbox CA; nothing trusts the certificates it issues.
 
 RS_SANDBOX_MONITORING=off runs the stack without Prometheus, Alertmanager and the exporters
 (scenarios that do not concern them: fewer images to push and pull).
+
+RS_SANDBOX_LAYOUT=systemd deploys the systemd layout instead (Debian's PostgreSQL, Redis and
+nginx on the host, the app built from the reference app's repository and run by systemd and
+PM2): no image is used, hosts install from Debian, PyPI and npm (this machine's CA bundle
+trusted for the TLS-intercepting proxy).
 """
 
 import os
@@ -34,6 +39,9 @@ from rsdeploy_dev.images import BASE, INFRA, registry_path
 from rsdeploy_dev.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
+layout = os.environ.get("RS_SANDBOX_LAYOUT", "docker")
+if layout not in ("docker", "systemd"):
+    raise UserError(f"RS_SANDBOX_LAYOUT={layout}: expected docker or systemd")
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
 tls_mode = os.environ.get("RS_SANDBOX_TLS", "self-signed")
 monitoring = os.environ.get("RS_SANDBOX_MONITORING", "on") != "off"
@@ -74,11 +82,12 @@ def tls(mode: str) -> dict:
 
 
 stack = {
-    "layout": "docker",
+    "layout": layout,
     "version": "v1.0.0",
     "domain": domain,
     **tls(tls_mode),
-    "app": APP_DELIVERY[delivery],
+    # Natively every release is built on the host from the tag's source.
+    "app": APP_DELIVERY[delivery] if layout == "docker" else {"source_repo": str(sandbox.paths.app_source)},
     # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
     "docker": {"source": "distro"},
     # The sandbox CA (signs the registry's certificate) and this machine's bundle, which trusts

@@ -1,21 +1,25 @@
 """The FastAPI backend and its Celery worker and beat (role ``app``).
 
 One image serves all three. Docker layout: Compose services ``backend``, ``celery-worker``,
-``celery-beat`` (and the one-shot ``migrate``), all reading ``<base_dir>/app.env``. Systemd layout:
-units residency-backend, residency-celery-worker, residency-celery-beat (and the one-shot
-residency-migrate) running from the release's virtualenv, all reading ``<config_dir>/app.env``.
+``celery-beat`` (and the one-shot ``migrate``), all reading ``<base_dir>/app.env``. Systemd
+layout: unit templates residency-backend@, residency-celery-worker@ and residency-celery-beat@,
+one instance of each per release slot (``residency-backend@blue.service``), running from the
+slot's release and its virtualenv, all reading ``<config_dir>/app.env``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from io import StringIO
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server
 
 from rsdeploy.errors import SettingsError
-from rsdeploy.escape import url_part
+from rsdeploy.escape import Expanded, url_part
 from rsdeploy.layout import Recreate
 from rsdeploy.release import OVERLAP, SERVE, SINGLE, CommandProbe, HttpProbe, ReleaseUnit
 from rsdeploy.render import RenderedFile, template
@@ -129,9 +133,23 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("app")
 
 
+def runtime_applies(hs: HostSettings) -> bool:
+    """Whether this host runs the app's code natively (needs Python and Node.js of its own)."""
+    return applies(hs) and not hs.layout.runs_in_containers
+
+
 def ports(hs: HostSettings) -> dict[str, int]:
-    """The port the backend (uvicorn) takes on this host, by settings key. Example: ``{"backend.port": ...}``"""
-    return {"backend.port": hs.stack.backend.port}
+    """The ports the backend (uvicorn) takes on this host (one per release slot), by settings
+    key. Example: ``{"backend.port": 8000}``"""
+    return slot_port_keys(hs, "backend.port", hs.stack.backend.port)
+
+
+def slot_port_keys(hs: HostSettings, key: str, port: int) -> dict[str, int]:
+    """A service's ports by settings key: ``port`` itself, and the next ones for the layout's
+    further release slots. Example: ``{"backend.port": 8000, "backend.port (+10, release slot green)": 8010}``
+    """
+    return {key if i == 0 else f"{key} (+{i * SLOT_PORT_STEP}, release slot {slot})": value
+            for i, (slot, value) in enumerate(slot_ports(hs, port).items())}
 
 
 def check(hs: HostSettings, rules: SecretRules) -> None:
@@ -252,13 +270,13 @@ def app_env_path(hs: HostSettings) -> str:
     return f"{paths.base_dir}/app.env" if hs.layout.runs_in_containers else f"{paths.config_dir}/app.env"
 
 
-#: Who reads app.env at start: (Compose service, systemd unit). The one-shot migrations read it
-#: too: Compose recreates its ``migrate`` with the others; the systemd layout starts its oneshot
-#: residency-migrate.service itself on each rollout, so no unit is named (never restarted).
+#: Who reads app.env at start: (Compose service, systemd service). The one-shot migrations read
+#: it too: Compose recreates its ``migrate`` with the others; natively the release procedure
+#: runs them in a transient unit of the new release, so no unit is named (never restarted).
 APP_ENV_READERS = (
-    ("backend", "residency-backend.service"),
-    ("celery-worker", "residency-celery-worker.service"),
-    ("celery-beat", "residency-celery-beat.service"),
+    ("backend", "residency-backend"),
+    ("celery-worker", "residency-celery-worker"),
+    ("celery-beat", "residency-celery-beat"),
     ("migrate", ""),
 )
 
@@ -286,11 +304,20 @@ def app_env_file(hs: HostSettings) -> RenderedFile:
 STOP_GRACE = {"backend": 30, "celery-worker": 120, "celery-beat": 10}
 #: The Alembic command the one-shot migration runs.
 MIGRATE_ARGV = ("alembic", "upgrade", "head")
+#: Beat's schedule file: on a tmpfs of its container, or in its unit's StateDirectory= (kept
+#: across restarts and releases: one beat at a time reads it).
+BEAT_SCHEDULE = {"container": "/run/celerybeat/schedule",
+                 "native": "/var/lib/residency-celery-beat/celerybeat-schedule"}
 
 
 def migration_service(hs: HostSettings) -> str:
     """The one-shot service whose definition runs the release's migrations."""
     return hs.layout.service("migrate", "residency-migrate")
+
+
+def beat_schedule(hs: HostSettings) -> str:
+    """Where Celery beat keeps its schedule file, as beat sees it."""
+    return hs.layout.data_dir(BEAT_SCHEDULE["container"], BEAT_SCHEDULE["native"])
 
 
 def release_units(hs: HostSettings) -> list[ReleaseUnit]:
@@ -301,9 +328,10 @@ def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     Example: ``[u.service for u in release_units(hs)]`` -> ``["backend", "celery-worker", "celery-beat"]``
     """
     app = "--app=app.core.celery_app"
+    # $HOSTNAME: the worker's node name (a container's id; natively host and release slot).
     ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
                         "celery inspect ping")
-    beat = CommandProbe(("sh", "-c", "ls /run/celerybeat/schedule* >/dev/null"),
+    beat = CommandProbe(("sh", "-c", f"ls {beat_schedule(hs)}* >/dev/null"),
                         "its schedule file (beat's heartbeat)")
     names = {name: hs.layout.service(name, f"residency-{name}") for name in STOP_GRACE}
     return [
@@ -322,15 +350,24 @@ BEAT_STATE_DIR = "residency-celery-beat"
 WORKER_STOP_TIMEOUT = 300
 #: Same-host services the app units start after (Debian unit names), by role.
 LOCAL_DEPENDENCIES = {"db": "postgresql.service", "redis": "redis-server.service"}
+#: Debian packages a native app host needs to build and run a release's virtualenv: wheels
+#: without a binary for this platform compile (gcc, headers, libpq for psycopg2).
+RUNTIME_PACKAGES = ["python3", "python3-venv", "python3-dev", "build-essential", "libpq-dev"]
+#: Where pip keeps downloaded wheels between releases (the app user's).
+PIP_CACHE_DIR = "/var/cache/residency-scheduler/pip"
 
 
-def release_dir(hs: HostSettings) -> str:
-    """The running release: ``<base_dir>/current`` -> ``<base_dir>/releases/<tag>``.
-
-    Each release carries its own virtualenv (``venv/``) beside ``backend/`` and ``frontend/``,
-    so switching the symlink switches code and dependencies together (and rolls both back).
+def slot_dir(hs: HostSettings, slot: str = "%i") -> str:
+    """The release a slot runs: ``<base_dir>/slots/<slot>`` -> ``<base_dir>/releases/<id>``
+    (``%i``: the unit instance's own slot). Each release carries its virtualenv (``venv/``)
+    beside ``backend/`` and ``frontend/``, so a slot switches code and dependencies together.
     """
-    return f"{hs.stack.paths.base_dir}/current"
+    return f"{hs.stack.paths.base_dir}/slots/{slot}"
+
+
+def slot_env_path(hs: HostSettings, slot: str = "%i") -> str:
+    """The slot's own variables (its ports), read by its units beside app.env."""
+    return f"{hs.stack.paths.config_dir}/slots/{slot}.env"
 
 
 def listen_address(hs: HostSettings, *consumer_roles: str) -> str:
@@ -343,45 +380,72 @@ def listen_address(hs: HostSettings, *consumer_roles: str) -> str:
 
 
 def app_units(hs: HostSettings) -> list[AppUnit]:
-    """The four app units of the systemd layout, sharing env file, release and sandbox."""
-    b, release = hs.stack.backend, release_dir(hs)
+    """The three app unit templates of the systemd layout (one instance per release slot:
+    ``residency-backend@blue.service``), sharing env file, release and sandbox."""
+    b, release = hs.stack.backend, unit_safe_path(slot_dir(hs, "SLOT")).replace("SLOT", "%i")
     venv = f"{release}/venv/bin"
-    celery = [f"{venv}/celery", "-A", "app.core.celery_app"]
+    celery = [Expanded(f"{venv}/celery"), "-A", "app.core.celery_app"]
     shared = dict(
         user=APP_USER,
         uid=APP_UID,
         env_file=unit_safe_path(app_env_path(hs)),
-        workdir=unit_safe_path(f"{release}/backend"),
+        slot_env_file=unit_safe_path(slot_env_path(hs, "SLOT")).replace("SLOT", "%i"),
+        workdir=f"{release}/backend",
         log_dir=unit_safe_path(hs.stack.paths.log_dir),
         multiproc_dir=app_environment(hs).get("PROMETHEUS_MULTIPROC_DIR"),
         after=tuple(unit for role, unit in LOCAL_DEPENDENCIES.items() if hs.has_role(role)),
     )
-    uvicorn = [f"{venv}/uvicorn", "app.main:app", "--host", listen_address(hs, "web", "monitoring"),
-               "--port", str(b.port), "--workers", str(b.workers), "--proxy-headers",
+    uvicorn = [Expanded(f"{venv}/uvicorn"), "app.main:app", "--host",
+               listen_address(hs, "web", "monitoring"), "--port", Expanded("${RS_BACKEND_PORT}"), "--workers", str(b.workers), "--proxy-headers",
                "--forwarded-allow-ips", hs.endpoint("web", "nginx")]
     worker = [*celery, "worker", "-Q", ",".join(b.celery_queues), "--concurrency",
-              str(b.celery_concurrency), "--loglevel", b.celery_log_level]
-    beat = [*celery, "beat", "--schedule", f"/var/lib/{BEAT_STATE_DIR}/celerybeat-schedule",
-            "--loglevel", b.celery_log_level]
+              str(b.celery_concurrency), "--loglevel", b.celery_log_level,
+              "--hostname", Expanded("celery@${HOSTNAME}")]
+    beat = [*celery, "beat", "--schedule", BEAT_SCHEDULE["native"], "--loglevel",
+            b.celery_log_level]
     return [
-        AppUnit("residency-backend.service", "Residency Scheduler API (uvicorn)", uvicorn,
-                resources(hs), "backend.resources", **shared),
-        AppUnit("residency-celery-worker.service", "Residency Scheduler Celery worker", worker,
+        AppUnit("residency-backend@.service", "Residency Scheduler API (uvicorn), release slot %i",
+                uvicorn, resources(hs), "backend.resources", **shared),
+        AppUnit("residency-celery-worker@.service",
+                "Residency Scheduler Celery worker, release slot %i", worker,
                 b.worker_resources, "backend.worker_resources",
                 stop_timeout=WORKER_STOP_TIMEOUT, **shared),
-        AppUnit("residency-celery-beat.service", "Residency Scheduler Celery beat", beat,
-                b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR, **shared),
-        AppUnit("residency-migrate.service", "Residency Scheduler database migrations",
-                [f"{venv}/alembic", "upgrade", "head"], resources(hs), "backend.resources",
-                type="oneshot", **shared),
+        AppUnit("residency-celery-beat@.service", "Residency Scheduler Celery beat, release slot %i",
+                beat, b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR, **shared),
     ]
 
 
 def unit_file(hs: HostSettings, unit: AppUnit) -> RenderedFile:
-    """One app unit; a changed long-running one is recreated (the oneshot runs per rollout)."""
-    content = template(f"systemd/{unit.name}.j2", hs, unit=unit)
-    reactions = () if unit.type == "oneshot" else (Recreate(unit.name),)
-    return RenderedFile(f"{UNIT_DIR}/{unit.name}", content, "backend", reactions=reactions)
+    """One app unit template; a change moves the app to a new slot (the release procedure)."""
+    content = template(f"systemd/{unit.name.replace('@', '')}.j2", hs, unit=unit)
+    service = unit.name.split("@")[0]
+    return RenderedFile(f"{UNIT_DIR}/{unit.name}", content, "backend",
+                        reactions=(Recreate(service),))
+
+
+#: Between the ports of two release slots (clear of neighbours such as Grafana's 3001).
+SLOT_PORT_STEP = 10
+
+
+def slot_ports(hs: HostSettings, port: int) -> dict[str, int]:
+    """The port each release slot of this layout gives a service whose port is ``port``
+    (one slot, ``port`` itself, where instances share a name instead).
+
+    Example (systemd): ``slot_ports(hs, 8000)`` -> ``{"blue": 8000, "green": 8010}``
+    """
+    return ({slot: port + i * SLOT_PORT_STEP for i, slot in enumerate(hs.layout.release_slots)}
+            or {"": port})
+
+
+def slot_env_files(hs: HostSettings) -> list[RenderedFile]:
+    """``<config_dir>/slots/<slot>.env``: the port the slot's API listens on."""
+    files = []
+    for slot, port in slot_ports(hs, hs.stack.backend.port).items():
+        content = (f"# Release slot {slot} of the Residency Scheduler API (rendered by rsdeploy).\n"
+                   f"RS_BACKEND_PORT={port}\n")
+        files.append(RenderedFile(slot_env_path(hs, slot), content, "backend",
+                                  reactions=(Recreate(hs.layout.service("backend", "residency-backend")),)))
+    return files
 
 
 def sysusers_file(hs: HostSettings) -> RenderedFile:
@@ -394,8 +458,27 @@ def sysusers_file(hs: HostSettings) -> RenderedFile:
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [app_env_file(hs)]
     if not hs.layout.runs_in_containers:  # from images, Compose runs the app: no units
-        files += [sysusers_file(hs), *(unit_file(hs, unit) for unit in app_units(hs))]
+        files += [sysusers_file(hs), *slot_env_files(hs),
+                  *(unit_file(hs, unit) for unit in app_units(hs))]
     return files
+
+
+@deploy("Install the backend's runtime")
+def install_runtime(hs: HostSettings) -> None:
+    """Natively: Python with venv and what building wheels needs, the app user, and pip's cache.
+
+    Example: ``backend.install_runtime(hs)`` (bootstrap, systemd layout)
+    """
+    apt.packages(name="Install Python 3 with venv and build tools (for the release's virtualenv)",
+                 packages=RUNTIME_PACKAGES, no_recommends=True, update=True, cache_time=3600)
+    sysusers = sysusers_file(hs)
+    upload = files.put(name=f"Declare the app user {APP_USER} (uid {APP_UID})",
+                       src=StringIO(sysusers.content), dest=sysusers.path, mode="644")
+    server.shell(name=f"Create the app user {APP_USER}", commands=["systemd-sysusers"],
+                 _if=upload.did_change)
+    for path in (PIP_CACHE_DIR, hs.stack.paths.log_dir):  # the app writes its logs (PM2's)
+        files.directory(name=f"Create {path} (the app user's)", path=path, user=APP_USER,
+                        group=APP_USER, mode="750")
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -406,4 +489,4 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     if hs.layout.runs_in_containers:
         return []
     units = [f"{UNIT_DIR}/{unit.name}" for unit in app_units(hs)]
-    return verify_units(tree, units, (f"{release_dir(hs)}/",))
+    return verify_units(tree, units, (f"{hs.stack.paths.base_dir}/slots/",))

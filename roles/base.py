@@ -27,6 +27,8 @@ BASE_PACKAGES = [
     "unattended-upgrades", "logrotate", "python3",
 ]
 CA_DIR = "/usr/local/share/ca-certificates/rsdeploy"
+#: The host's CA bundle after update-ca-certificates: the extra trusted CAs included.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 FIREWALL_FILE = "/etc/rsdeploy/firewall.nft"
 FIREWALL_UNIT = "rsdeploy-firewall.service"
 
@@ -51,6 +53,15 @@ class Settings(Section):
 
 def applies(hs: HostSettings) -> bool:
     return True
+
+
+def ca_bundle(hs: HostSettings) -> str | None:
+    """The bundle tools with their own CA store (pip, npm, node) must be pointed at so they
+    trust the extra CAs (a TLS-intercepting proxy), or None when there are none.
+
+    Example: ``ca_bundle(hs)`` -> ``"/etc/ssl/certs/ca-certificates.crt"``
+    """
+    return SYSTEM_CA_BUNDLE if hs.stack.trusted_ca_certs else None
 
 
 def firewall_peers(hs: HostSettings) -> list[str]:
@@ -155,9 +166,11 @@ def create_deploy_user(hs: HostSettings) -> None:
 @deploy("Create the stack's directories")
 def create_directories(hs: HostSettings) -> None:
     paths = hs.stack.paths
-    for path, mode in ((paths.base_dir, "755"), (paths.data_dir, "755"), (paths.log_dir, "755"),
-                       (paths.config_dir, "750")):
+    # config_dir: others may pass through to the files they own (PostgreSQL its secrets).
+    for path, mode in ((paths.base_dir, "755"), (paths.data_dir, "755"), (paths.config_dir, "751")):
         files.directory(name=f"Create {path}", path=path, mode=mode, user="root", group="root")
+    # Owned by whoever writes there (natively the app: roles.backend); here it only must exist.
+    files.directory(name=f"Create {paths.log_dir}", path=paths.log_dir)
     login = apply.login_user()
     files.directory(name="Create the private staging directory", path=apply.staging_dir(hs),
                     mode="700", user=login, group=login)

@@ -203,22 +203,23 @@ def uses_http2_directive(hs: HostSettings) -> bool:
 
 
 def _proxy_targets(hs: HostSettings) -> dict:
-    """How the site reaches backend and frontend (template variables).
+    """How the site reaches backend and frontend (template variables): ``$rs_backend`` and
+    ``$rs_frontend``, set to the default instances and overridden by the release's traffic
+    pins (:func:`traffic_pins`).
 
-    Docker: per-request lookups through Docker's DNS (variables + resolver), so a recreated
-    container (new address) is found without a reload; systemd: fixed upstreams with keepalive.
+    Docker: the services' names, looked up per request through Docker's DNS, so a recreated
+    container (new address) is found without a reload. Systemd: the first release slot's
+    address and port (an IP needs no resolver; a host name needs ``nginx.resolver``).
     """
     stack = hs.stack
     addresses = {
         "rs_backend": f"{hs.endpoint('app', 'backend')}:{stack.backend.port}",
         "rs_frontend": f"{hs.endpoint('app', 'frontend')}:{stack.frontend.port}",
     }
-    if hs.layout.runs_in_containers:  # Docker's embedded DNS; containers change addresses
-        return {"upstreams": {}, "upstream_variables": addresses, "resolver": "127.0.0.11",
-                "backend": "$rs_backend", "frontend": "$rs_frontend"}
-    return {"upstreams": addresses, "upstream_variables": {},
-            "resolver": _resolver_address(stack.nginx.resolver),
-            "backend": "rs_backend", "frontend": "rs_frontend"}
+    resolver = ("127.0.0.11" if hs.layout.runs_in_containers  # Docker's embedded DNS
+                else _resolver_address(stack.nginx.resolver))
+    return {"upstream_variables": addresses, "resolver": resolver,
+            "backend": "$rs_backend", "frontend": "$rs_frontend"}
 
 
 def _resolver_address(address: str | None) -> str | None:
@@ -400,6 +401,21 @@ def _nginx_test(root: Path) -> tuple[bool, str]:
 
 
 # --- deploy ------------------------------------------------------------------------------------
+
+
+@deploy("Install nginx")
+def install(hs: HostSettings) -> None:
+    """Natively: the distribution's nginx, without Debian's default site (its default_server
+    would clash with ours; our site lives in conf.d/).
+
+    Example: ``nginx.install(hs)``
+    """
+    if hs.layout.runs_in_containers:
+        return
+    apply.install_packages("Install nginx", ["nginx"],
+                           extra_install_args="-o Dpkg::Options::=--force-confold")
+    files.link(name="Remove Debian's default nginx site", path="/etc/nginx/sites-enabled/default",
+               present=False)
 
 
 @deploy("Create the maintenance page's directory")

@@ -14,8 +14,13 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import server
 
 from roles.exporters import exporter_applies
+from rsdeploy import apply
 from rsdeploy.component_files import secret_file
 from rsdeploy.layout import Exec, Restart
 from rsdeploy.render import RenderedFile, template
@@ -34,6 +39,11 @@ APP_PASSWORD_SECRET = "db_password"
 MONITOR_PASSWORD_SECRET = "postgres_monitor_password"
 #: The roles script inside the db container; the deploy re-runs it when it or a password changes.
 INITDB_ROLES_SQL = "/docker-entrypoint-initdb.d/10-roles.sql"
+#: pgvector for the distribution's server: Debian 12 packages none for PostgreSQL 15, so its
+#: source tarball from Debian's archive is built on the host (as the sandbox's image does).
+PGVECTOR_VERSION = "0.8.0"
+PGVECTOR_URL = f"http://deb.debian.org/debian/pool/main/p/pgvector/pgvector_{PGVECTOR_VERSION}.orig.tar.gz"
+PGVECTOR_SHA256 = "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0"
 
 
 class Settings(Section):
@@ -112,17 +122,20 @@ def secret_read_dir(hs: HostSettings) -> str:
 
 
 def _reapply_roles(hs: HostSettings) -> tuple[Reaction, ...]:
-    """What a changed roles script or password asks for.
+    """What a changed roles script or password asks for: the script run again by the superuser.
 
     The image runs its init scripts once, on an empty data volume: the deploy re-runs the same
-    file in the db service. The distribution's server has no init scripts; its deploy runs
-    roles.sql itself.
+    file in the db service. The distribution's server has no init scripts: the deploy runs it
+    (first upload included) as the postgres user.
     """
-    if not hs.layout.runs_in_containers:
-        return ()
-    return (Exec(_service(hs),
-                 ("psql", "--quiet", "-U", "postgres", "-d", "postgres", "-f", INITDB_ROLES_SQL),
-                 "Apply changed database roles and passwords"),)
+    return (Exec(_service(hs), ("psql", "--quiet", "-U", "postgres", "-d", "postgres", "-f",
+                                roles_read_path(hs)),
+                 "Apply changed database roles and passwords", user="postgres"),)
+
+
+def roles_read_path(hs: HostSettings) -> str:
+    """roles.sql as psql opens it (in the db container: its init script)."""
+    return hs.layout.data_dir(INITDB_ROLES_SQL, f"{hs.stack.paths.config_dir}/postgres/roles.sql")
 
 
 def _secret_files(hs: HostSettings) -> list[RenderedFile]:
@@ -149,8 +162,7 @@ def roles_sql(hs: HostSettings) -> str:
 def _roles_script(hs: HostSettings) -> RenderedFile:
     """roles.sql: an init script of the image (mounted at /docker-entrypoint-initdb.d), or a
     file the deploy runs as the postgres user."""
-    native = f"{hs.stack.paths.config_dir}/postgres/roles.sql"
-    path = hs.layout.config_path(hs, "postgres", "initdb/10-roles.sql", native)
+    path = hs.layout.config_path(hs, "postgres", "initdb/10-roles.sql", roles_read_path(hs))
     owner = "root" if hs.layout.runs_in_containers else "postgres"
     return RenderedFile(path, roles_sql(hs), ROLE, owner=owner, group=owner,
                         reactions=_reapply_roles(hs))
@@ -175,3 +187,34 @@ def _package_files(hs: HostSettings) -> list[RenderedFile]:
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [] if hs.layout.runs_in_containers else _package_files(hs)
     return [*files, _roles_script(hs), *_secret_files(hs)]
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+@deploy("Install PostgreSQL")
+def install(hs: HostSettings) -> None:
+    """Natively: the distribution's PostgreSQL and pgvector, built from Debian's source once
+    (checksum checked; ``with_llvm=no``: no JIT bitcode, which would need clang).
+
+    Example: ``postgres.install(hs)`` (before its files are uploaded: they belong to its user)
+    """
+    if hs.layout.runs_in_containers:
+        return
+    version = hs.stack.postgres.version
+    apply.install_packages(f"Install PostgreSQL {version}", [f"postgresql-{version}",
+                                                             "postgresql-client"])
+    if host.get_fact(File, path=f"/usr/share/postgresql/{version}/extension/vector.control"):
+        return
+    apply.install_packages("Install what building pgvector needs",
+                           [f"postgresql-server-dev-{version}", "make", "gcc", "libc6-dev"])
+    pg_config = f"/usr/lib/postgresql/{version}/bin/pg_config"
+    server.shell(
+        name=f"Build and install pgvector {PGVECTOR_VERSION} for PostgreSQL {version}",
+        commands=[f"src=$(mktemp -d) && trap 'rm -rf \"$src\"' EXIT && "
+                  f"curl -fsSL -o \"$src/pgvector.tar.gz\" {PGVECTOR_URL} && "
+                  f"echo '{PGVECTOR_SHA256}  '\"$src/pgvector.tar.gz\" | sha256sum -c --quiet - && "
+                  "tar -xzf \"$src/pgvector.tar.gz\" -C \"$src\" --strip-components=1 && "
+                  f"make -s -C \"$src\" with_llvm=no PG_CONFIG={pg_config} && "
+                  f"make -s -C \"$src\" with_llvm=no PG_CONFIG={pg_config} install"],
+    )

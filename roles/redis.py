@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pyinfra.api import deploy
+
+from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Port, Resources, Section, Size
@@ -129,3 +132,15 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
         return [Verdict(path, tool, False, "redis-server is not installed (package: redis-server)")]
     ok, detail = load_config(tree / path.lstrip("/"))
     return [Verdict(path, tool, ok, detail)]
+
+
+@deploy("Install Redis")
+def install(hs: HostSettings) -> None:
+    """Natively: the distribution's redis-server; an upgrade keeps our redis.conf (a conffile).
+
+    Example: ``redis.install(hs)`` (before redis.conf is uploaded: it belongs to its user)
+    """
+    if hs.layout.runs_in_containers:
+        return
+    apply.install_packages("Install Redis", ["redis-server"],
+                           extra_install_args="-o Dpkg::Options::=--force-confold")

@@ -53,8 +53,7 @@ def systemd_units(hs: HostSettings) -> list[str]:
     """The units of this host that must be active when it runs the stack natively (what the
     systemd layout answers for ``hs.layout.services(hs)``)."""
     units = [unit for role, unit in ROLE_UNITS.items() if hs.has_role(role)]
-    if hs.has_role("app"):
-        units += [u.name for u in backend.app_units(hs) if u.type != "oneshot"]
+    if hs.has_role("app"):  # the app's own units run per release slot (see release_slots)
         units.append(frontend.PM2_UNIT)
     if hs.has_role("monitoring"):
         units += [unit for name, unit in MONITORING_UNITS.items()
@@ -62,6 +61,18 @@ def systemd_units(hs: HostSettings) -> list[str]:
     if _backup_applies(hs):
         units.append("rs-backup.timer")
     return units
+
+
+def release_slots(hs: HostSettings) -> list[dict]:
+    """Each release slot with the URLs its API and frontend answer on (natively)."""
+    backend_host = backend.listen_address(hs, "web", "monitoring")
+    frontend_host = backend.listen_address(hs, "web")
+    backend_ports = backend.slot_ports(hs, hs.stack.backend.port)
+    frontend_ports = backend.slot_ports(hs, hs.stack.frontend.port)
+    return [{"name": slot, "backend_url": f"http://{backend_host}:{backend_ports[slot]}",
+             "frontend_url": f"http://{frontend_host}:{frontend_ports[slot]}",
+             "units": [f"{u.name.split('@')[0]}@{slot}.service" for u in backend.app_units(hs)]}
+            for slot in hs.layout.release_slots]
 
 
 def _backup_applies(hs: HostSettings) -> bool:
@@ -92,10 +103,9 @@ def status_script(hs: HostSettings) -> RenderedFile:
         ps_format=PS_FORMAT,
         backend_probe=BACKEND_PROBE.format(port=s.backend.port),
         frontend_probe=FRONTEND_PROBE.format(port=s.frontend.port),
-        user=backend.APP_USER, pm2_home=f"/var/lib/{frontend.PM2_STATE_DIR}",
-        pm2=f"{frontend.PM2_BIN}/pm2", pm2_summary=PM2_SUMMARY,
-        backend_url=f"http://{backend.listen_address(hs, 'web', 'monitoring')}:{s.backend.port}",
-        frontend_url=f"http://{backend.listen_address(hs, 'web')}:{s.frontend.port}",
+        user=backend.APP_USER, pm2_home=frontend.pm2_home(hs),
+        pm2=frontend.pm2_bin(hs), pm2_summary=PM2_SUMMARY,
+        release_slots=release_slots(hs),
     )
     return RenderedFile(STATUS_PATH, content, "status", mode="755")
 

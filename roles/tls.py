@@ -213,6 +213,18 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
 # --- deploy ------------------------------------------------------------------------------------
 
 
+@deploy("Install the TLS tools")
+def install(hs: HostSettings) -> None:
+    """Natively: openssl (self-signed) or certbot, which the deploy runs on the host.
+
+    Example: ``tls.install(hs)``
+    """
+    if hs.layout.runs_in_containers:
+        return
+    tools = ["certbot"] if hs.stack.tls.mode == "certbot" else ["openssl"]
+    apply.install_packages(f"Install {' and '.join(tools)}", tools)
+
+
 @deploy("Put the site's TLS certificate in place")
 def ensure_certificate(hs: HostSettings) -> list:
     """Self-signed: made once on the host. Provided: copied where nginx reads it (docker).

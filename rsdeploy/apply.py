@@ -19,7 +19,7 @@ from pyinfra.api import OperationError, operation
 from pyinfra.api.command import FileUploadCommand, QuoteString, StringCommand
 from pyinfra.facts.files import Directory, File, FindFiles, Sha256File
 from pyinfra.facts.server import User
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rsdeploy.facts import FileOwnership
@@ -68,8 +68,9 @@ def secret_file(content: str, dest: str, user: str, group: str, staging: str):
     if remote is None or host.get_fact(Sha256File, path=dest) != _sha256(content):
         staged = f"{staging}/{_sha256(dest)[:16]}"
         yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=staged + ".part")
+        # The directory: 0711, so each reader passes through to its own file (no listing).
         yield StringCommand(
-            "umask 077 && mkdir -p", str(Path(dest).parent),
+            "umask 077 && mkdir -p", str(Path(dest).parent), "&& chmod 711", str(Path(dest).parent),
             "&& install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
             "&& mv -f", f"{dest}.rsdeploy-new", dest, "&& rm -f", staged,
         )
@@ -235,6 +236,15 @@ def changed_operations(pyinfra_output: str) -> int:
     if not found:
         raise ValueError("no pyinfra summary in the output")
     return 0 if found.group(1) == "-" else int(found.group(1))
+
+
+def install_packages(name: str, packages: list[str], **arguments) -> None:
+    """Debian packages a native component needs (package lists refreshed at most hourly).
+
+    Example: ``apply.install_packages("Install Redis", ["redis-server"])``
+    """
+    apt.packages(name=name, packages=packages, no_recommends=True, update=True, cache_time=3600,
+                 **arguments)
 
 
 def fail(message: str) -> None:

@@ -83,8 +83,19 @@ def systemd_env(value) -> str:
     return f'"{text}"'
 
 
+class Expanded(str):
+    """A unit-file value systemd must expand (a ``%i`` specifier, a ``${VAR}`` of the unit's
+    environment), written quoted but unescaped. Its fixed parts must need no escaping.
+
+    Example: ``Expanded("/opt/rs/slots/%i/venv/bin/uvicorn")``
+    """
+
+
 def systemd_arg(value) -> str:
-    """One argument on a unit's ``ExecStart=`` line: quoted, with ``%`` specifiers and ``$`` escaped."""
+    """One argument on a unit's ``ExecStart=`` line: quoted, with ``%`` specifiers and ``$``
+    escaped (an :class:`Expanded` value is left for systemd to expand)."""
+    if isinstance(value, Expanded):
+        return f'"{value}"'
     text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{text}"'
 

@@ -61,11 +61,13 @@ class Recreate(Reaction):
 class Exec(Reaction):
     """A command run in a stack service's context, e.g. re-applying database roles.
 
-    Example: ``Exec("db", ("psql", "-f", "/x/roles.sql"), "Apply changed database roles")``
+    Example: ``Exec("db", ("psql", "-f", "/x/roles.sql"), "Apply changed database roles",
+    user="postgres")``
     """
 
     argv: tuple[str, ...] = ()
     summary: str = ""
+    user: str = "root"  # natively the host user it runs as (a container: its image's user)
 
 
 @dataclass(frozen=True, order=True)
@@ -101,6 +103,10 @@ class ReleaseHost(Protocol):
     while it switches a release. An instance is one running copy of a service (a container, a
     unit on its own port) with at least ``name``, ``service``, ``state`` ("running", ...),
     ``image``, ``image_id`` and ``revision``. Commands answer ``(ok, output)``."""
+
+    #: Whether the web server finds the one instance left after a switch by its service's name
+    #: (the traffic pins are removed), or only by the instance's own address (they stay).
+    reached_by_name: bool
 
     def shell(self, command: str) -> tuple[bool, str]:
         """Run a shell line on the host."""
@@ -169,6 +175,9 @@ class Layout(ABC):
     #: Whether components run in containers from images (their flags name container paths, the
     #: host's files are mounted in) rather than as the distribution's packages.
     runs_in_containers: bool
+    #: The slots a release of the app runs in, each with its own ports (the first slot the
+    #: configured ones, the next ones further up); none where instances of a service share a name.
+    release_slots: tuple[str, ...] = ()
 
     # where ---------------------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyinfra.operations import files
+
+from rsdeploy import apply
 from rsdeploy.errors import SettingsError, UserError
 
 if TYPE_CHECKING:
@@ -111,3 +114,16 @@ def archive(repo: Path, revision: str, part: str) -> Path:
              revision, f"{part}/")
         partial.rename(tarball)
     return tarball
+
+
+def upload(hs: HostSettings, repo: Path, revision: str, part: str) -> str:
+    """Upload ``part/`` of ``revision`` as a tar file to the host's private staging directory
+    (mode 0600); returns its path there, for the build to extract and remove.
+
+    Example: ``staged = source.upload(hs, repo, commit, "backend")``
+    """
+    staged = f"{apply.staging_dir(hs)}/{part}-{revision[:12]}.tar"
+    files.put(name=f"Upload the {part} source of {hs.stack.version} ({revision[:12]})",
+              src=str(archive(repo, revision, part)), dest=staged, mode="600",
+              add_deploy_dir=False)
+    return staged

@@ -59,6 +59,7 @@ class AppUnit:
     stop_timeout: int = 30
     state_dir: str = ""  # StateDirectory= below /var/lib, where the unit keeps one
     env_file: str = ""
+    slot_env_file: str = ""  # the release slot's own variables (``%i``: the unit's instance)
     workdir: str = ""
     log_dir: str = ""
     multiproc_dir: str | None = None

@@ -326,8 +326,10 @@ def test_upstreams_per_layout_and_topology():
     assert 'set $rs_backend "10.0.0.22:8000";' in multi  # the app host's address
     assert 'set $rs_frontend "10.0.0.22:3000";' in multi
     systemd = site(web_host("example_systemd"))[1]["/etc/nginx/conf.d/residency-scheduler.conf"]
-    assert re.search(r'upstream rs_backend \{\s+server "127.0.0.1:8000";', systemd)
-    assert "resolver" not in systemd
+    # the first release slot by default; the release's pins name the serving slot
+    assert 'set $rs_backend "127.0.0.1:8000";' in systemd
+    assert 'include "/var/lib/residency-scheduler/traffic/*.conf";' in systemd
+    assert "resolver" not in systemd  # an address needs none
 
 
 @pytest.mark.parametrize(("example", "image", "directive_form"), [

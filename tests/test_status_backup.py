@@ -73,12 +73,17 @@ def test_rs_status_lists_what_each_host_runs():
     assert db1.layout.services(db1)[:2] == ["db", "redis"]
     assert "migrate" not in app1.layout.services(app1)
     assert "certbot" not in web1.layout.services(web1)
-    units = status.systemd_units(load_example("example_systemd")["rs1.example.org"])
+    hs = load_example("example_systemd")["rs1.example.org"]
+    units = status.systemd_units(hs)
     for unit in ("postgresql.service", "redis-server.service", "nginx.service",
-                 "residency-backend.service", "residency-celery-worker.service",
-                 "residency-celery-beat.service", "pm2-residency.service", "rs-backup.timer"):
+                 "pm2-residency.service", "rs-backup.timer"):
         assert unit in units
-    assert "residency-migrate.service" not in units  # one-shot: inactive between deploys
+    # the app's units run per release slot: rs-status shows the slots that run
+    assert not [unit for unit in units if unit.startswith("residency-")]
+    script = status.status_script(hs).content
+    for slot, port in (("blue", 8000), ("green", 8010)):
+        assert f"residency-backend@{slot}.service" in script
+        assert f"http://127.0.0.1:{port}/health" in script
 
 
 def run_status(tmp_path, stub_path, ps: str) -> subprocess.CompletedProcess:

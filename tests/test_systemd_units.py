@@ -18,8 +18,8 @@ from rsdeploy.render import write_tree
 from tests.conftest import EXAMPLES, load_example
 from tests.test_app_env import NASTY
 
-APP_UNITS = ["residency-backend.service", "residency-celery-worker.service",
-             "residency-celery-beat.service", "residency-migrate.service"]
+APP_UNITS = ["residency-backend@.service", "residency-celery-worker@.service",
+             "residency-celery-beat@.service"]
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
              "PrivateDevices=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
              "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "CapabilityBoundingSet="]
@@ -49,14 +49,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     hs, files = systemd_files()
     write_tree(files, tmp_path)
     verdicts = backend.validate(tmp_path, hs) + frontend.validate(tmp_path, hs)
-    assert len(verdicts) == 6
+    assert len(verdicts) == 5
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
 
 
 def test_verify_catches_a_broken_unit(tmp_path):
     hs, files = systemd_files()
     write_tree(files, tmp_path)
-    path = tmp_path / "etc/systemd/system/residency-backend.service"
+    path = tmp_path / "etc/systemd/system/residency-backend@.service"
     path.write_text(path.read_text().replace("Restart=on-failure", "Restart=sometimes\nBogus=1"))
     verdict = backend.validate(tmp_path, hs)[0]
     assert not verdict.ok and "Bogus" in verdict.detail
@@ -67,9 +67,11 @@ def test_app_units_are_hardened_and_read_the_root_only_env_file():
     for name in APP_UNITS:
         d = directives(unit(files, name))
         assert d["User"] == ["residency"] and d["Group"] == ["residency"]
-        assert d["EnvironmentFile"] == ["/etc/residency-scheduler/app.env"]
-        assert d["WorkingDirectory"] == ["/opt/residency-scheduler/current/backend"]
-        assert d["ExecStart"][0].startswith('"/opt/residency-scheduler/current/venv/bin/')
+        # app.env (root only, secrets) and the release slot's own ports
+        assert d["EnvironmentFile"] == ["/etc/residency-scheduler/app.env",
+                                        "/etc/residency-scheduler/slots/%i.env"]
+        assert d["WorkingDirectory"] == ["/opt/residency-scheduler/slots/%i/backend"]
+        assert d["ExecStart"][0].startswith('"/opt/residency-scheduler/slots/%i/venv/bin/')
         assert d["ReadWritePaths"] == ["/var/log/residency-scheduler"]
         for line in HARDENING:
             key, _, value = line.partition("=")
@@ -81,21 +83,33 @@ def test_app_units_are_hardened_and_read_the_root_only_env_file():
 def test_units_take_workers_queues_and_limits_from_settings():
     hs, files = systemd_files()
     b = hs.stack.backend
-    api = directives(unit(files, "residency-backend.service"))
+    api = directives(unit(files, "residency-backend@.service"))
     assert f'"--workers" "{b.workers}"' in api["ExecStart"][0]
     assert '"--host" "127.0.0.1"' in api["ExecStart"][0]  # nginx and Prometheus are local
+    assert '"--port" "${RS_BACKEND_PORT}"' in api["ExecStart"][0]  # the slot's port
     # Sized from the workers: 4 x 700m + 300m headroom.
     assert api["MemoryMax"] == [str((b.workers * 700 + 300) * 1024**2)] and api["CPUQuota"] == ["100%"]
     assert api["TemporaryFileSystem"] == ["/run/prometheus-multiproc:mode=0700,uid=1001,gid=1001"]
-    worker = directives(unit(files, "residency-celery-worker.service"))
+    worker = directives(unit(files, "residency-celery-worker@.service"))
     assert f'"-Q" "{",".join(b.celery_queues)}"' in worker["ExecStart"][0]
+    # two slots' workers side by side need their own node names
+    assert '"--hostname" "celery@${HOSTNAME}"' in worker["ExecStart"][0]
+    assert worker["Environment"] == ["HOSTNAME=%H-%i"]
     assert worker["KillMode"] == ["mixed"] and worker["TimeoutStopSec"] == ["300"]
-    beat = directives(unit(files, "residency-celery-beat.service"))
+    beat = directives(unit(files, "residency-celery-beat@.service"))
     assert beat["StateDirectory"] == ["residency-celery-beat"]
     assert "/var/lib/residency-celery-beat/celerybeat-schedule" in beat["ExecStart"][0]
     assert beat["MemoryMax"] == [str(512 * 1024**2)] and beat["CPUQuota"] == ["25%"]
-    migrate = directives(unit(files, "residency-migrate.service"))
-    assert migrate["Type"] == ["oneshot"] and "WantedBy" not in migrate
+
+
+def test_each_release_slot_has_its_own_ports():
+    hs, files = systemd_files()
+    slots = {f.path: f.content for f in files if "/slots/" in f.path}
+    assert "RS_BACKEND_PORT=8000" in slots["/etc/residency-scheduler/slots/blue.env"]
+    assert "RS_BACKEND_PORT=8010" in slots["/etc/residency-scheduler/slots/green.env"]
+    # the settings check knows the second slot's ports
+    assert backend.ports(hs) == {"backend.port": 8000,
+                                 "backend.port (+10, release slot green)": 8010}
 
 
 def test_backend_listens_on_the_private_address_when_nginx_is_elsewhere():
@@ -113,19 +127,23 @@ def test_pm2_ecosystem_loads_in_node_with_settings(tmp_path):
     script = "console.log(JSON.stringify(require(process.argv[1])))"
     out = subprocess.run(["node", "-e", script, str(tmp_path / "opt/residency-scheduler/ecosystem.config.js")],
                          capture_output=True, text=True, check=True).stdout
-    (app,) = json.loads(out)["apps"]
-    assert app["name"] == "residency-frontend" and app["script"] == "server.js"
-    assert app["cwd"] == "/opt/residency-scheduler/current/frontend/.next/standalone"
-    assert (app["instances"], app["exec_mode"]) == (1, "fork")
-    assert app["max_memory_restart"] == 512 * 1024**2
-    assert app["out_file"].startswith("/var/log/residency-scheduler/")
-    assert app["env"] == {"BACKEND_URL": "http://127.0.0.1:8000", "HOSTNAME": "127.0.0.1",
-                          "NEXT_TELEMETRY_DISABLED": "1", "NODE_ENV": "production", "PORT": "3000"}
+    blue, green = json.loads(out)["apps"]
+    assert blue["name"] == "residency-frontend-blue" and blue["script"] == "server.js"
+    assert blue["cwd"] == "/opt/residency-scheduler/slots/blue/frontend/.next/standalone"
+    assert (blue["instances"], blue["exec_mode"]) == (1, "cluster")
+    assert blue["max_memory_restart"] == 512 * 1024**2 and blue["kill_timeout"] == 30000
+    assert blue["out_file"] == "/var/log/residency-scheduler/frontend-blue.log"
+    assert blue["env"] == {"BACKEND_URL": "http://127.0.0.1:8000", "HOSTNAME": "127.0.0.1",
+                           "NEXT_TELEMETRY_DISABLED": "1", "NODE_ENV": "production", "PORT": "3000"}
+    # the green slot's frontend talks to the green slot's API
+    assert (green["env"]["PORT"], green["env"]["BACKEND_URL"]) == ("3010", "http://127.0.0.1:8010")
     pm2 = directives(unit(files, "pm2-residency.service"))
-    assert pm2["ExecStart"] == ['"/usr/local/bin/pm2-runtime" "start" '
-                                '"/opt/residency-scheduler/ecosystem.config.js"']
-    assert pm2["User"] == ["residency"]
-    assert pm2["MemoryMax"] == [str((512 + 256) * 1024**2)]
+    assert pm2["ExecStart"] == ['"/opt/residency-scheduler/pm2/node_modules/.bin/pm2" "resurrect"']
+    assert pm2["Type"] == ["forking"] and pm2["User"] == ["residency"]
+    assert pm2["Environment"] == ["PM2_HOME=/opt/residency-scheduler/.pm2",
+                                  "PATH=/usr/local/bin:/usr/bin:/bin"]
+    # both slots' instances during a switch, and PM2 itself
+    assert pm2["MemoryMax"] == [str((2 * 512 + 256) * 1024**2)]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -247,7 +265,8 @@ app = Celery("app", broker=os.environ["CELERY_BROKER_URL"], backend=os.environ["
 @pytest.mark.sandbox
 def test_units_verify_clean_and_run_hardened_in_systemd(systemd_host):
     hs, files = systemd_files()
-    release = "/opt/residency-scheduler/releases/v1.0.0"
+    # the green slot: its own port (8010) and Celery node name
+    release, slot = "/opt/residency-scheduler/releases/v1.0.0", "/opt/residency-scheduler/slots/green"
     for f in files:
         if not f.path.endswith("ecosystem.config.js"):
             put(systemd_host, f.path, f.content, f.mode)
@@ -255,36 +274,35 @@ def test_units_verify_clean_and_run_hardened_in_systemd(systemd_host):
         put(systemd_host, f"{release}/{rel}", content)
     sh(systemd_host, f"""set -e
         systemd-sysusers /etc/sysusers.d/residency.conf
-        mkdir -p {release}/backend/migrations/versions {release}/venv/bin
+        mkdir -p {release}/backend/migrations/versions {release}/venv/bin /opt/residency-scheduler/slots
         for b in uvicorn celery alembic; do ln -sf /usr/bin/$b {release}/venv/bin/$b; done
-        ln -sfn {release} /opt/residency-scheduler/current
+        ln -sfn {release} {slot}
         install -d -o residency -g residency -m 0750 /var/log/residency-scheduler
-        redis-cli CONFIG SET requirepass {shlex.quote(hs.secrets.redis_password)} >/dev/null""")
+        redis-cli CONFIG SET requirepass {shlex.quote(hs.secrets.redis_password)} >/dev/null
+        systemctl daemon-reload""")
+    instances = [name.replace("@", "@green") for name in APP_UNITS]
     # Every binary now exists: verify must be clean without any tolerance.
-    units = " ".join(f"/etc/systemd/system/{u}" for u in APP_UNITS)
-    verify = sh(systemd_host, f"systemd-analyze verify {units} 2>&1", check=False)
+    verify = sh(systemd_host, f"systemd-analyze verify {' '.join(instances)} 2>&1", check=False)
     assert verify.returncode == 0 and not verify.stdout.strip(), verify.stdout.decode()
 
-    migrate = sh(systemd_host, "systemctl start residency-migrate.service", check=False)
-    assert migrate.returncode == 0, sh(systemd_host, "journalctl -u residency-migrate -n 20").stdout
-    sh(systemd_host, "systemctl start residency-backend residency-celery-worker residency-celery-beat")
+    sh(systemd_host, f"systemctl start {' '.join(instances)}")
     health = b""
     for _ in range(40):
-        health = sh(systemd_host, "curl -sf http://127.0.0.1:8000/health", check=False).stdout
+        health = sh(systemd_host, "curl -sf http://127.0.0.1:8010/health", check=False).stdout
         if health:
             break
         time.sleep(0.5)
     assert json.loads(health) == {"status": "healthy", "uid": 1001, "multiproc": True}
-    for name in APP_UNITS[:3]:
+    for name in instances:
         state = sh(systemd_host, f"systemctl is-active {name}", check=False).stdout.decode().strip()
         assert state == "active", sh(systemd_host, f"journalctl -u {name} -n 30").stdout.decode()
     # the documented worker health check answers through the env file's broker URL (the
     # worker may still be connecting: a few attempts)
     ping_cmd = ("systemd-run --quiet --wait --pipe -p User=residency "
                 "-p EnvironmentFile=/etc/residency-scheduler/app.env "
-                "-p WorkingDirectory=/opt/residency-scheduler/current/backend "
-                "/opt/residency-scheduler/current/venv/bin/celery -A app.core.celery_app "
-                "inspect ping --timeout 5")
+                "-p WorkingDirectory=/opt/residency-scheduler/slots/green/backend "
+                "/opt/residency-scheduler/slots/green/venv/bin/celery -A app.core.celery_app "
+                "inspect ping --timeout 5 -d celery@rs1-green")
     for _ in range(6):
         ping = sh(systemd_host, ping_cmd, check=False)
         if b"pong" in ping.stdout:

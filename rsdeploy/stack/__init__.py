@@ -113,6 +113,17 @@ def render_host(hs: HostSettings) -> list[RenderedFile]:
     return sorted(files, key=lambda f: f.path)
 
 
+def install(hs: HostSettings) -> None:
+    """Each role's own packages on this host (a role's ``install(hs)``: natively the
+    distribution's, nothing in containers), before the files that belong to their users.
+
+    Example (in a deploy file): ``stack.install(hs)``
+    """
+    for role in for_host(hs):
+        if hasattr(role, "install"):
+            role.install(hs)
+
+
 def owned_dirs(hs: HostSettings) -> dict[str, tuple]:
     """Directories whose files one role renders entirely, with the reactions of their readers
     (a role's ``owned_dirs(hs)``): files the role no longer renders are removed from them.

@@ -17,8 +17,9 @@ The story of one switch, top to bottom:
    them and probe each until ready;
 5. move the traffic: pin the web server's targets to the new instances, graceful reload;
 6. replace the singletons (beat): the old one stopped, the new one proved, the old one removed;
-7. drain the old instances (each with its grace period), unpin (nginx finds the one instance
-   left by its service's name again, so plain Compose commands keep working), and record.
+7. drain the old instances (each with its grace period), unpin where the layout's instances
+   share their service's name (nginx finds the one left by that name again, so plain Compose
+   commands keep working; release slots keep their pins), and record.
 
 Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
 instances, new instances removed, the pins removed, the old beat started again, a migration of this attempt downgraded.
@@ -358,8 +359,9 @@ class Switch:
 
     def release_traffic(self) -> None:
         """Remove the pins once one instance of each service is left: nginx goes back to the
-        services' names, so the project stays usable with plain Compose commands."""
-        if not nginx.applies(self.hs):
+        services' names, so the project stays usable with plain Compose commands. Where
+        instances are reached by their own address (release slots), the pins stay."""
+        if not nginx.applies(self.hs) or not self.rh.reached_by_name:
             return
         path = shlex.quote(f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}")
         ok, output = self.rh.shell(f"rm -f {path}")

@@ -92,10 +92,7 @@ def build_app_image(hs: HostSettings, part: str, image: str, repo: Path, commit:
     if host.get_fact(DockerImageRevision, image=image) == commit:
         host.noop(f"{image} is built from {commit[:12]}")
         return None
-    staged = f"{apply.staging_dir(hs)}/{part}-{commit[:12]}.tar"
-    files.put(name=f"Upload the {part} source of {hs.stack.version} ({commit[:12]})",
-              src=str(source.archive(repo, commit, part)), dest=staged, mode="600",
-              add_deploy_dir=False)
+    staged = source.upload(hs, repo, commit, part)
     args = ["docker", "build", "--progress=plain", "--tag", image,
             "--secret", f"id={BUILD_CA_SECRET},src={HOST_CA_BUNDLE}",
             "--label", f"{DockerImageRevision.LABEL}={commit}",

@@ -54,6 +54,9 @@ class DockerReleaseHost:
     Example: ``DockerReleaseHost(hs, shell).instances()["backend"][0].name``
     """
 
+    #: Docker's DNS finds the one container left by its service's name: pins go after a switch.
+    reached_by_name = True
+
     def __init__(self, hs: HostSettings, shell: Callable[[str], tuple[bool, str]]):
         self.hs, self.shell = hs, shell
 

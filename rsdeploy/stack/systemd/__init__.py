@@ -1,8 +1,9 @@
 """The systemd layout: PostgreSQL, Redis, Nginx and the monitoring from the distribution's
 packages, the backend and Celery as systemd units, the frontend under PM2.
 
-Config files live where each package reads them; services are named by their units. Its files
-render and validate today; its rollout arrives with the systemd/PM2 issue.
+Config files live where each package reads them; services are named by their units. Releases
+are built on the host from the tag's source (:mod:`.delivery`) and run in one of two release
+slots (:mod:`.release`); the distribution's services come up in :mod:`.rollout`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyinfra import host
+from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 
-from roles import status
-from rsdeploy import apply
+from roles import frontend, status
 from rsdeploy.layout import Layout
+from rsdeploy.stack.systemd import delivery, release, rollout
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,6 +37,7 @@ class SystemdLayout(Layout):
 
     name = "systemd"
     runs_in_containers = False
+    release_slots = release.SLOTS
 
     def config_path(self, hs: HostSettings, component: str, name: str, native: str) -> str:
         return native
@@ -83,7 +86,19 @@ class SystemdLayout(Layout):
         return status.systemd_units(hs)
 
     def service_running(self, hs: HostSettings, service: str) -> bool:
-        return bool(host.get_fact(SystemdStatus).get(self.unit_after(service)))
+        """A distribution service's unit, any release slot's instance of an app unit, or the
+        frontend's PM2 app of any slot online (asked only while PM2's daemon runs: its CLI
+        would start one otherwise)."""
+        units = host.get_fact(SystemdStatus)
+        if service == frontend.APP_NAME:
+            home = frontend.pm2_home(hs)
+            online = host.get_fact(Command, command=(
+                f"if [ -S {home}/rpc.sock ] && systemctl is-active --quiet {frontend.PM2_UNIT}; "
+                f"then {frontend.pm2_command(hs, 'jlist')} 2>/dev/null; fi; true"))
+            return '"status":"online"' in (online or "")
+        if units.get(self.unit_after(service)):
+            return True
+        return any(running for unit, running in units.items() if unit.startswith(f"{service}@"))
 
     def builds_from_source(self, hs: HostSettings) -> bool:
         return True  # releases are the tag's source, with a virtualenv and a Next.js build
@@ -95,12 +110,11 @@ class SystemdLayout(Layout):
         return []
 
     def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
-        apply.fail("the systemd layout's rollout is not available yet: deploy it with layout docker")
-        return []
+        return delivery.build_release(hs) if hs.has_role("app") else []
 
-    def release_host(self, hs: HostSettings, shell) -> object:
-        apply.fail("the systemd layout's releases are not available yet: deploy it with layout docker")
+    def release_host(self, hs: HostSettings, shell) -> release.SystemdReleaseHost:
+        return release.SystemdReleaseHost(hs, shell)
 
     def roll_out(self, hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
                  released: frozenset[str] = frozenset()) -> None:
-        apply.fail("the systemd layout's rollout is not available yet: deploy it with layout docker")
+        rollout.roll_out(hs, reactions, delivered, released)
