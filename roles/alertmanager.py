@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
+from pyinfra.api import deploy
 
+from rsdeploy import apply
 from rsdeploy.component_files import (
     MONITORING_SECRETS_DIR,
     MONITORING_USER,
@@ -236,3 +238,14 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     config = tree / path.lstrip("/")
     return [run_tool(["amtool", "check-config", str(config)], path, "amtool check-config"),
             *check_routes(config, path, route_checks(hs))]
+
+
+@deploy("Install Alertmanager")
+def install(hs: HostSettings) -> None:
+    """Natively: Debian's prometheus-alertmanager.
+
+    Example: ``alertmanager.install(hs)``
+    """
+    if not hs.layout.runs_in_containers:
+        apply.install_packages("Install Alertmanager", ["prometheus-alertmanager"],
+                               extra_install_args="-o Dpkg::Options::=--force-confold")

@@ -19,6 +19,7 @@ from pydantic import model_validator
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from rsdeploy import apply
 from rsdeploy.component_files import (
     MONITORING_SECRETS_DIR,
     MONITORING_USER,
@@ -264,3 +265,28 @@ def create_textfile_dir(hs: HostSettings) -> None:
     """
     files.directory(name=f"Create {metrics_dir(hs)} (node-exporter's textfile metrics)",
                     path=metrics_dir(hs), mode="755", user="root", group="root")
+
+
+#: The Debian package of each exporter run natively (cAdvisor has none: containers only).
+PACKAGES = {"node_exporter": "prometheus-node-exporter",
+            "postgres_exporter": "prometheus-postgres-exporter",
+            "redis_exporter": "prometheus-redis-exporter"}
+
+
+def native_units(hs: HostSettings) -> list[str]:
+    """The units of the exporters that run natively on this host (none in containers)."""
+    if hs.layout.runs_in_containers:
+        return []
+    return [f"{PACKAGES[name]}.service" for name in PACKAGES if exporter_applies(hs, name)]
+
+
+@deploy("Install the exporters")
+def install(hs: HostSettings) -> None:
+    """Natively: Debian's package of each exporter this host runs.
+
+    Example: ``exporters.install(hs)``
+    """
+    packages = [f"{unit.removesuffix('.service')}" for unit in native_units(hs)]
+    if packages:
+        apply.install_packages(f"Install {', '.join(packages)}", packages,
+                               extra_install_args="-o Dpkg::Options::=--force-confold")

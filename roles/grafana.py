@@ -16,9 +16,12 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pyinfra.api import deploy
+
 from roles.backend import serves_metrics
 from roles.log_shipper import APP_LOG_JOB
 from roles.loki import base_url
+from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Name, Port, Resources, Section
@@ -488,3 +491,14 @@ def render(hs: HostSettings) -> list[RenderedFile]:
                      password_file=secret_read_path(hs)),
             "grafana", mode="640", group="grafana", reactions=restart))
     return files
+
+
+@deploy("Install Grafana")
+def install(hs: HostSettings) -> None:
+    """Natively: Grafana from Grafana Labs' apt repository (Debian has no package). Not run in
+    the sandbox: that repository is not reachable offline.
+
+    Example: ``grafana.install(hs)``
+    """
+    if not hs.layout.runs_in_containers:
+        apply.install_grafana_packages("Install Grafana", ["grafana"])

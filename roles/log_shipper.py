@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from pyinfra.api import deploy
+
 from roles.loki import push_url
+from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Port, Resources, Section
@@ -88,3 +91,15 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     # Either shipper reads its config only at start.
     return [RenderedFile(config_path(hs), content, "log_shipper",
                          reactions=(Restart(service_name(hs)),))]
+
+
+@deploy("Install the log shipper")
+def install(hs: HostSettings) -> None:
+    """Natively: Grafana Alloy (or the legacy Promtail) from Grafana Labs' apt repository.
+    Not run in the sandbox: that repository is not reachable offline.
+
+    Example: ``log_shipper.install(hs)``
+    """
+    if not hs.layout.runs_in_containers:
+        kind = hs.stack.log_shipper.kind
+        apply.install_grafana_packages(f"Install {kind}", [kind])

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
+from pyinfra.api import deploy
 
+from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Duration, Image, Port, Resources, Section
@@ -101,3 +103,14 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     )
     # Loki reads its config only at start (Compose service and systemd unit: loki).
     return [RenderedFile(config_path(hs), content, "loki", reactions=(Restart("loki"),))]
+
+
+@deploy("Install Loki")
+def install(hs: HostSettings) -> None:
+    """Natively: Loki from Grafana Labs' apt repository (Debian has no package). Not run in
+    the sandbox: that repository is not reachable offline.
+
+    Example: ``loki.install(hs)``
+    """
+    if not hs.layout.runs_in_containers:
+        apply.install_grafana_packages("Install Loki", ["loki"])

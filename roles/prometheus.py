@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from pyinfra.api import deploy
+
 from roles import log_shipper, loki
-from roles.backend import serves_metrics
+from rsdeploy import apply
+from roles.backend import serves_metrics, slot_ports
 from roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
 from rsdeploy.component_files import debian_default
 from rsdeploy.layout import Reload
@@ -69,6 +72,7 @@ def ports(hs: HostSettings) -> dict[str, int]:
 class Target:
     address: str  # host:port Prometheus scrapes
     instance: str  # the inventory host name (the `instance` label on every series)
+    slot: str = ""  # the release slot of an app instance (natively; the `slot` label)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,13 @@ def _monitoring_service(hs: HostSettings, component: str, port: int) -> list[Tar
     return [Target(hs.reach(hs.name, component, port), hs.name)] if section.enabled else []
 
 
+def _backend_targets(hs: HostSettings) -> list[Target]:
+    """The backend of each release slot (one target where instances share a name)."""
+    app = hs.peer("app")
+    return [Target(hs.reach(app.name, "backend", port), app.name, slot)
+            for slot, port in slot_ports(app, app.stack.backend.port).items()]
+
+
 def _loki(hs: HostSettings) -> list[Target]:
     if not hs.stack.loki.enabled:
         return []
@@ -135,13 +146,11 @@ def scrape_jobs(hs: HostSettings) -> list[ScrapeJob]:
     Example: ``[j.name for j in scrape_jobs(hs)]`` -> ``["prometheus", "alertmanager", ...]``
     """
     s = hs.stack
-    app = hs.peer("app")
     return [
         *_job("prometheus", [Target(hs.reach(hs.name, "prometheus", s.prometheus.port),
                                     hs.name)]),
         *_job("alertmanager", _monitoring_service(hs, "alertmanager", s.alertmanager.port)),
-        *_job("backend", [Target(hs.reach(app.name, "backend", app.stack.backend.port),
-                                 app.name)] if serves_metrics(hs) else []),
+        *_job("backend", _backend_targets(hs) if serves_metrics(hs) else []),
         *_job("node", _node_targets(hs)),
         *_job("postgres", _exporter(hs, "postgres_exporter", "postgres-exporter")),
         *_job("redis", _exporter(hs, "redis_exporter", "redis-exporter")),
@@ -238,3 +247,14 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     verdicts += [run_tool(["promtool", "check", "rules", rule], f"{config_dir(hs)}/rules/"
                           f"{Path(rule).name}", "promtool check rules") for rule in rules]
     return verdicts
+
+
+@deploy("Install Prometheus")
+def install(hs: HostSettings) -> None:
+    """Natively: Debian's prometheus (its daemon reads /etc/default/prometheus and our config).
+
+    Example: ``prometheus.install(hs)``
+    """
+    if not hs.layout.runs_in_containers:
+        apply.install_packages("Install Prometheus", ["prometheus"],
+                               extra_install_args="-o Dpkg::Options::=--force-confold")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, backup, frontend
+from roles import backend, backup, exporters, frontend, log_shipper
 from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
@@ -58,6 +58,9 @@ def systemd_units(hs: HostSettings) -> list[str]:
     if hs.has_role("monitoring"):
         units += [unit for name, unit in MONITORING_UNITS.items()
                   if getattr(hs.stack, name).enabled]
+    units += exporters.native_units(hs)
+    if log_shipper.applies(hs):
+        units.append(f"{hs.stack.log_shipper.kind}.service")
     if _backup_applies(hs):
         units.append("rs-backup.timer")
     return units

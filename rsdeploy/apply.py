@@ -247,6 +247,29 @@ def install_packages(name: str, packages: list[str], **arguments) -> None:
                  **arguments)
 
 
+#: Grafana Labs' apt repository and its signing key: Grafana, Loki, Alloy and Promtail have no
+#: Debian package.
+GRAFANA_REPOSITORY = "https://apt.grafana.com stable main"
+GRAFANA_KEY_URL = "https://apt.grafana.com/gpg.key"
+GRAFANA_KEYRING = "/etc/apt/keyrings/grafana.gpg"
+
+
+def install_grafana_packages(name: str, packages: list[str]) -> None:
+    """Packages from Grafana Labs' apt repository (added once, signed-by its key).
+
+    Example: ``apply.install_grafana_packages("Install Loki", ["loki"])``
+    """
+    files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="755")
+    key = files.download(name="Download Grafana's apt signing key", src=GRAFANA_KEY_URL,
+                         dest=f"{GRAFANA_KEYRING}.asc", mode="644")
+    server.shell(name="Dearmor Grafana's apt signing key", _if=key.did_change,
+                 commands=[f"gpg --batch --yes --dearmor -o {GRAFANA_KEYRING} {GRAFANA_KEYRING}.asc"])
+    repo = apt.repo(name="Add Grafana's apt repository", filename="grafana",
+                    src=f"deb [signed-by={GRAFANA_KEYRING}] {GRAFANA_REPOSITORY}")
+    apt.update(name="Refresh package lists for Grafana's repository", _if=repo.did_change)
+    apt.packages(name=name, packages=packages, no_recommends=True)
+
+
 def fail(message: str) -> None:
     """Stop this host's deploy with a clear message (used for facts that rule out a deploy)."""
     raise OperationError(message)
