@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pytest
 
@@ -66,7 +67,25 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+def systemd_host(hs):
+    if hs.stack.layout != "systemd":
+        pytest.skip(f"{hs.name} uses the {hs.stack.layout} layout")
+    return hs
+
+
+@pytest.fixture(scope="module")
 def docker_stack(host, hs):
     if hs.stack.layout != "docker":
         pytest.skip(f"{hs.name} uses the {hs.stack.layout} layout")
     return Stack(host, hs)
+
+
+def settle(probe, done, seconds: float = 90, every: float = 3):
+    """Call ``probe`` until ``done(result)`` or ``seconds`` pass (a fresh rollout may still be
+    starting); return the last result."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = probe()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(every)

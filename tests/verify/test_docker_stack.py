@@ -1,39 +1,18 @@
-"""After every rollout: is each docker-layout host serving what its settings say it should?
+"""After every rollout: is each docker-layout host running what its settings say? (The checks of
+both layouts: test_stack.py.)
 
 Every failure names the host, the service, what was expected and what was found.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import socket
-import time
 
 import pytest
 
-from roles import alertmanager, nginx, prometheus
-from rsdeploy import release
+from roles import nginx
 from rsdeploy.stack import release as releases
-from rsdeploy.stack import render_host
-
-#: Ports that must never be reachable from outside the host (service, port setting).
-INTERNAL = {
-    "db": lambda s: s.postgres.port, "redis": lambda s: s.redis.port,
-    "prometheus": lambda s: s.prometheus.port, "alertmanager": lambda s: s.alertmanager.port,
-    "loki": lambda s: s.loki.port,
-}
-
-
-def settle(probe, done, seconds: float = 90, every: float = 3):
-    """Call ``probe`` until ``done(result)`` or ``seconds`` pass (a fresh rollout may still be
-    starting); return the last result."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = probe()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
+from tests.verify.conftest import settle
 
 
 def test_docker_engine_runs(host, hs, docker_stack):
@@ -54,91 +33,6 @@ def test_every_service_is_running_and_healthy(hs, docker_stack):
 
     bad = settle(problems, lambda found: not found)
     assert not bad, f"{hs.name}: expected running and healthy, found: {bad}"
-
-
-def test_only_nginx_listens_on_every_interface(host, hs, docker_stack):
-    s = hs.stack
-    if hs.has_role("web"):
-        for port in (s.nginx.http_port, s.nginx.https_port):
-            assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, \
-                f"{hs.name}: nginx: expected to listen on 0.0.0.0:{port}, found nothing"
-    for service, port_of in INTERNAL.items():
-        port = port_of(s)
-        assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening, \
-            f"{hs.name}: {service}: expected not on 0.0.0.0:{port}, found it listening there"
-
-
-def test_internal_ports_are_not_reachable_from_outside(hs, docker_stack):
-    """Probed from the machine running the suite, at the host's address."""
-    reachable = []
-    for service, port_of in INTERNAL.items():
-        try:
-            with socket.create_connection((hs.address, port_of(hs.stack)), timeout=2):
-                reachable.append(f"{service}:{port_of(hs.stack)}")
-        except OSError:
-            pass
-    assert not reachable, f"{hs.name}: expected closed from outside, found open: {reachable}"
-
-
-def https(host, hs, path: str):
-    """curl through nginx on the web host, by the site's name, certificate not checked."""
-    s = hs.stack
-    return host.run("curl -sk --max-time 10 -w '\\n%%{http_code}' --resolve %s:%s:127.0.0.1 "
-                    "https://%s:%s%s", s.domain, str(s.nginx.https_port),
-                    s.domain, str(s.nginx.https_port), path)
-
-
-def body_and_code(result) -> tuple[str, str]:
-    body, _, code = result.stdout.rpartition("\n")
-    return body, code
-
-
-def test_health_through_nginx(host, hs, docker_stack):
-    if not hs.has_role("web"):
-        pytest.skip(f"{hs.name} carries no web role")
-    body, code = settle(lambda: body_and_code(https(host, hs, "/health")), lambda r: r[1] == "200")
-    assert code == "200", f"{hs.name}: nginx -> backend /health: expected 200, found {code}: {body}"
-    health = json.loads(body)
-    assert (health["status"], health["database"]) == ("healthy", "connected"), \
-        f"{hs.name}: backend /health: expected healthy + connected, found {body}"
-    body, code = body_and_code(https(host, hs, "/health/resilience"))
-    assert code == "200" and json.loads(body)["status"] in ("operational", "degraded"), \
-        f"{hs.name}: backend /health/resilience: expected operational|degraded, found {code} {body}"
-
-
-def test_plain_http_redirects_to_https(host, hs, docker_stack):
-    if not hs.has_role("web"):
-        pytest.skip(f"{hs.name} carries no web role")
-    s = hs.stack
-    out = host.check_output("curl -s -o /dev/null -w '%%{http_code} %%{redirect_url}' "
-                            "--resolve %s:%s:127.0.0.1 http://%s:%s/", s.domain,
-                            str(s.nginx.http_port), s.domain, str(s.nginx.http_port))
-    assert out.startswith("308 https://"), f"{hs.name}: nginx: expected 308 to https, found {out}"
-
-
-def test_metrics_are_not_public(host, hs, docker_stack):
-    if not hs.has_role("web"):
-        pytest.skip(f"{hs.name} carries no web role")
-    _, code = body_and_code(https(host, hs, "/metrics"))
-    assert code in ("403", "404"), f"{hs.name}: nginx /metrics: expected 403/404, found {code}"
-
-
-def test_tls_offers_only_tls12_and_tls13_for_the_domain(host, hs, docker_stack):
-    if not hs.has_role("web"):
-        pytest.skip(f"{hs.name} carries no web role")
-    s = hs.stack
-    connect = f"127.0.0.1:{s.nginx.https_port}"
-    for version, expect in (("-tls1_2", 0), ("-tls1_3", 0), ("-tls1_1", 1), ("-tls1", 1)):
-        result = host.run("openssl s_client -connect %s -servername %s %s </dev/null",
-                          connect, s.domain, version)
-        ok = result.rc == 0 and "Cipher is (NONE)" not in result.stdout
-        assert ok == (expect == 0), \
-            f"{hs.name}: nginx TLS {version}: expected {'accepted' if not expect else 'refused'}"
-    names = host.check_output(
-        "openssl s_client -connect %s -servername %s </dev/null 2>/dev/null | "
-        "openssl x509 -noout -ext subjectAltName", connect, s.domain)
-    for domain in s.domains:
-        assert f"DNS:{domain}" in names, f"{hs.name}: certificate: expected {domain}, found {names}"
 
 
 def test_database_answers_with_the_apps_credentials(hs, docker_stack):
@@ -175,55 +69,6 @@ def test_celery_worker_answers_and_beat_runs(hs, docker_stack):
     logs = docker_stack.compose("logs", "--no-log-prefix", "celery-beat")
     assert "beat: Starting" in logs.stdout + logs.stderr, \
         f"{hs.name}: celery-beat: expected 'beat: Starting' in its log"
-
-
-def test_prometheus_scrapes_every_expected_target(host, hs, docker_stack):
-    if not prometheus.applies(hs):
-        pytest.skip(f"{hs.name} runs no Prometheus")
-    expected = {(job.name, t.instance) for job in prometheus.scrape_jobs(hs) for t in job.targets}
-
-    def health():
-        raw = host.check_output("curl -fsS --max-time 10 http://127.0.0.1:%s/api/v1/targets",
-                                str(hs.stack.prometheus.port))
-        return {(t["labels"]["job"], t["labels"]["instance"]): t["health"]
-                for t in json.loads(raw)["data"]["activeTargets"]}
-
-    found = settle(health, lambda h: all(h.get(k) == "up" for k in expected))
-    down = {f"{job}@{inst}": found.get((job, inst), "absent") for job, inst in expected
-            if found.get((job, inst)) != "up"}
-    assert not down, f"{hs.name}: prometheus: expected every target up, found {down}"
-
-
-def test_alertmanager_is_ready(host, hs, docker_stack):
-    if not alertmanager.applies(hs):
-        pytest.skip(f"{hs.name} runs no Alertmanager")
-    code = host.check_output("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/-/ready",
-                             str(hs.stack.alertmanager.port))
-    assert code == "200", f"{hs.name}: alertmanager /-/ready: expected 200, found {code}"
-
-
-def test_rendered_files_have_their_owner_and_mode(host, hs, docker_stack):
-    rendered = render_host(hs)
-    # One stat for every file (a round trip per file made this the suite's slowest check).
-    listing = host.run("stat -c '%n|%u|%U|%a' " + " ".join(shlex.quote(f.path) for f in rendered))
-    found = {path: (uid, user, mode) for path, uid, user, mode in
-             (line.split("|") for line in listing.stdout.splitlines())}
-    wrong = []
-    for f in rendered:
-        if f.path not in found:
-            wrong.append(f"{f.path}: missing")
-            continue
-        uid, user, mode = found[f.path]
-        owner = uid if f.owner.isdigit() else user
-        if int(mode, 8) != int(f.mode, 8) or owner != f.owner:
-            wrong.append(f"{f.path}: expected {f.owner} {f.mode}, found {owner} {mode}")
-    assert not wrong, f"{hs.name}: files: " + "; ".join(wrong)
-
-
-def test_recorded_version_is_the_requested_one(host, hs, docker_stack):
-    recorded = host.file(release.version_file(hs)).content_string.strip()
-    assert recorded == hs.stack.version, \
-        f"{hs.name}: recorded version: expected {hs.stack.version}, found {recorded}"
 
 
 def test_traffic_goes_to_one_instance_of_the_release(host, hs, docker_stack):
