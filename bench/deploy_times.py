@@ -1,10 +1,12 @@
-"""Time the docker layout's rollout on a fresh sandbox host and print the figures.
+"""Time a rollout on a fresh sandbox host and print the figures.
 
-    .venv/bin/python bench/deploy_times.py [--delivery pull|build] [--keep]
+    .venv/bin/python bench/deploy_times.py [--layout docker|systemd] [--delivery pull|build] [--keep]
 
-Bootstrap, first deploy (images pulled from the sandbox registry, or the app built on the host
-from its tagged source), and a no-op re-run with its changed-operation count (0 is the target). Images are built and pushed first (not timed here:
-bench/sandbox_times.py times those). The host is removed afterwards unless --keep.
+Bootstrap, first deploy (docker: images pulled from the sandbox registry, or the app built on
+the host from its tagged source; systemd: Debian's services installed and the release built on
+the host), and a no-op re-run of each with its changed-operation count (0 is the target).
+Images are built and pushed first (not timed here: bench/sandbox_times.py times those). The host
+is removed afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ PREFIX = "rs-bench"
 VERSION = "v1.0.0"
 
 
-def timed(box, delivery: str, *args: str) -> tuple[float, str]:
-    env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix}, RS_SANDBOX_DELIVERY=delivery)
+def timed(box, delivery: str, layout: str, *args: str) -> tuple[float, str]:
+    env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix, sandbox.LAYOUT_ENV: layout},
+               RS_SANDBOX_DELIVERY=delivery)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "rsdeploy.cli", *args,
                            "-i", str(REPO_ROOT / "inventories" / "sandbox.py"),
@@ -40,16 +43,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delivery", choices=["pull", "build"], default="pull",
                         help="how the app's images reach the host")
+    parser.add_argument("--layout", choices=("docker", "systemd"), default="docker",
+                        help="the sandbox's layout (default docker)")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
     args = parser.parse_args()
-    wanted = images.sandbox_images(args.delivery)
-    images.build(wanted, [VERSION])
-    box = sandbox.up(PREFIX, 1)
+    box = sandbox.up(PREFIX if args.layout == "docker" else f"{PREFIX}-sysd", 1)
     try:
-        sandbox.push_images(box.prefix, wanted, [VERSION])
-        figures = [("bootstrap (bare host)", *timed(box, args.delivery, "bootstrap"))]
-        figures.append(("first deploy", *timed(box, args.delivery, "deploy", "--version", VERSION)))
-        figures.append(("no-op re-run", *timed(box, args.delivery, "deploy", "--version", VERSION)))
+        if args.layout == "docker":
+            wanted = images.sandbox_images(args.delivery)
+            images.build(wanted, [VERSION])
+            sandbox.push_images(box.prefix, wanted, [VERSION])
+        steps = [("bootstrap (bare host)", ["bootstrap"]),
+                 ("first deploy", ["deploy", "--version", VERSION]),
+                 ("no-op bootstrap", ["bootstrap"]),
+                 ("no-op deploy", ["deploy", "--version", VERSION])]
+        figures = [(name, *timed(box, args.delivery, args.layout, *argv)) for name, argv in steps]
         print(f"\n{'step':<24}{'seconds':>9}{'changed ops':>13}")
         for name, seconds, output in figures:
             print(f"{name:<24}{seconds:>9.1f}{changed_operations(output):>13}")

@@ -1,8 +1,9 @@
 """What users see while releases roll out: failed requests under a steady load, per release step.
 
-    .venv/bin/python bench/release_load.py [--rate 20] [--tail 15] [--keep]
+    .venv/bin/python bench/release_load.py [--layout docker|systemd] [--rate 20] [--tail 15] [--keep]
 
-On a fresh one-host sandbox (``rs-rel-bench``, pull delivery, self-signed certificate): bootstrap
+On a fresh one-host sandbox (``rs-rel-bench``, pull delivery, self-signed certificate; with
+``--layout systemd`` ``rs-rel-bench-sysd``, the release built on the host): bootstrap
 and deploy v1.0.0, then, each under rsdeploy_dev.load's steady load through nginx (``GET /``,
 ``GET /health``, ``GET /api/v1/version``, ``POST /api/v1/notes``), from LEAD seconds before the
 command to ``--tail`` seconds after it:
@@ -14,7 +15,8 @@ command to ``--tail`` seconds after it:
 4. ``deploy --version v1.3.0-badmigration``, when the reference app has that release;
 5. after ``deploy --version v1.1.0`` again (not measured, the site healthy again), the guide's
    own rollback procedure to v1.0.0, over SSH in the Compose project directory (see
-   :func:`guide_rollback_script`: what it runs and why it is the guide's procedure).
+   :func:`guide_rollback_script`: what it runs and why it is the guide's procedure); docker
+   layout only.
 
 Prints per step: exit code, command seconds, failed of all requests, the longest run of
 consecutive failures (cut off by the end of the load when the site stays down), p95 latency, and
@@ -99,7 +101,7 @@ def rsdeploy(step: str, *args: str) -> int:
 
     Example: ``rsdeploy("deploy v1.1.0", "deploy", "--version", "v1.1.0")`` -> ``0``
     """
-    secrets = sandbox.SandboxPaths.of(PREFIX).secrets
+    secrets = sandbox.SandboxPaths.of(os.environ[sandbox.PREFIX_ENV]).secrets
     with log_file(step).open("w") as out:
         return subprocess.run([sys.executable, "-m", "rsdeploy.cli", *args, "-i", str(INVENTORY),
                                "--secrets", str(secrets)], cwd=REPO_ROOT, stdout=out,
@@ -194,12 +196,14 @@ def wait_healthy(site: Site, seconds: float = 300) -> bool:
 # --- the bench -----------------------------------------------------------------------------------
 
 
-def prepare(versions: list[str]) -> Site:
-    """A fresh host with the stack at FIRST: images built and pushed, bootstrap, deploy."""
-    wanted = images.sandbox_images("pull")
-    images.build(wanted, versions)
-    box = sandbox.up(PREFIX, 1)
-    sandbox.push_images(PREFIX, wanted, versions)
+def prepare(versions: list[str], layout: str) -> Site:
+    """A fresh host with the stack at FIRST: images built and pushed (docker layout),
+    bootstrap, deploy."""
+    box = sandbox.up(os.environ[sandbox.PREFIX_ENV], 1)
+    if layout == "docker":
+        wanted = images.sandbox_images("pull")
+        images.build(wanted, versions)
+        sandbox.push_images(box.prefix, wanted, versions)
     for step, args in [("bootstrap", ["bootstrap"]),
                        (f"setup deploy {FIRST}", ["deploy", "--version", FIRST])]:
         if rsdeploy(step, *args):
@@ -264,19 +268,24 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="requests a second (default 20)")
     parser.add_argument("--tail", type=float, default=15.0,
                         help="seconds of load after each command returns (default 15)")
+    parser.add_argument("--layout", choices=("docker", "systemd"), default="docker",
+                        help="the sandbox's layout (default docker)")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
     args = parser.parse_args()
+    prefix = PREFIX if args.layout == "docker" else f"{PREFIX}-sysd"
     # The sandbox inventory reads these when it is loaded, here and in every rsdeploy run.
-    os.environ.update({sandbox.PREFIX_ENV: PREFIX, "RS_SANDBOX_DELIVERY": "pull"})
+    os.environ.update({sandbox.PREFIX_ENV: prefix, "RS_SANDBOX_DELIVERY": "pull",
+                       sandbox.LAYOUT_ENV: args.layout})
     versions = [v for v in (FIRST, NEXT, BROKEN, BAD_MIGRATION) if v in refapp.VERSIONS]
     try:
-        site = prepare(versions)
+        site = prepare(versions, args.layout)
         rows = release_steps(site, versions, args.rate, args.tail)
-        rows.append(guide_step(site, args.rate, args.tail))
+        if args.layout == "docker":  # the guide's procedure is a Compose one
+            rows.append(guide_step(site, args.rate, args.tail))
         print_table(rows)
     finally:
         if not args.keep:
-            sandbox.down(PREFIX)
+            sandbox.down(prefix)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ import os
 
 from rsdeploy.errors import UserError
 from rsdeploy_dev.images import BASE, INFRA, registry_path
-from rsdeploy_dev.sandbox import REGISTRY_PORT, REGISTRY_USER, Sandbox
+from rsdeploy_dev.sandbox import LAYOUT_ENV, REGISTRY_PORT, REGISTRY_USER, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
-layout = os.environ.get("RS_SANDBOX_LAYOUT", "docker")
+layout = os.environ.get(LAYOUT_ENV, "docker")
 if layout not in ("docker", "systemd"):
     raise UserError(f"RS_SANDBOX_LAYOUT={layout}: expected docker or systemd")
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")

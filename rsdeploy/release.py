@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from pyinfra.operations import files
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rsdeploy.settings import HostSettings
 
 # --- what a release is made of ----------------------------------------------------------------
@@ -55,6 +57,26 @@ class HttpProbe:
     def describe(self) -> str:
         return self.path
 
+    def ask(self, shell: Callable[[str], tuple[bool, str]], address: str,
+            timeout: int) -> tuple[str, str]:
+        """``GET http://<address><path>`` with curl on the host (``address``: where the host
+        reaches the instance's port): ``("ok" | "no answer" | "bad", detail)``; "bad" is a
+        definite wrong answer (another HTTP status), shown with the start of its body.
+
+        Example: ``HttpProbe(8000, "/health").ask(shell, "172.18.0.5:8000", 10)``
+        """
+        url = f"http://{address}{self.path}"
+        _, output = shell(
+            f"curl --silent --max-time {timeout} --output /tmp/rs-probe.$$ "
+            f"--write-out '%{{http_code}}' {shlex.quote(url)}; echo; "
+            "head -c 300 /tmp/rs-probe.$$ 2>/dev/null; rm -f /tmp/rs-probe.$$")
+        status, _, body = output.partition("\n")
+        if status.strip() in ("", "000"):
+            return "no answer", "no answer"
+        if status.strip() == "200":
+            return "ok", ""
+        return "bad", f"{self.path} answered {status.strip()} ({' '.join(body.split())[:200]})"
+
 
 @dataclass(frozen=True)
 class CommandProbe:
@@ -65,6 +87,21 @@ class CommandProbe:
 
     def describe(self) -> str:
         return self.what
+
+    def ask(self, execute: Callable[[list[str]], tuple[bool, str]], timeout: int) -> tuple[str, str]:
+        """Run the command through ``execute`` (in the instance), at most ``timeout`` seconds:
+        ``("ok", "")`` or ``("bad", its last line)``.
+
+        Example: ``probe.ask(lambda argv: rh.exec(instance, argv), 10)``
+        """
+        ok, output = execute(["timeout", str(timeout), *self.argv])
+        return ("ok", "") if ok else ("bad", last_line(output))
+
+
+def last_line(output: str) -> str:
+    """The last line of a command's output that says something (300 characters at most)."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
 
 
 @dataclass(frozen=True)

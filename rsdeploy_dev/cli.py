@@ -1,6 +1,6 @@
 """The dev tooling's commands on the ``rsdeploy`` command line.
 
-    rsdeploy demo      [--name PREFIX] [--version TAG]
+    rsdeploy demo      [--name PREFIX] [--version TAG] [--layout docker|systemd]
     rsdeploy sandbox   up [--hosts N] | down | status [--name PREFIX]
     rsdeploy images    build | bundle --out DIR | push [--prefix PREFIX]
 
@@ -21,13 +21,16 @@ from rsdeploy_dev import images, sandbox
 
 
 def cmd_demo(args) -> int:
-    """The main job on one machine: a fresh sandbox host, the offline images in its private
-    registry, then bootstrap, deploy and verify exactly as against production; prints the URL.
+    """The main job on one machine: a fresh sandbox host (docker layout: the offline images in
+    its private registry; systemd: the host installs from Debian, PyPI and npm and builds the
+    release), then bootstrap, deploy and verify exactly as against production; prints the URL.
     """
     box = sandbox.up(args.name, 1)
-    images.build(images.SANDBOX_STACK, [args.version])
-    sandbox.push_images(box.prefix, images.SANDBOX_STACK, [args.version])
+    if args.layout == "docker":
+        images.build(images.SANDBOX_STACK, [args.version])
+        sandbox.push_images(box.prefix, images.SANDBOX_STACK, [args.version])
     os.environ[sandbox.PREFIX_ENV] = box.prefix  # read by inventories/sandbox.py
+    os.environ[sandbox.LAYOUT_ENV] = args.layout
     stack_args = argparse.Namespace(inventory=str(REPO_ROOT / "inventories" / "sandbox.py"),
                                     secrets=str(box.paths.secrets), host=None, dry=False,
                                     version=args.version)
@@ -39,7 +42,7 @@ def cmd_demo(args) -> int:
     url = f"https://{domain}:{host.port(443)}/"
     health = subprocess.run(["curl", "-sk", "--resolve", f"{domain}:{host.port(443)}:127.0.0.1",
                              url + "health"], capture_output=True, text=True).stdout
-    print(f"\nThe Residency Scheduler (reference app {args.version}) is up:\n  {url}\n"
+    print(f"\nThe Residency Scheduler (reference app {args.version}, {args.layout} layout) is up:\n  {url}\n"
           f"  (self-signed; resolve {domain} to 127.0.0.1, e.g. curl -k --resolve "
           f"{domain}:{host.port(443)}:127.0.0.1 {url}health)\n  /health -> {health}\n"
           f"Remove it with: rsdeploy sandbox down --name {box.prefix}")
@@ -59,6 +62,8 @@ def add_commands(sub) -> None:
     demo = sub.add_parser("demo", help="deploy the reference app into a local sandbox host")
     demo.add_argument("--name", default="rs-demo", help="sandbox name prefix (default rs-demo)")
     demo.add_argument("--version", default="v1.0.0", help="reference app release (default v1.0.0)")
+    demo.add_argument("--layout", choices=("docker", "systemd"), default="docker",
+                      help="docker (Compose) or systemd (native services and PM2); default docker")
     demo.set_defaults(func=cmd_demo)
 
     sandbox.add_commands(sub)

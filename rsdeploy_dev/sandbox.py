@@ -45,6 +45,8 @@ from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_confi
 
 DEFAULT_PREFIX = "rs-sandbox"
 PREFIX_ENV = "RS_SANDBOX_PREFIX"
+#: The layout inventories/sandbox.py deploys (docker or systemd).
+LAYOUT_ENV = "RS_SANDBOX_LAYOUT"
 KEEP_ENV = "RS_KEEP_SANDBOX"
 SANDBOX_ROOT = REPO_ROOT / ".sandbox"
 LABEL = "rsdeploy.sandbox"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from roles import tls
 from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
+from rsdeploy.stack import load_inventory
+from rsdeploy_dev import load
 from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
 from rsdeploy_dev.engine import ensure_engine
@@ -41,6 +45,12 @@ class Run:
         """Operations that changed something."""
         return changed_operations(self.output)
 
+    @property
+    def changed_names(self) -> list[str]:
+        """The summary lines of the operations that changed something (for messages)."""
+        return [" ".join(line.split()) for line in self.output.splitlines()
+                if re.search(r"\s1\s+1\s+-\s+-\s*$", line)]
+
     def check(self) -> Run:
         assert self.code == 0, f"rsdeploy failed ({self.code}):\n{self.output[-6000:]}"
         return self
@@ -49,8 +59,10 @@ class Run:
 class Site:
     """One sandbox stack: the operator's commands and a user's view of the site."""
 
-    def __init__(self, sandbox, delivery: str, tls: str = "self-signed", monitoring: bool = True):
+    def __init__(self, sandbox, delivery: str, tls: str = "self-signed", monitoring: bool = True,
+                 layout: str = "docker"):
         self.sandbox, self.delivery, self.tls, self.monitoring = sandbox, delivery, tls, monitoring
+        self.layout = layout
         self.host = sandbox.hosts[0]
         self.domain = f"{sandbox.prefix}.test"
 
@@ -63,7 +75,13 @@ class Site:
     def env(self) -> dict[str, str]:
         return dict(os.environ, RS_SANDBOX_PREFIX=self.sandbox.prefix,
                     RS_SANDBOX_DELIVERY=self.delivery, RS_SANDBOX_TLS=self.tls,
-                    RS_SANDBOX_MONITORING="on" if self.monitoring else "off")
+                    RS_SANDBOX_MONITORING="on" if self.monitoring else "off",
+                    RS_SANDBOX_LAYOUT=self.layout)
+
+    def settings(self):
+        """The host's settings as the sandbox inventory gives them to this site's commands."""
+        return load_inventory(str(SANDBOX_INVENTORY), str(self.sandbox.paths.secrets),
+                              env=self.env)[self.host.name]
 
     def rsdeploy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
         """``rsdeploy ARGS -i INVENTORY --secrets <sandbox secrets>``, output captured."""
@@ -153,22 +171,71 @@ def changed_inventory(tmp_path: Path, section: str, values: dict) -> Path:
     return inventory
 
 
-def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring: bool = True):
+def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring: bool = True,
+               layout: str = "docker"):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
     the infra images and the base the app's Dockerfiles start FROM; the app is built on the host)
     and, for ``tls`` certbot, the sandbox's ACME server resolving the site's names to the host.
     Without ``monitoring`` the stack runs no monitoring, and its images stay on this machine.
+    The systemd ``layout`` uses no image: hosts install from Debian, PyPI and npm.
     """
-    wanted = [name for name in images.sandbox_images(delivery)
-              if monitoring or name not in MONITORING_IMAGES]
-    images.build(wanted, [FIRST_VERSION])
+    wanted = [] if layout == "systemd" else [
+        name for name in images.sandbox_images(delivery)
+        if monitoring or name not in MONITORING_IMAGES]
+    if wanted:
+        images.build(wanted, [FIRST_VERSION])
     with sandbox_module.session(prefix, 1) as sandbox:
-        site = Site(sandbox, delivery, tls, monitoring)
+        site = Site(sandbox, delivery, tls, monitoring, layout)
         if tls == "certbot":
             sandbox_module.ensure_acme(sandbox.prefix, ensure_engine(),
                                        {name: site.host.address for name in site.domains})
         if delivery == "bundle":
             images.bundle(sandbox.paths.root / "bundles", wanted, [FIRST_VERSION])
-        else:
+        elif wanted:
             sandbox_module.push_images(sandbox.prefix, wanted, [FIRST_VERSION])
         yield site
+
+
+# --- what a user of the site sees, across releases --------------------------------------------
+
+
+def site_certificate(site, directory: Path) -> Path:
+    """The site's self-signed certificate, written to ``directory`` (for the load to trust)."""
+    path = directory / "site.pem"
+    path.write_text(site.on_host(f"cat {tls.host_certificate_paths(site.settings())[0]}"))
+    return path
+
+
+def write_note(site, written: list, step: str) -> None:
+    """A row written through the API before ``step``, remembered in ``written``."""
+    body = f"written before {step}"
+    code, answer = site.curl("/api/v1/notes", "-X", "POST", "-H",
+                             "Content-Type: application/json", "--data", json.dumps({"body": body}))
+    assert code == 201, f"POST /api/v1/notes: {code} {answer}"
+    written.append(body)
+
+
+def assert_rows_kept(site, written: list) -> None:
+    code, body = site.curl("/api/v1/notes")
+    assert code == 200, f"GET /api/v1/notes: {code} {body}"
+    bodies = {note["body"] for note in json.loads(body)}
+    assert set(written) <= bodies, f"lost: {set(written) - bodies}"
+
+
+def serving(site) -> dict:
+    """What answers through nginx: the code's version and the database's schema revision."""
+    code, body = site.curl("/api/v1/version")
+    assert code == 200, f"/api/v1/version: {code} {body}"
+    return json.loads(body)
+
+
+def under_load(site, ca_file, *args: str):
+    """``rsdeploy ARGS`` while the steady load runs; (the run, the load's report)."""
+    with load.steady(f"https://127.0.0.1:{site.host.port(443)}", site.domain, ca_file) as run:
+        result = site.rsdeploy(*args)
+    return result, run.report()
+
+
+def history(site) -> list[dict]:
+    run = site.rsdeploy("releases", "--json").check()
+    return json.loads(run.stdout)[site.host.name]

@@ -23,9 +23,19 @@ import pytest
 from rsdeploy import REPO_ROOT
 from rsdeploy.lock import HostLock
 from rsdeploy.stack import load_inventory
-from rsdeploy_dev import images, load
+from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
-from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+from tests.e2e.conftest import (
+    FIRST_VERSION,
+    SANDBOX_INVENTORY,
+    assert_rows_kept,
+    history,
+    ready_site,
+    serving,
+    site_certificate,
+    under_load,
+    write_note,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -47,49 +57,13 @@ def site():
 @pytest.fixture(scope="module")
 def ca_file(site, tmp_path_factory):
     """The site's self-signed certificate, which the load trusts (and nothing else)."""
-    path = tmp_path_factory.mktemp("ca") / "site.pem"
-    path.write_text(site.on_host("cat /opt/residency-scheduler/tls/fullchain.pem"))
-    return path
+    return site_certificate(site, tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")
 def written():
     """Every note the steps wrote (its body), to find after each later step."""
     return []
-
-
-def write_note(site, written: list, step: str) -> None:
-    body = f"written before {step}"
-    code, answer = site.curl("/api/v1/notes", "-X", "POST", "-H",
-                             "Content-Type: application/json", "--data", json.dumps({"body": body}))
-    assert code == 201, f"POST /api/v1/notes: {code} {answer}"
-    written.append(body)
-
-
-def assert_rows_kept(site, written: list) -> None:
-    code, body = site.curl("/api/v1/notes")
-    assert code == 200, f"GET /api/v1/notes: {code} {body}"
-    bodies = {note["body"] for note in json.loads(body)}
-    assert set(written) <= bodies, f"lost: {set(written) - bodies}"
-
-
-def serving(site) -> dict:
-    """What answers through nginx: the code's version and the database's schema revision."""
-    code, body = site.curl("/api/v1/version")
-    assert code == 200, f"/api/v1/version: {code} {body}"
-    return json.loads(body)
-
-
-def under_load(site, ca_file, *args: str):
-    """``rsdeploy ARGS`` while the steady load runs; (the run, the load's report)."""
-    with load.steady(f"https://127.0.0.1:{site.host.port(443)}", site.domain, ca_file) as run:
-        result = site.rsdeploy(*args)
-    return result, run.report()
-
-
-def history(site) -> list[dict]:
-    run = site.rsdeploy("releases", "--json").check()
-    return json.loads(run.stdout)[site.host.name]
 
 
 def app_containers(site) -> list[str]:

@@ -222,19 +222,8 @@ class SystemdReleaseHost:
         if instance.state not in ("running", "created"):
             return "bad", f"it is {instance.state}"
         if isinstance(probe, CommandProbe):
-            ok, output = self.exec(instance, ["timeout", str(timeout), *probe.argv])
-            return ("ok", "") if ok else ("bad", _last_line(output))
-        url = f"http://{self.address(instance, probe.port)}{probe.path}"
-        _, output = self.shell(
-            f"curl --silent --max-time {timeout} --output /tmp/rs-probe.$$ "
-            f"--write-out '%{{http_code}}' {shlex.quote(url)}; echo; "
-            "head -c 300 /tmp/rs-probe.$$ 2>/dev/null; rm -f /tmp/rs-probe.$$")
-        status, _, body = output.partition("\n")
-        if status.strip() in ("", "000"):
-            return "no answer", "no answer"
-        if status.strip() == "200":
-            return "ok", ""
-        return "bad", f"{probe.path} answered {status.strip()} ({' '.join(body.split())[:200]})"
+            return probe.ask(lambda argv: self.exec(instance, argv), timeout)
+        return probe.ask(self.shell, self.address(instance, probe.port), timeout)
 
     def explain(self, instance: Instance) -> str | None:
         """systemd's or PM2's view: exit status, OOM kill, restarts."""
@@ -356,6 +345,3 @@ def _json_list(text: str) -> list[dict]:
         return []
 
 
-def _last_line(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"

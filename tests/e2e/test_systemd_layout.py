@@ -1,0 +1,149 @@
+"""The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
+v1.0.0 -> verify -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
+migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
+a host restart brings everything back (PM2 included) and verify passes. Rows written through the
+API before each step are all there after it.
+
+The steps run in file order on one host, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import (
+    FIRST_VERSION,
+    assert_rows_kept,
+    changed_inventory,
+    history,
+    ready_site,
+    serving,
+    site_certificate,
+    under_load,
+    write_note,
+)
+
+pytestmark = pytest.mark.sandbox
+
+NEXT, BROKEN = "v1.1.0", "v1.2.0-broken"
+#: Alembic head of each release (examples/refapp).
+HEADS = {FIRST_VERSION: "0001", NEXT: "0002"}
+#: The host's long-running services, whose start times tell what a run restarted.
+WATCHED = ("postgresql@15-main", "redis-server", "nginx", "pm2-residency",
+           "prometheus", "residency-backend@blue", "residency-celery-worker@blue")
+
+
+@pytest.fixture(scope="module")
+def site():
+    yield from ready_site("rs-e2e-sysd", "build", layout="systemd")
+
+
+@pytest.fixture(scope="module")
+def ca_file(site, tmp_path_factory):
+    return site_certificate(site, tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def written():
+    return []
+
+
+def started(site) -> dict[str, str]:
+    """When each watched service last started (systemd's monotonic clock)."""
+    out = site.on_host("systemctl show -p Id,ActiveEnterTimestampMonotonic "
+                       + " ".join(f"{name}.service" for name in WATCHED))
+    found, unit = {}, None
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key == "Id":
+            unit = value.removesuffix(".service")
+        elif key == "ActiveEnterTimestampMonotonic":
+            found[unit] = value
+    return found
+
+
+def test_bootstrap_and_first_release_serve_and_verify(site, written):
+    site.rsdeploy("bootstrap").check()
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
+    site.rsdeploy("verify").check()
+    write_note(site, written, "the no-op re-run")
+    (attempt,) = history(site)
+    assert (attempt["version"], attempt["result"]) == (FIRST_VERSION, "ok")
+    # PM2 as the guide shows it: the app user's own `pm2 status`.
+    status = site.on_host("sudo -u residency pm2 status")
+    assert "residency-frontend-blue" in status and "online" in status, status
+
+
+def test_a_second_run_changes_nothing_and_restarts_nothing(site):
+    before = started(site)
+    for step in (["bootstrap"], ["deploy", "--version", FIRST_VERSION]):
+        run = site.rsdeploy(*step).check()
+        assert run.changed == 0, run.changed_names
+    assert started(site) == before
+
+
+def test_a_setting_change_restarts_only_its_reader(site, tmp_path, written):
+    before = started(site)
+    inventory = changed_inventory(tmp_path, "redis", {"maxmemory": "200mb"})
+    site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory).check()
+    after = started(site)
+    assert after["redis-server"] != before["redis-server"]
+    assert {k: v for k, v in after.items() if k != "redis-server"} == \
+        {k: v for k, v in before.items() if k != "redis-server"}
+    assert "maxmemory 209715200" in site.on_host(
+        "REDISCLI_AUTH=$(sed -n 's/^REDIS_PASSWORD=\"\\(.*\\)\"$/\\1/p' "
+        "/etc/residency-scheduler/app.env) redis-cli config get maxmemory | tr '\\n' ' '")
+    assert_rows_kept(site, written)
+    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()  # back to the inventory's
+
+
+def test_an_upgrade_with_a_migration_drops_no_request(site, written, ca_file):
+    write_note(site, written, NEXT)
+    run, report = under_load(site, ca_file, "deploy", "--version", NEXT)
+    run.check()
+    assert report.failed == 0, report.summary()
+    assert report.total > 100, report.summary()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (NEXT, HEADS[NEXT])
+    assert_rows_kept(site, written)
+    # The new release runs in the other slot; the old slot's units are stopped and disabled.
+    assert site.on_host("systemctl is-active residency-backend@green residency-backend@blue "
+                        "|| true").split() == ["active", "inactive"]
+
+
+def test_rollback_downgrades_and_drops_no_request(site, written, ca_file):
+    write_note(site, written, "rollback")
+    run, report = under_load(site, ca_file, "rollback")
+    run.check()
+    assert report.failed == 0, report.summary()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
+    assert_rows_kept(site, written)
+    assert history(site)[-1]["kind"] == "rollback"
+
+
+def test_a_release_failing_its_health_check_never_gets_traffic(site, written, ca_file):
+    write_note(site, written, BROKEN)
+    run, report = under_load(site, ca_file, "deploy", "--version", BROKEN)
+    assert run.code == 3, run.output[-3000:]
+    assert (f"{BROKEN} failed its health check on {site.host.name}: residency-backend: /health "
+            "answered 503") in run.stdout, run.stdout
+    assert report.failed == 0, report.summary()
+    now = serving(site)
+    assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
+    assert_rows_kept(site, written)
+    # `current` and the units on disk still name the serving release.
+    current = site.on_host("readlink -f /opt/residency-scheduler/current")
+    assert f"/releases/{FIRST_VERSION}-" in current and BROKEN not in current
+    assert "residency-frontend-" in site.on_host("sudo -u residency pm2 jlist")
+    assert BROKEN not in site.on_host("sudo -u residency pm2 jlist")
+
+
+def test_a_host_restart_brings_every_service_back(site, written):
+    site.reboot()
+    site.wait_healthy()
+    assert serving(site)["version"] == FIRST_VERSION
+    site.rsdeploy("verify").check()
+    assert_rows_kept(site, written)
