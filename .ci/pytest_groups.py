@@ -26,7 +26,7 @@ TESTS = ROOT / "tests"
 SHARED = ("sandbox", "refapp")
 #: The longest groups start first (measured: minutes each).
 FIRST = ("e2e-test_docker_rollout", "e2e-test_docker_releases", "e2e-test_docker_real_app",
-         "e2e-test_docker_certbot",
+         "e2e-test_systemd_layout", "e2e-test_docker_certbot",
          "e2e-test_docker_build", "sandbox", "e2e-test_docker_bundle", "refapp")
 
 

@@ -68,10 +68,12 @@ def secret_file(content: str, dest: str, user: str, group: str, staging: str):
     if remote is None or host.get_fact(Sha256File, path=dest) != _sha256(content):
         staged = f"{staging}/{_sha256(dest)[:16]}"
         yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=staged + ".part")
-        # The directory: 0711, so each reader passes through to its own file (no listing).
+        # A directory made here: 0711, so each reader passes through to its own file (no
+        # listing); an existing one keeps its mode.
+        parent = str(Path(dest).parent)
         yield StringCommand(
-            "umask 077 && mkdir -p", str(Path(dest).parent), "&& chmod 711", str(Path(dest).parent),
-            "&& install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
+            "umask 077 && { [ -d", parent, "] || { mkdir -p", parent, "&& chmod 711", parent,
+            "; } ; } && install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
             "&& mv -f", f"{dest}.rsdeploy-new", dest, "&& rm -f", staged,
         )
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -51,6 +52,24 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     verdicts = backend.validate(tmp_path, hs) + frontend.validate(tmp_path, hs)
     assert len(verdicts) == 5
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
+
+
+#: systemd-analyze security's exposure levels: up to 4.9 is rated "OK" (10 is "UNSAFE").
+MAX_EXPOSURE = 4.0
+
+
+def test_units_are_rated_ok_by_systemd_analyze_security(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    hs, files = systemd_files()
+    for name in [*APP_UNITS, frontend.PM2_UNIT]:
+        # A template is judged as one of its instances (the green release slot).
+        path = tmp_path / name.replace("@", "@green")
+        path.write_text(unit(files, name))
+        out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+                             capture_output=True, text=True).stdout
+        level = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", out)
+        assert level and float(level.group(1)) <= MAX_EXPOSURE, (name, out[-600:])
 
 
 def test_verify_catches_a_broken_unit(tmp_path):

@@ -79,9 +79,16 @@ class Site:
                     RS_SANDBOX_LAYOUT=self.layout)
 
     def settings(self):
-        """The host's settings as the sandbox inventory gives them to this site's commands."""
-        return load_inventory(str(SANDBOX_INVENTORY), str(self.sandbox.paths.secrets),
-                              env=self.env)[self.host.name]
+        """The host's settings as the sandbox inventory gives them to this site's commands
+        (the inventory reads its variations from the environment when it is loaded)."""
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            return load_inventory(str(SANDBOX_INVENTORY),
+                                  str(self.sandbox.paths.secrets))[self.host.name]
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def rsdeploy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
         """``rsdeploy ARGS -i INVENTORY --secrets <sandbox secrets>``, output captured."""
