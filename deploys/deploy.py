@@ -38,7 +38,8 @@ if exporters.exporter_applies(hs, "node_exporter"):
 # The release first: the first certificate is obtained with the certbot image.
 delivered = hs.layout.deliver(hs, rendered)
 if tls.applies(hs):
-    reactions.setdefault(Reload("nginx"), []).extend(tls.ensure_certificate(hs))
+    certificate = tls.ensure_certificate(hs, site_served=nginx.serves_site(hs))
+    reactions.setdefault(Reload("nginx"), []).extend(certificate)
 hs.layout.roll_out(hs, reactions, delivered, releases.released_services(hs))
 releases.switch(hs, reactions, delivered, kind=hs.stack.release_kind)
 apply.enable_timers(reactions)

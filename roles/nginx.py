@@ -19,7 +19,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import files
 
 from roles.tls import ACME_WEBROOT, certificate_paths
@@ -401,6 +403,16 @@ def _nginx_test(root: Path) -> tuple[bool, str]:
 
 
 # --- deploy ------------------------------------------------------------------------------------
+
+
+def serves_site(hs: HostSettings) -> bool:
+    """Whether nginx runs with the site already (rendered by an earlier deploy), so it can
+    answer ACME challenges for a new certificate. Read before this run uploads anything.
+
+    Example: ``tls.ensure_certificate(hs, site_served=nginx.serves_site(hs))``
+    """
+    return (hs.layout.service_running(hs, "nginx")
+            and host.get_fact(File, path=site_path(hs)) is not None)
 
 
 @deploy("Install nginx")

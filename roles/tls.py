@@ -156,6 +156,12 @@ def first_certificate_args(hs: HostSettings) -> list[str]:
 # --- render -----------------------------------------------------------------------------------
 
 
+def renewal_timer(hs: HostSettings) -> str:
+    """The timer that renews the certificate: ours running certbot's image, or the
+    distribution certbot package's own."""
+    return RENEW_TIMER if hs.layout.runs_in_containers else "certbot.timer"
+
+
 def _unit_argv(argv: list[str]) -> list[str]:
     """``argv`` as a unit's Exec line names it: the docker CLI by its absolute path."""
     return [DOCKER_CLI, *argv[1:]] if argv[0] == "docker" else argv
@@ -226,12 +232,13 @@ def install(hs: HostSettings) -> None:
 
 
 @deploy("Put the site's TLS certificate in place")
-def ensure_certificate(hs: HostSettings) -> list:
+def ensure_certificate(hs: HostSettings, site_served: bool = False) -> list:
     """Self-signed: made once on the host. Provided: copied where nginx reads it (docker).
-    Certbot: the first certificate over HTTP (standalone, before nginx holds port 80); renewals
-    run from the timer. Returns the operations that changed the certificate, to reload nginx.
+    Certbot: the first certificate over HTTP (through the running site when ``site_served``,
+    else standalone); renewals run from the timer. Returns the operations that changed the
+    certificate, to reload nginx.
 
-    Example: ``changed = tls.ensure_certificate(hs)``
+    Example: ``changed = tls.ensure_certificate(hs, site_served=nginx.serves_site(hs))``
     """
     tls = hs.stack.tls
     cert, key = host_certificate_paths(hs)
@@ -242,7 +249,7 @@ def ensure_certificate(hs: HostSettings) -> list:
                   _copy_provided(tls.key_path, key, "600")]
         return [op for op in copies if op is not None]
     if tls.mode == "certbot" and host.get_fact(File, path=cert) is None:
-        return [_first_certbot_certificate(hs)]
+        return [_first_certbot_certificate(hs, site_served)]
     return []
 
 
@@ -274,21 +281,44 @@ def _copy_provided(src: str, dest: str, mode: str):
     )
 
 
-def _first_certbot_certificate(hs: HostSettings):
+def _first_certbot_certificate(hs: HostSettings, site_served: bool):
     """certbot's first run (its image is there already: the deploy delivers images first).
 
-    On a new site nothing holds port 80 yet, so certbot answers the challenge itself. A site
-    switching to certbot from another TLS mode keeps serving: its running nginx answers the
-    challenge from the shared webroot (mounted in every mode) and is recreated afterwards.
+    A site switching to certbot from another TLS mode keeps serving: its running nginx answers
+    the challenge from the shared webroot (served in every mode). On a new site certbot answers
+    it itself on the HTTP port, which nothing holds yet. Natively the package's nginx runs from
+    its installation on, so the host asks it first (a probe file in the webroot): when it
+    serves the site, through it; else it is stopped for certbot (the rollout starts it again
+    with the site), and the lineage is switched to the webroot, so the distribution's renewal
+    timer renews through the running nginx.
     """
-    if hs.layout.service_running(hs, "nginx"):
-        argv, publish, how = certbot_certonly_args(hs), None, "through the running nginx"
-    else:
-        argv, publish = first_certificate_args(hs), f"{hs.stack.nginx.http_port}:80"
-        how = "standalone"
     ca = hs.stack.tls.acme_server or "Let's Encrypt"
+    through = shlex.join(hs.layout.run_argv(hs, "certbot", certbot_certonly_args(hs)))
+    standalone = shlex.join(hs.layout.run_argv(hs, "certbot", first_certificate_args(hs),
+                                               publish=f"{hs.stack.nginx.http_port}:80"))
+    if hs.layout.runs_in_containers:
+        how, command = ("through the running nginx", through) if site_served else ("standalone", standalone)
+    else:
+        how = "through nginx if it serves the site, else standalone"
+        probe = f"{ACME_WEBROOT}/.well-known/acme-challenge/rsdeploy-probe"
+        url = f"http://127.0.0.1:{hs.stack.nginx.http_port}/.well-known/acme-challenge/rsdeploy-probe"
+        command = (
+            f"mkdir -p {shlex.quote(str(Path(probe).parent))} && echo $$ > {probe} && "
+            f"if curl -s --max-time 5 -H {shlex.quote('Host: ' + hs.stack.domain)} {url} "
+            f"| grep -qx $$; then rm -f {probe} && {through}; "
+            f"else rm -f {probe} && systemctl stop {hs.layout.unit_after('nginx')} && "
+            f"{standalone} && {_renew_through_webroot(hs)}; fi")
     return server.shell(
         name=f"Obtain the first certificate for {hs.stack.domain} from {ca} ({how})",
-        commands=[shlex.join(hs.layout.run_argv(hs, "certbot", argv, publish=publish))],
-        _chdir=hs.layout.command_dir(hs),
+        commands=[command], _chdir=hs.layout.command_dir(hs),
     )
+
+
+def _renew_through_webroot(hs: HostSettings) -> str:
+    """A shell line switching the lineage's renewal from standalone to the webroot (what
+    certbot itself writes for ``--webroot``), so renewals never need port 80 to themselves."""
+    conf = shlex.quote(f"/etc/letsencrypt/renewal/{hs.stack.domain}.conf")
+    webroot_map = "".join(f"{domain} = {ACME_WEBROOT}\\n" for domain in hs.stack.domains)
+    return (f"sed -i 's|^authenticator = standalone$|authenticator = webroot\\n"
+            f"webroot_path = {ACME_WEBROOT},|' {conf} && "
+            f"printf '[[webroot_map]]\\n{webroot_map}' >> {conf}")

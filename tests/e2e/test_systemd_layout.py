@@ -1,13 +1,16 @@
 """The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
 v1.0.0 -> verify -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
 migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
-a host restart brings everything back (PM2 included) and verify passes. Rows written through the
-API before each step are all there after it.
+``db restore`` brings back the exact rows -> a host restart brings everything back (PM2
+included) and verify passes. Rows written through the API before each step are all there
+after it.
 
 The steps run in file order on one host, as an operator would run them.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -139,6 +142,21 @@ def test_a_release_failing_its_health_check_never_gets_traffic(site, written, ca
     assert f"/releases/{FIRST_VERSION}-" in current and BROKEN not in current
     assert "residency-frontend-" in site.on_host("sudo -u residency pm2 jlist")
     assert BROKEN not in site.on_host("sudo -u residency pm2 jlist")
+
+
+def test_db_restore_brings_back_the_exact_rows(site):
+    site.rsdeploy("db", "backup").check()
+    code, before = site.curl("/api/v1/notes")
+    assert code == 200
+    write_note(site, [], "the restore")  # after the dump: the restore takes it away
+    run = site.rsdeploy("db", "restore").check()
+    assert "safety dump" in run.output and "restored" in run.output
+    assert site.wait_healthy()["database"] == "connected"
+    code, after = site.curl("/api/v1/notes")
+    assert json.loads(after) == json.loads(before)  # ids, bodies and times, exactly
+    # the serving slot's units were stopped for it and are back
+    assert site.on_host("systemctl is-active residency-backend@blue residency-celery-worker@blue "
+                        "residency-celery-beat@blue").split() == ["active"] * 3
 
 
 def test_a_host_restart_brings_every_service_back(site, written):

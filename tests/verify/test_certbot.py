@@ -1,5 +1,5 @@
-"""tls.mode certbot on docker-layout web hosts: nginx serves certbot's current certificate (so a
-renewal reached it), the certificate is not close to expiry, and the renewal timer is armed.
+"""tls.mode certbot on web hosts of either layout: nginx serves certbot's current certificate (so
+a renewal reached it), the certificate is not close to expiry, and the renewal timer is armed.
 
 The chain is not checked against a trust store here: a private ACME CA (tls.acme_server, such
 as the sandbox's pebble) is trusted by nobody but its own clients.
@@ -13,11 +13,10 @@ from roles import tls
 
 #: certbot renews 30 days before expiry (twice a day): less than this means renewals fail.
 MIN_DAYS_LEFT = 14
-TIMER = "rs-certbot-renew.timer"
 
 
 @pytest.fixture(scope="module")
-def certbot_web(hs, docker_stack):
+def certbot_web(hs):
     if not hs.has_role("web") or hs.stack.tls.mode != "certbot":
         pytest.skip(f"{hs.name}: no web role with tls.mode certbot")
     return hs
@@ -48,6 +47,7 @@ def test_certificate_is_far_from_expiry(host, certbot_web):
 
 
 def test_renewal_timer_is_enabled_and_waiting(host, certbot_web):
-    timer = host.service(TIMER)
+    name = tls.renewal_timer(certbot_web)
+    timer = host.service(name)
     assert timer.is_enabled and timer.is_running, \
-        f"{certbot_web.name}: {TIMER}: expected enabled and active, found it not"
+        f"{certbot_web.name}: {name}: expected enabled and active, found it not"
