@@ -229,6 +229,20 @@ def assert_rows_kept(site, written: list) -> None:
     assert set(written) <= bodies, f"lost: {set(written) - bodies}"
 
 
+def assert_restore_gives_back_the_dumped_rows(site) -> None:
+    """``db backup``, a row written after it, ``db restore``: the rows are exactly the dumped
+    ones again (ids, bodies and times), and the site is healthy."""
+    site.rsdeploy("db", "backup").check()
+    code, before = site.curl("/api/v1/notes")
+    assert code == 200
+    write_note(site, [], "the restore")  # after the dump: the restore takes it away
+    run = site.rsdeploy("db", "restore").check()
+    assert "safety dump" in run.output and "restored" in run.output
+    assert site.wait_healthy()["database"] == "connected"
+    code, after = site.curl("/api/v1/notes")
+    assert json.loads(after) == json.loads(before)  # ids, bodies and times, exactly
+
+
 def serving(site) -> dict:
     """What answers through nginx: the code's version and the database's schema revision."""
     code, body = site.curl("/api/v1/version")

@@ -28,6 +28,7 @@ from rsdeploy_dev import sandbox as sandbox_module
 from tests.e2e.conftest import (
     FIRST_VERSION,
     SANDBOX_INVENTORY,
+    assert_restore_gives_back_the_dumped_rows,
     assert_rows_kept,
     history,
     ready_site,
@@ -240,15 +241,7 @@ def test_a_migration_without_downgrade_rolls_back_only_by_restoring_its_dump(sit
 
 
 def test_db_restore_brings_back_the_exact_rows_and_fetch_copies_a_dump(site, tmp_path):
-    site.rsdeploy("db", "backup").check()
-    code, before = site.curl("/api/v1/notes")
-    assert code == 200
-    write_note(site, [], "the restore")  # after the dump: the restore takes it away
-    run = site.rsdeploy("db", "restore").check()
-    assert "safety dump" in run.output and "restored" in run.output
-    assert site.wait_healthy()["database"] == "connected"
-    code, after = site.curl("/api/v1/notes")
-    assert json.loads(after) == json.loads(before)  # ids, bodies and times, exactly
-    run = site.rsdeploy("db", "fetch", "--to", str(tmp_path)).check()
+    assert_restore_gives_back_the_dumped_rows(site)
+    site.rsdeploy("db", "fetch", "--to", str(tmp_path)).check()
     (dump,) = tmp_path.glob("*.dump")
     assert dump.stat().st_mode & 0o777 == 0o600 and dump.read_bytes()[:5] == b"PGDMP"

@@ -10,12 +10,12 @@ The steps run in file order on one host, as an operator would run them.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_restore_gives_back_the_dumped_rows,
     assert_rows_kept,
     changed_inventory,
     history,
@@ -145,15 +145,7 @@ def test_a_release_failing_its_health_check_never_gets_traffic(site, written, ca
 
 
 def test_db_restore_brings_back_the_exact_rows(site):
-    site.rsdeploy("db", "backup").check()
-    code, before = site.curl("/api/v1/notes")
-    assert code == 200
-    write_note(site, [], "the restore")  # after the dump: the restore takes it away
-    run = site.rsdeploy("db", "restore").check()
-    assert "safety dump" in run.output and "restored" in run.output
-    assert site.wait_healthy()["database"] == "connected"
-    code, after = site.curl("/api/v1/notes")
-    assert json.loads(after) == json.loads(before)  # ids, bodies and times, exactly
+    assert_restore_gives_back_the_dumped_rows(site)
     # the serving slot's units were stopped for it and are back
     assert site.on_host("systemctl is-active residency-backend@blue residency-celery-worker@blue "
                         "residency-celery-beat@blue").split() == ["active"] * 3

@@ -142,9 +142,7 @@ class SystemdReleaseHost:
 
     def _definition_command(self) -> str:
         """A shell line printing the fingerprint of the uploaded definition."""
-        files = [backend.app_env_path(self.hs), frontend.ecosystem_path(self.hs),
-                 *(f"/etc/systemd/system/{u.name}" for u in backend.app_units(self.hs)),
-                 *(backend.slot_env_path(self.hs, slot) for slot in SLOTS)]
+        files = [*self._definition_files(), *(backend.slot_env_path(self.hs, slot) for slot in SLOTS)]
         return (f"{{ readlink -f {shlex.quote(next_link(self.hs))}; cat "
                 f"{' '.join(map(shlex.quote, files))}; }} 2>/dev/null | sha256sum | cut -c1-64")
 
@@ -294,6 +292,7 @@ class SystemdReleaseHost:
         return shlex.quote(f"{self.hs.stack.paths.data_dir}/releases/serving")
 
     def _definition_files(self) -> list[str]:
+        """The uploaded files a release's services read (the slots' own env files aside)."""
         return [backend.app_env_path(self.hs), frontend.ecosystem_path(self.hs),
                 *(f"/etc/systemd/system/{u.name}" for u in backend.app_units(self.hs))]
 
