@@ -33,6 +33,8 @@ base.ensure_firewall(hs)
 if nginx.applies(hs):
     nginx.create_maintenance_dir(hs)
     nginx.create_traffic_dir(hs)
+    if nginx.balances_app_hosts(hs):
+        nginx.create_upstream_pins(hs)
 if exporters.exporter_applies(hs, "node_exporter"):
     exporters.create_textfile_dir(hs)  # where the release is exported for monitoring
 # The release first: the first certificate is obtained with the certbot image.

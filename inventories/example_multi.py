@@ -1,5 +1,6 @@
-"""Production-like example spread over four hosts (docker layout): database + Redis, app,
-web (nginx), monitoring. Stack-wide settings are shared; each host adds its roles and address.
+"""Production-like example spread over five hosts (docker layout): database + Redis, two app
+hosts (nginx balances across them; releases switch them one at a time), web (nginx),
+monitoring. Stack-wide settings are shared; each host adds its roles and address.
 
     rsdeploy check -i inventories/example_multi.py --secrets inventories/secrets.example.yml
 """
@@ -26,6 +27,7 @@ residency_multi = (
     [
         ("db1.example.org", {"roles": ["db", "redis"], "address": "10.0.0.21"}),
         ("app1.example.org", {"roles": ["app"], "address": "10.0.0.22"}),
+        ("app2.example.org", {"roles": ["app"], "address": "10.0.0.25"}),
         ("web1.example.org", {"roles": ["web"], "address": "10.0.0.23"}),
         ("mon1.example.org", {"roles": ["monitoring"], "address": "10.0.0.24"}),
     ],

@@ -23,6 +23,10 @@ ACME server instead (tls.mode certbot against pebble, for ``<prefix>.test`` and
 {name: web host address})``, as tests/e2e/test_docker_certbot.py does. Hosts trust its TLS
 certificate through the sandbox CA; nothing trusts the certificates it issues.
 
+RS_SANDBOX_TOPOLOGY=split spreads the roles over the hosts (``sandbox up --hosts 4`` or more):
+db+redis, app on every host between, web+monitoring on the last; RS_SANDBOX_STACK_HOSTS=N keeps
+the hosts after the first N outside the stack (non-peers).
+
 RS_SANDBOX_MONITORING=off runs the stack without Prometheus, Alertmanager and the exporters
 (scenarios that do not concern them: fewer images to push and pull).
 
@@ -119,6 +123,19 @@ ROLES_BY_COUNT = {
     3: [["db", "redis"], ["app", "web"], ["monitoring"]],
     4: [["db", "redis"], ["app"], ["web"], ["monitoring"]],
 }
+#: RS_SANDBOX_TOPOLOGY=split: the data stores, app hosts behind nginx, web and monitoring
+#: together: db+redis, app x (N - 2), web+monitoring over the stack's N hosts (4 or more).
+#: RS_SANDBOX_STACK_HOSTS=N takes the first N sandbox hosts only (default all): the others
+#: stay outside the stack (non-peers).
+topology = os.environ.get("RS_SANDBOX_TOPOLOGY", "default")
+if topology not in ("default", "split"):
+    raise UserError(f"RS_SANDBOX_TOPOLOGY={topology}: expected default or split")
+_stack_hosts = sandbox.hosts[:int(os.environ.get("RS_SANDBOX_STACK_HOSTS") or len(sandbox.hosts))]
+if topology == "split" and len(_stack_hosts) < 4:
+    raise UserError("RS_SANDBOX_TOPOLOGY=split needs 4 stack hosts or more (rsdeploy sandbox up "
+                    f"--hosts 4); {sandbox.prefix} gives {len(_stack_hosts)}")
+_roles_of_hosts = ([["db", "redis"]] + [["app"]] * (len(_stack_hosts) - 2) + [["web", "monitoring"]]
+                   if topology == "split" else ROLES_BY_COUNT[min(len(_stack_hosts), 4)])
 
 
 def host_data(host, roles: list[str]) -> dict:
@@ -137,6 +154,6 @@ def host_data(host, roles: list[str]) -> dict:
 
 sandbox_hosts = (
     [(host.name, host_data(host, roles))
-     for host, roles in zip(sandbox.hosts, ROLES_BY_COUNT[min(len(sandbox.hosts), 4)])],
+     for host, roles in zip(_stack_hosts, _roles_of_hosts)],
     stack,
 )

@@ -148,7 +148,8 @@ def slot_port_keys(hs: HostSettings, key: str, port: int) -> dict[str, int]:
     """A service's ports by settings key: ``port`` itself, and the next ones for the layout's
     further release slots. Example: ``{"backend.port": 8000, "backend.port (+10, release slot green)": 8010}``
     """
-    return {key if i == 0 else f"{key} (+{i * SLOT_PORT_STEP}, release slot {slot})": value
+    step = hs.layout.release_port_step
+    return {key if i == 0 else f"{key} (+{i * step}, release slot {slot})": value
             for i, (slot, value) in enumerate(slot_ports(hs, port).items())}
 
 
@@ -320,6 +321,21 @@ def beat_schedule(hs: HostSettings) -> str:
     return hs.layout.data_dir(BEAT_SCHEDULE["container"], BEAT_SCHEDULE["native"])
 
 
+def app_hosts(hs: HostSettings) -> list[str]:
+    """Every app host, in inventory order: releases switch them one at a time in this order; the
+    first migrates the database forward and runs Celery beat (one per stack: two would send
+    every scheduled task twice), the last takes it back on a rollback (once no newer code runs).
+
+    Example: ``app_hosts(hs)`` -> ``["app1.example.org", "app2.example.org"]``
+    """
+    return [ref.name for ref in hs.topology.carrying("app")]
+
+
+def runs_beat(hs: HostSettings) -> bool:
+    """Whether this host runs Celery beat: the first app host (see :func:`app_hosts`)."""
+    return app_hosts(hs)[:1] == [hs.name]
+
+
 def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     """How a release replaces the API (health-checked, then given the traffic), the worker
     (answers a Celery ping before the old one gets its warm shutdown) and beat (one at a time,
@@ -338,8 +354,8 @@ def release_units(hs: HostSettings) -> list[ReleaseUnit]:
         ReleaseUnit(names["backend"], SERVE, HttpProbe(hs.stack.backend.port, "/health"),
                     STOP_GRACE["backend"], traffic="backend"),
         ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"]),
-        ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"]),
-    ]
+    ] + ([ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"])]
+         if runs_beat(hs) else [])
 
 
 # --- systemd layout ----------------------------------------------------------------------------
@@ -431,10 +447,11 @@ def slot_ports(hs: HostSettings, port: int) -> dict[str, int]:
     """The port each release slot of this layout gives a service whose port is ``port``
     (one slot, ``port`` itself, where instances share a name instead).
 
-    Example (systemd): ``slot_ports(hs, 8000)`` -> ``{"blue": 8000, "green": 8010}``
+    Example (systemd): ``slot_ports(hs, 8000)`` -> ``{"blue": 8000, "green": 8010}``; docker,
+    reached from another host: ``{"a": 8000, "b": 8001}`` (a range of published ports)
     """
-    return ({slot: port + i * SLOT_PORT_STEP for i, slot in enumerate(hs.layout.release_slots)}
-            or {"": port})
+    slots = hs.layout.release_slots_on(hs)
+    return {slot: port + i * hs.layout.release_port_step for i, slot in enumerate(slots)} or {"": port}
 
 
 def slot_env_files(hs: HostSettings) -> list[RenderedFile]:

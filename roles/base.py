@@ -72,6 +72,18 @@ def firewall_peers(hs: HostSettings) -> list[str]:
     )
 
 
+def data_store_access(hs: HostSettings) -> tuple[list[int], list[str]]:
+    """PostgreSQL's and Redis' ports on this host and the only peers allowed to them: the app
+    hosts (other hosts of the stack are dropped like outsiders); nothing to restrict on a host
+    without them or without peers. Example: ``([5432, 6379], ["10.0.0.22", "10.0.0.25"])``
+    """
+    ports = [port for role, port in (("db", hs.stack.postgres.port), ("redis", hs.stack.redis.port))
+             if hs.has_role(role)]
+    clients = sorted(app.address for app in hs.peers("app")
+                     if app.name != hs.name and isinstance(_ip(app.address), ipaddress.IPv4Address))
+    return (ports, clients) if ports and firewall_peers(hs) else ([], [])
+
+
 def _ip(text: str):
     try:
         return ipaddress.ip_address(text)
@@ -81,7 +93,9 @@ def _ip(text: str):
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     out = [
-        RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs)),
+        RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs),
+                                             data_store_ports=data_store_access(hs)[0],
+                                             data_store_clients=data_store_access(hs)[1]),
                      "base", reactions=(UnitReload(FIREWALL_UNIT),)),
         RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}", static("base/rsdeploy-firewall.service"),
                      "base", reactions=(UnitReload(FIREWALL_UNIT),)),

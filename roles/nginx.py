@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +23,7 @@ from pydantic import Field
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from roles.tls import ACME_WEBROOT, certificate_paths
 from rsdeploy import apply
@@ -163,6 +164,49 @@ def traffic_pins(targets: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The proxy targets a release moves: each names the app service nginx sends it to.
+TRAFFIC = ("backend", "frontend")
+
+
+def balances_app_hosts(hs: HostSettings) -> bool:
+    """Whether this web host reaches the app on other hosts (by their private addresses): one
+    upstream per proxy target, one pin file per app host in it, instead of variables."""
+    return applies(hs) and not hs.has_role("app")
+
+
+def upstream_pin_file(hs: HostSettings, app_host: str, traffic: str) -> str:
+    """The host file naming where ``app_host``'s ``traffic`` (backend, frontend) is served now:
+    the release procedure on that app host rewrites it when it switches; the deploy creates it
+    (see :func:`create_upstream_pins`) and never renders nor prunes it.
+
+    Example: ``upstream_pin_file(web, "app1", "backend")`` ->
+    ``"/var/lib/residency-scheduler/traffic/app1.backend.upstream"``
+    """
+    return f"{host_traffic_dir(hs)}/{app_host}.{traffic}.upstream"
+
+
+def upstream_pin(target: str) -> str:
+    """An upstream pin file's text: one ``server`` line. Example: ``upstream_pin("10.0.0.22:8001")``"""
+    return ("# Where this app host serves the current release (written by rsdeploy when it "
+            "switches a\n# release; nginx reads it at its next reload). Do not edit.\n"
+            f"server {target} max_fails=1 fail_timeout=5s;\n")
+
+
+def pinned_targets(text: str) -> set[str]:
+    """The targets named by traffic pins or upstream pin files (``text``: their contents)."""
+    return set(re.findall(r'^set \$rs_\w+ "([^"]+)";', text, re.MULTILINE)
+               + re.findall(r"^server (\S+)", text, re.MULTILINE))
+
+
+def default_upstream_targets(hs: HostSettings) -> dict[tuple[str, str], str]:
+    """Each app host's targets before its first release switch: the configured ports.
+
+    Example: ``{("app1", "backend"): "10.0.0.22:8000", ("app1", "frontend"): "10.0.0.22:3000"}``
+    """
+    return {(app.name, traffic): f"{app.address}:{getattr(app.stack, traffic).port}"
+            for app in hs.peers("app") for traffic in TRAFFIC}
+
+
 def maintenance_dir(hs: HostSettings) -> str:
     """The maintenance directory as nginx sees it (docker: the host's, mounted read-only).
 
@@ -214,13 +258,20 @@ def _proxy_targets(hs: HostSettings) -> dict:
     address and port (an IP needs no resolver; a host name needs ``nginx.resolver``).
     """
     stack = hs.stack
+    if balances_app_hosts(hs):
+        upstreams = {f"rs_{traffic}": [
+            hs.layout.data_dir(f"{CONTAINER_TRAFFIC_DIR}/{app.name}.{traffic}.upstream",
+                               upstream_pin_file(hs, app.name, traffic))
+            for app in hs.peers("app")] for traffic in TRAFFIC}
+        return {"upstreams": upstreams, "upstream_variables": {}, "resolver": None,
+                "backend": "rs_backend", "frontend": "rs_frontend"}
     addresses = {
         "rs_backend": f"{hs.endpoint('app', 'backend')}:{stack.backend.port}",
         "rs_frontend": f"{hs.endpoint('app', 'frontend')}:{stack.frontend.port}",
     }
     resolver = ("127.0.0.11" if hs.layout.runs_in_containers  # Docker's embedded DNS
                 else _resolver_address(stack.nginx.resolver))
-    return {"upstream_variables": addresses, "resolver": resolver,
+    return {"upstreams": {}, "upstream_variables": addresses, "resolver": resolver,
             "backend": "$rs_backend", "frontend": "$rs_frontend"}
 
 
@@ -343,6 +394,10 @@ def build_validation_root(tree: Path, hs: HostSettings, root: Path) -> list[str]
     for directory in ("var/log/nginx", "run"):
         (root / directory).mkdir(parents=True)
     _dummy_certificate(root, hs)
+    for upstream in _proxy_targets(hs)["upstreams"].values():  # the deploy creates them
+        for path, target in zip(upstream, default_upstream_targets(hs).values()):
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text(upstream_pin(target))
     return _adapt_to_local_nginx(root)
 
 
@@ -450,6 +505,23 @@ def create_traffic_dir(hs: HostSettings) -> None:
     """
     files.directory(name=f"Create {host_traffic_dir(hs)} (the release's traffic pins)",
                     path=host_traffic_dir(hs), mode="755", user="root", group="root")
+
+
+@deploy("Create the app hosts' upstream pins")
+def create_upstream_pins(hs: HostSettings) -> None:
+    """The pin file of each app host and proxy target (see :func:`upstream_pin_file`), naming
+    the configured port until the host's first release switch rewrites it; an existing one is
+    left as the last switch wrote it.
+
+    Example: ``nginx.create_upstream_pins(hs)``
+    """
+    for (app_host, traffic), target in default_upstream_targets(hs).items():
+        path = upstream_pin_file(hs, app_host, traffic)
+        if host.get_fact(File, path=path):
+            continue
+        server.shell(name=f"Create {path} ({app_host}'s {traffic}, until its first release)",
+                     commands=[f"test -e {shlex.quote(path)} || printf '%s' "
+                               f"{shlex.quote(upstream_pin(target))} > {shlex.quote(path)}"])
 
 
 @deploy("Switch maintenance mode")

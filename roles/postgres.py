@@ -92,9 +92,8 @@ def hba_address(address: str) -> str:
 
 
 def app_client_addresses(hs: HostSettings) -> list[str]:
-    """pg_hba addresses of the app host when it is another host (else loopback covers it)."""
-    app = hs.peer("app")
-    return [] if app.name == hs.name else [hba_address(app.address)]
+    """pg_hba addresses of the app hosts other than this one (loopback covers this one)."""
+    return [hba_address(app.address) for app in hs.peers("app") if app.name != hs.name]
 
 
 def listen_addresses(hs: HostSettings) -> str:

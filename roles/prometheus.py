@@ -118,9 +118,10 @@ def _monitoring_service(hs: HostSettings, component: str, port: int) -> list[Tar
 
 
 def _backend_targets(hs: HostSettings) -> list[Target]:
-    """The backend of each release slot (one target where instances share a name)."""
-    app = hs.peer("app")
+    """The backend of each app host and release slot (one target per host where instances
+    share a name)."""
     return [Target(hs.reach(app.name, "backend", port), app.name, slot)
+            for app in hs.peers("app")
             for slot, port in slot_ports(app, app.stack.backend.port).items()]
 
 

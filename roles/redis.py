@@ -76,7 +76,7 @@ def bind_addresses(hs: HostSettings) -> str:
     """
     if hs.layout.runs_in_containers:  # what Compose publishes decides who else reaches it
         return "* -::*"
-    if hs.peer("app").name == hs.name:
+    if [app.name for app in hs.peers("app")] == [hs.name]:
         return "127.0.0.1 -::1"
     ipaddress.ip_address(hs.address)  # bind needs an address, not a name: fail at render time
     return f"127.0.0.1 -::1 {hs.address}"

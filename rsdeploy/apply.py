@@ -121,18 +121,20 @@ def upload(hs: HostSettings, rendered: Iterable[RenderedFile]) -> dict[str, obje
 
     Example: ``metas = apply.upload(hs, nginx.render(hs))``
     """
+    # Plain files, then secrets: one order on every host (hosts with other roles interleave the
+    # two kinds differently, and pyinfra orders an operation by its position in the code).
+    rendered = list(rendered)
     metas = {}
-    for f in rendered:
-        if f.secret:
-            metas[f.path] = secret_file(
-                name=f"Install secret {f.path}", content=f.content, dest=f.path,
-                user=f.owner, group=f.group, staging=staging_dir(hs),
-            )
-        else:
-            metas[f.path] = files.put(
-                name=f"Upload {f.path}", src=StringIO(f.content), dest=f.path,
-                user=f.owner, group=f.group, mode=f.mode,
-            )
+    for f in (f for f in rendered if not f.secret):
+        metas[f.path] = files.put(
+            name=f"Upload {f.path}", src=StringIO(f.content), dest=f.path,
+            user=f.owner, group=f.group, mode=f.mode,
+        )
+    for f in (f for f in rendered if f.secret):
+        metas[f.path] = secret_file(
+            name=f"Install secret {f.path}", content=f.content, dest=f.path,
+            user=f.owner, group=f.group, staging=staging_dir(hs),
+        )
     return metas
 
 
@@ -201,7 +203,10 @@ def react_on_host(wanted: dict[Reaction, list]) -> None:
 
     Example: ``apply.react_on_host(apply.reactions(rendered, metas))``
     """
-    for reaction, gates in wanted.items():
+    # One kind after the other: the same order of operations on hosts with other reactions.
+    kinds = (HostCommand, UnitReload, UnitRestart)
+    for reaction, gates in sorted(((r, g) for r, g in wanted.items() if isinstance(r, kinds)),
+                                  key=lambda item: kinds.index(type(item[0]))):
         changed = any_changed(*gates)
         if isinstance(reaction, HostCommand):
             server.shell(name=f"Run {reaction.target} (its files changed)",

@@ -133,8 +133,11 @@ def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
     if args.secrets:
         env[FILE_ENV] = str(Path(args.secrets).resolve())
     # --dry shows pyinfra's detected changes and stops; -y (no prompt) would skip detecting them.
+    # --fail-percent 0: a host failing an operation stops every host after that operation, so
+    # the stages after it (the app after its database, the web host after the app) never run.
     command = [sys.executable, "-m", "pyinfra", *([] if args.dry else ["-y"]),
-               str(Path(args.inventory).resolve()), str(DEPLOYS_DIR / deploy_file)]
+               str(Path(args.inventory).resolve()), str(DEPLOYS_DIR / deploy_file),
+               "--fail-percent", "0"]
     for key, value in data.items():  # JSON: pyinfra reads 1.0, true or [..] as such, not text
         command += ["--data", f"{key}={json.dumps(value)}"]
     if args.host:
@@ -183,8 +186,9 @@ def cmd_rollback(args) -> int:
     hosts = _selected(args)
     target = args.to
     if target is None:
+        app_hosts = {name: hs for name, hs in hosts.items() if hs.has_role("app")}  # the released
         found = {name: release.previous_good(attempts)
-                 for name, attempts in host_history(hosts).items()}
+                 for name, attempts in host_history(app_hosts).items()}
         targets = set(found.values())
         if None in targets:
             missing = [name for name, tag in found.items() if tag is None]
@@ -213,6 +217,10 @@ def cmd_releases(args) -> int:
     return 0
 
 
+#: The private keys SSH clients look for in ~/.ssh when none is named.
+SSH_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
 def ssh_config(hosts: dict) -> str:
     """An OpenSSH client config reaching each inventory host as pyinfra does (for testinfra)."""
     lines = []
@@ -223,6 +231,14 @@ def ssh_config(hosts: dict) -> str:
                             ("ssh_known_hosts_file", "UserKnownHostsFile")):
             if c.get(key):
                 lines.append(f"  {option} {c[key]}")
+        # pyinfra's defaults are under $HOME/.ssh; OpenSSH's under the passwd entry's home: the
+        # same files for both (a CI job puts its key and pinned host keys in a home of its own).
+        home_ssh = Path(os.path.expanduser("~/.ssh"))
+        if not c.get("ssh_key"):
+            lines += [f"  IdentityFile {home_ssh / name}" for name in SSH_KEY_NAMES
+                      if (home_ssh / name).exists()]
+        if not c.get("ssh_known_hosts_file"):
+            lines.append(f"  UserKnownHostsFile {home_ssh / 'known_hosts'}")
         strict = c.get("ssh_strict_host_key_checking", "yes")
         lines += [f"  StrictHostKeyChecking {strict}", "  BatchMode yes", ""]
     return "\n".join(lines)
@@ -238,13 +254,27 @@ def cmd_verify(args) -> int:
         config.flush()
         command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "verify"),
                    "-p", "no:cacheprovider", "-q", f"--rs-inventory={Path(args.inventory).resolve()}",
-                   "--hosts=" + ",".join(f"ssh://{name}" for name in hosts),
                    f"--ssh-config={config.name}", *(["--sudo"] if sudo else []),
                    *([f"--rs-version={args.version}"] if args.version is not None else [])]
         env = dict(os.environ)
         if args.secrets:
             env["RS_SECRETS_FILE"] = str(Path(args.secrets).resolve())
-        return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+        if len(hosts) == 1:
+            return subprocess.run([*command, f"--hosts=ssh://{next(iter(hosts))}"], cwd=REPO_ROOT,
+                                  env=env).returncode
+        # Every host at once, one suite run each; their reports one after the other.
+        runs = {name: subprocess.Popen([*command, f"--hosts=ssh://{name}"], cwd=REPO_ROOT, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for name in hosts}
+        codes = {}
+        for name, proc in runs.items():
+            output, _ = proc.communicate()
+            codes[name] = proc.returncode
+            print(f"--- {name} ---\n{output.rstrip()}", flush=True)
+        failed = [name for name, code in codes.items() if code]
+        if failed:
+            print(f"rsdeploy: verify failed on {', '.join(failed)}", file=sys.stderr)
+        return max(codes.values())
 
 
 def cmd_maintenance(args) -> int:

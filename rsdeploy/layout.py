@@ -178,6 +178,15 @@ class Layout(ABC):
     #: The slots a release of the app runs in, each with its own ports (the first slot the
     #: configured ones, the next ones further up); none where instances of a service share a name.
     release_slots: tuple[str, ...] = ()
+    #: Between the ports of two release slots (a slot's port: the configured one + i * step).
+    release_port_step: int = 0
+
+    def release_slots_on(self, hs: HostSettings) -> tuple[str, ...]:
+        """The slots the app's instances take ports in on ``hs``: the layout's own, by default.
+
+        Example: ``hs.layout.release_slots_on(hs)`` -> ``("blue", "green")``
+        """
+        return self.release_slots
 
     # where ---------------------------------------------------------------------------------------
 

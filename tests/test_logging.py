@@ -408,6 +408,7 @@ def test_every_host_ships_logs_to_the_monitoring_host_no_offline_alloy():
     assert urls == {
         "db1.example.org": "http://10.0.0.24:3100/loki/api/v1/push",
         "app1.example.org": "http://10.0.0.24:3100/loki/api/v1/push",
+        "app2.example.org": "http://10.0.0.24:3100/loki/api/v1/push",
         "web1.example.org": "http://10.0.0.24:3100/loki/api/v1/push",
         "mon1.example.org": "http://loki:3100/loki/api/v1/push",
     }

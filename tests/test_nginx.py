@@ -323,8 +323,13 @@ def test_upstreams_per_layout_and_topology():
     assert 'set $rs_backend "backend:8000";' in docker["/etc/nginx/conf.d/residency-scheduler.conf"]
     assert "resolver 127.0.0.11 " in docker["/etc/nginx/conf.d/residency-scheduler.conf"]
     multi = site(web_host("example_multi"))[1]["/etc/nginx/conf.d/residency-scheduler.conf"]
-    assert 'set $rs_backend "10.0.0.22:8000";' in multi  # the app host's address
-    assert 'set $rs_frontend "10.0.0.22:3000";' in multi
+    # Two app hosts: one upstream per target, a pin file per app host that its release rewrites.
+    assert ("upstream rs_backend {\n"
+            '    include "/etc/nginx/traffic/app1.example.org.backend.upstream";\n'
+            '    include "/etc/nginx/traffic/app2.example.org.backend.upstream";\n}') in multi
+    assert "upstream rs_frontend {" in multi
+    assert "proxy_pass http://rs_backend;" in multi and "proxy_pass http://rs_frontend;" in multi
+    assert "$rs_backend" not in multi and "resolver" not in multi
     systemd = site(web_host("example_systemd"))[1]["/etc/nginx/conf.d/residency-scheduler.conf"]
     # the first release slot by default; the release's pins name the serving slot
     assert 'set $rs_backend "127.0.0.1:8000";' in systemd

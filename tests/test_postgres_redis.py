@@ -313,3 +313,24 @@ def test_daemon_json_static_no_offline_dockerd_validate():
     assert daemon == {"live-restore": True, "log-driver": "json-file",
                       "log-opts": {"max-file": "3", "max-size": "10m"}}
     assert docker_engine.DAEMON_JSON not in rendered("example_systemd")["rs1.example.org"][1]
+
+
+def test_only_app_hosts_reach_the_data_stores_through_the_firewall(tmp_path):
+    """The db host's nftables file (checked by nft -c): PostgreSQL's and Redis' ports are
+    dropped for every source but the app hosts, on the host's own input (native services) and
+    on the ports Docker publishes (DNAT-ed, the forward path); other published ports are the
+    stack's hosts' only."""
+    rendered = render_example("example_multi", tmp_path)
+    hs, files = rendered["db1.example.org"]
+    text = next(f.content for f in files if f.path.endswith("firewall.nft"))
+    assert "elements = { 10.0.0.22, 10.0.0.25 }" in text  # app1, app2: not web, not monitoring
+    assert "tcp dport { 5432, 6379 } ip saddr != @data_store_clients drop" in text
+    assert ("ct status dnat ct original proto-dst { 5432, 6379 } ip saddr != @data_store_clients "
+            "drop") in text
+    assert "ct original proto-dst != { 22, 80, 443 } ip saddr != @stack_peers drop" in text
+    if shutil.which("nft"):
+        check = subprocess.run(["nft", "-c", "-f", str(tmp_path / "db1.example.org/etc/rsdeploy/firewall.nft")],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    web_files = rendered["web1.example.org"][1]
+    assert "data_store_clients" not in next(f.content for f in web_files if f.path.endswith("firewall.nft"))

@@ -145,10 +145,19 @@ def test_multi_host_scrapes_other_hosts_by_address_with_inventory_instances(rend
     targets = _targets(_scrape_config(rendered["root"], name, hs))
     assert targets["node"] == {"db1.example.org": "10.0.0.21:9100",
                                "app1.example.org": "10.0.0.22:9100",
+                               "app2.example.org": "10.0.0.25:9100",
                                "web1.example.org": "10.0.0.23:9100",
                                "mon1.example.org": "172.30.0.1:9100"}
     assert targets["cadvisor"]["web1.example.org"] == "10.0.0.23:8080"
-    assert targets["backend"] == {"app1.example.org": "10.0.0.22:8000"}
+    # Every app host, on both ports of its published range (a release's new instance takes the
+    # one the serving instance does not); BackendDown takes the best of a host's two.
+    backend = [(sc["labels"]["instance"], sc["labels"]["slot"], sc["targets"][0])
+               for job in _scrape_config(rendered["root"], name, hs)["scrape_configs"]
+               if job["job_name"] == "backend" for sc in job["static_configs"]]
+    assert backend == [("app1.example.org", "a", "10.0.0.22:8000"),
+                       ("app1.example.org", "b", "10.0.0.22:8001"),
+                       ("app2.example.org", "a", "10.0.0.25:8000"),
+                       ("app2.example.org", "b", "10.0.0.25:8001")]
     assert targets["postgres"] == {"db1.example.org": "10.0.0.21:9187"}
     assert targets["redis"] == {"db1.example.org": "10.0.0.21:9121"}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from roles import backend, postgres
 from rsdeploy.cli import main
 from rsdeploy.stack import load_inventory
 from rsdeploy.secrets import load_secrets
@@ -131,6 +132,27 @@ def test_two_hosts_claiming_one_role(tmp_path, capsys):
                     "residency = ([('a', {}), ('b', {'roles': ['db']})], stack)\n")
     code, err = run_check(capsys, path)
     assert code == 2 and f"{path}: host b: roles: role db is already carried by host a" in err
+
+
+def test_several_app_hosts_need_a_web_host_of_their_own(tmp_path, capsys):
+    path = tmp_path / "apps.py"
+    path.write_text(f"stack = {GOOD_STACK!r}\n"
+                    "residency = ([('a', {'roles': ['db', 'redis', 'app', 'web'], 'address': '10.0.0.1'}),"
+                    " ('b', {'roles': ['app'], 'address': '10.0.0.2'})], stack)\n")
+    code, err = run_check(capsys, path)
+    assert code == 2 and f"{path}: host a: roles: carries web and app while 2 hosts carry app" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_several_app_hosts_share_out_the_app():
+    hosts = load_example("example_multi")
+    apps = [hs for hs in hosts.values() if hs.has_role("app")]
+    assert [hs.name for hs in apps] == backend.app_hosts(apps[0]) == ["app1.example.org",
+                                                                      "app2.example.org"]
+    # Celery beat and the forward migration on the first; every app host in pg_hba.
+    assert [backend.runs_beat(hs) for hs in apps] == [True, False]
+    assert [u.service for u in backend.release_units(apps[1])] == ["backend", "celery-worker"]
+    assert postgres.app_client_addresses(hosts["db1.example.org"]) == ["10.0.0.22/32", "10.0.0.25/32"]
 
 
 def test_hosts_of_one_stack_must_share_layout(tmp_path, capsys):

@@ -31,6 +31,7 @@ from rsdeploy.stack.docker import DockerLayout
 from rsdeploy.stack.settings import (
     SINGLE_HOST_ROLES,
     StackSettings,
+    check_app_hosts,
     check_ports,
     check_roles,
     for_host,
@@ -48,7 +49,7 @@ STACK = StackModel(
     settings=StackSettings,
     layouts={"docker": DockerLayout(), "systemd": SystemdLayout()},
     single_host_roles=SINGLE_HOST_ROLES,
-    checks=(check_ports, check_roles, check_app_delivery),
+    checks=(check_ports, check_app_hosts, check_roles, check_app_delivery),
 )
 
 #: Set by the rsdeploy CLI for the pyinfra process: the inventory file, for relative paths and

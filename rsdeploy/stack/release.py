@@ -24,6 +24,12 @@ The story of one switch, top to bottom:
 Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
 instances, new instances removed, the pins removed, the old beat started again, a migration of this attempt downgraded.
 The old release keeps serving and the attempt is recorded as failed with its reason.
+
+Several app hosts (a web host of their own balances across them): they switch one at a time in
+inventory order (:class:`Turns`), each moving its own pin files in the web host's upstreams
+(over the web host's connection), so the others keep serving meanwhile. The first app host
+migrates the database forward; on a rollback the last one downgrades it, once no newer code
+runs anywhere. One refused stops the rollout: the hosts after it keep their release.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from gevent.event import Event
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
@@ -97,11 +104,39 @@ def switch(hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
     due = [f"{', '.join(down)} not running"] if down else []
     if [line.strip() for line in serving] != [hs.stack.version]:
         due.append(f"the host serves {serving[0].strip() if serving else 'no release'}")
+    runs = (lambda: True) if due else any_changed(*gates, *delivered)
+    _turns.runs[hs.name] = runs
     python.call(
         name=f"Switch the release to {hs.stack.version} (new instances beside the old, "
              "health-gated, then the traffic)" + (f": {'; '.join(due)}" if due else ""),
-        function=switch_release, hs=hs, kind=kind,
-        **({} if due else {"_if": any_changed(*gates, *delivered)}))
+        function=switch_release, hs=hs, kind=kind, **({} if due else {"_if": runs}))
+
+
+class Turns:
+    """Several app hosts switch one at a time, in inventory order, while nginx keeps the others
+    serving: each waits for the app hosts before it whose switch runs; one refused stops the
+    rollout there (the hosts after it keep the release they serve)."""
+
+    def __init__(self):
+        self.runs: dict[str, Callable[[], bool]] = {}  # host -> whether its switch runs
+        self.done: dict[str, Event] = {}
+        self.refused: dict[str, str] = {}  # host -> why
+
+    def wait(self, state: State, hs: HostSettings) -> str | None:
+        """Wait for this host's turn; the app host that stopped the rollout, if one did."""
+        active = {h.name for h in state.inventory.get_active_hosts()}
+        for name in backend.app_hosts(hs)[:backend.app_hosts(hs).index(hs.name)]:
+            if name in active and self.runs.get(name, lambda: False)():
+                self.event(name).wait()
+            if name in self.refused:
+                return name
+        return None
+
+    def event(self, name: str) -> Event:
+        return self.done.setdefault(name, Event())
+
+
+_turns = Turns()
 
 
 class Refused(Exception):
@@ -117,6 +152,7 @@ class Switch:
     rh: ReleaseHost  # the layout's release primitives
     say: Callable[..., None]
     attempt: Attempt
+    web: WebServer | None = None  # nginx, where it reaches this host's app; None: no web server
     undo: list = field(default_factory=list)  # callables, most recent last
 
     # --- 1. leftovers --------------------------------------------------------------------------
@@ -185,8 +221,16 @@ class Switch:
         self.attempt.revision_before = self.attempt.revision_after = current
         if head is None or current == head:
             return None
+        app_hosts = backend.app_hosts(self.hs)
         if current is not None and current not in known:
+            if app_hosts[-1] != self.hs.name:
+                self.say(f"the database stays at {current} until {app_hosts[-1]} switches (the "
+                         "last app host: no newer code runs then)")
+                return None
             return head
+        if app_hosts[0] != self.hs.name:
+            raise Refused(f"the database is at {current or 'empty'}, behind {head}: the first app "
+                          f"host, {app_hosts[0]}, migrates it (deploy there first)")
         self.backup()
         self.say(f"migrating the database {current or 'empty'} -> {head} "
                  "(the old release keeps serving)")
@@ -325,29 +369,26 @@ class Switch:
 
     def pin(self, targets: dict[str, str], reason: str) -> None:
         """Point the web server at ``targets`` and reload it gracefully."""
-        text = nginx.traffic_pins(targets)
-        path = f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}"
-        ok, output = self.rh.shell(f"printf '%s' {shlex.quote(text)} > {shlex.quote(path)}.new && "
-                                   f"mv -f {shlex.quote(path)}.new {shlex.quote(path)}")
-        if ok:
-            ok, output = self.rh.reload_web()
+        ok, output = self.web.pin(targets)
         if not ok:
-            self.show("nginx did not take the new targets", output)
-            raise Refused(f"nginx refused the new targets: {_tail(output, 1)}")
-        self.say(f"traffic {reason}: {', '.join(f'{k} -> {v}' for k, v in sorted(targets.items()))}")
+            self.show(f"nginx on {self.web.hs.name} did not take the new targets", output)
+            raise Refused(f"nginx on {self.web.hs.name} refused the new targets: {_tail(output, 1)}")
+        where = "" if self.web.hs.name == self.hs.name else f" (nginx on {self.web.hs.name})"
+        self.say(f"traffic {reason}{where}: "
+                 + ", ".join(f"{k} -> {v}" for k, v in sorted(targets.items())))
 
     def hold_traffic(self, serving: list[ReleaseUnit], live: dict) -> None:
         """Pin the web server to the old instances before new ones join the network (the
         service's name would soon resolve to both)."""
         old = {u.traffic: self.rh.proxy_target(live[u.service], u.probe.port)
                for u in serving if u.service in live}
-        if old and nginx.applies(self.hs):
+        if old and self.web is not None:
             self.pin(old, "held on the serving release")
             self.undo.append(self.release_traffic)
 
     def switch_traffic(self, serving: list[ReleaseUnit], live: dict, new: dict) -> None:
         """Pin the web server to the new instances (the old ones finish what they serve)."""
-        if not serving or not nginx.applies(self.hs):
+        if not serving or self.web is None:
             return
         old_targets = {u.traffic: self.rh.proxy_target(live[u.service], u.probe.port)
                        for u in serving if u.service in live}
@@ -361,12 +402,9 @@ class Switch:
         """Remove the pins once one instance of each service is left: nginx goes back to the
         services' names, so the project stays usable with plain Compose commands. Where
         instances are reached by their own address (release slots), the pins stay."""
-        if not nginx.applies(self.hs) or not self.rh.reached_by_name:
+        if self.web is None or not self.rh.reached_by_name:
             return
-        path = shlex.quote(f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}")
-        ok, output = self.rh.shell(f"rm -f {path}")
-        if ok:
-            ok, output = self.rh.reload_web()
+        ok, output = self.web.unpin()
         if not ok:
             self.show("nginx did not reload without the pins", output)
             raise Refused(f"nginx did not reload without the pins: {_tail(output, 1)}")
@@ -424,6 +462,47 @@ class Switch:
             except Refused as exc:
                 self.say(f"could not undo a step: {exc}", error=True)
         self.undo.clear()
+
+
+class WebServer:
+    """nginx where it reaches one app host's instances: on that host, the traffic file of pins
+    (variables); on the web host, the app host's own upstream pin files. ``rh``: the release
+    primitives of the host nginx runs on (its shell, its graceful reload).
+
+    Example: ``WebServer(web_hs, app_hs, rh).pin({"backend": "10.0.0.22:8001"})``
+    """
+
+    def __init__(self, hs: HostSettings, app: HostSettings, rh: ReleaseHost):
+        self.hs, self.app, self.rh = hs, app, rh
+
+    def _files(self, targets: dict[str, str]) -> dict[str, str]:
+        if nginx.balances_app_hosts(self.hs):
+            return {nginx.upstream_pin_file(self.hs, self.app.name, traffic): nginx.upstream_pin(target)
+                    for traffic, target in targets.items()}
+        return {f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}": nginx.traffic_pins(targets)}
+
+    def pinned(self) -> set[str]:
+        """The targets nginx is pinned to for this app host now."""
+        paths = self._files(dict.fromkeys(nginx.TRAFFIC, ""))
+        _, text = self.rh.shell(f"cat {' '.join(shlex.quote(p) for p in paths)} 2>/dev/null || true")
+        return nginx.pinned_targets(text)
+
+    def pin(self, targets: dict[str, str]) -> tuple[bool, str]:
+        """Write the pins (each file renamed into place), then reload nginx gracefully."""
+        ok, output = True, ""
+        for path, text in self._files(targets).items():
+            quoted = shlex.quote(path)
+            ok, output = self.rh.shell(f"printf '%s' {shlex.quote(text)} > {quoted}.new && "
+                                       f"mv -f {quoted}.new {quoted}")
+            if not ok:
+                return ok, output
+        return self.rh.reload_web()
+
+    def unpin(self) -> tuple[bool, str]:
+        """Remove the pins (nginx finds the services by name again) and reload nginx."""
+        path = shlex.quote(f"{nginx.host_traffic_dir(self.hs)}/{nginx.TRAFFIC_FILE}")
+        ok, output = self.rh.shell(f"rm -f {path}")
+        return self.rh.reload_web() if ok else (ok, output)
 
 
 def _revision(text: str) -> str | None:
@@ -501,6 +580,28 @@ def prune(hs: HostSettings, history: list[dict], rh, say) -> None:
             say(f"removed the images of older releases: {', '.join(removed)}")
 
 
+def _shell_on(host: Host, connector: dict) -> Callable[[str], tuple[bool, str]]:
+    """``shell(command) -> (ok, output)`` on ``host`` (connected first when --limit left it out)."""
+    def shell(command: str) -> tuple[bool, str]:
+        if not host.connected:
+            host.connect(reason="to switch the release")
+        ok, output = host.run_shell_command(command, **connector)
+        return ok, output.stdout if ok else output.output
+    return shell
+
+
+def _web_server(state: State, hs: HostSettings, rh: ReleaseHost) -> WebServer | None:
+    """nginx where it reaches this host's app: here, or on the web host (over its own
+    connection); None when no host runs it."""
+    if nginx.applies(hs):
+        return WebServer(hs, hs, rh)
+    web = hs.peer("web")
+    if web is None or not nginx.applies(web):
+        return None
+    shell = _shell_on(state.inventory.get_host(web.name), _connector(host))
+    return WebServer(web, hs, web.layout.release_host(web, shell))
+
+
 def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> bool:
     """A pyinfra callback: switch this host to ``hs.stack.version`` (the module's story), or
     refuse and keep the old release serving. Records the attempt either way.
@@ -508,26 +609,36 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
     Example: ``python.call(name="Switch the release", function=switch_release, hs=hs,
     kind="deploy")``
     """
-    connector = _connector(host)
-
-    def shell(command: str) -> tuple[bool, str]:
-        ok, output = host.run_shell_command(command, **connector)
-        return ok, output.stdout if ok else output.output
+    shell = _shell_on(host, _connector(host))
 
     def say(line: str, error: bool = False) -> None:
         host.log_styled(line, fg="red" if error else None,
                         log_func=logger.error if error else logger.info)
 
+    try:
+        stopped = _turns.wait(state, hs)
+        if stopped is not None:
+            reason = f"not switched: the rollout stopped when {stopped} refused {hs.stack.version}"
+            say(f"{hs.name}: {reason}", error=True)
+            release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
+            _turns.refused[hs.name] = reason
+            return False
+        return _switch_release(state, hs, kind, shell, say)
+    finally:
+        _turns.event(hs.name).set()
+
+
+def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bool:
     rh = hs.layout.release_host(hs, shell)
+    web = _web_server(state, hs, rh)
     _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
     attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
                       started=release.now(), previous=previous.strip() or None)
-    switch = Switch(hs, rh, say, attempt)
+    switch = Switch(hs, rh, say, attempt, web)
     # Recorded as begun: an attempt cut off (Ctrl-C, a dropped connection) shows as unfinished.
     shell(release.append_command(hs, attempt))
     try:
-        _, pins = shell(f"cat {shlex.quote(nginx.host_traffic_dir(hs))}/*.conf 2>/dev/null || true")
-        switch.tidy(set(re.findall(r'"([^"]+)"', pins)))
+        switch.tidy(web.pinned() if web is not None else set())
         live = {service: group[-1] for service, group in rh.instances().items()}
         outdated = rh.outdated([u.service for u in units(hs) if u.service in live])
         changing = [u for u in units(hs) if u.service not in live or u.service in outdated
@@ -555,6 +666,7 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         switch.rollback()
         rh.restore_definition()
         record(hs, shell, attempt.finish(FAILED, str(exc)))
+        _turns.refused[hs.name] = str(exc)
         say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
         return False
     prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)

@@ -38,8 +38,8 @@ ROLE_MODULES: tuple[ModuleType, ...] = (
     roles.tls, roles.nginx, roles.prometheus, roles.alertmanager, roles.loki, roles.log_shipper,
     roles.grafana, roles.exporters, roles.backup, roles.status,
 )
-#: Roles that one host carries for now (several app hosts arrive with the many-hosts issue).
-SINGLE_HOST_ROLES = ROLES
+#: Roles one host carries at most: the app may run on several (nginx balances across them).
+SINGLE_HOST_ROLES = tuple(role for role in ROLES if role != "app")
 
 
 class StackSettings(BaseStackSettings):
@@ -86,6 +86,18 @@ def check_roles(hosts: dict[str, HostSettings], rules: SecretRules) -> None:
         for role in for_host(hs):
             if hasattr(role, "check"):
                 role.check(hs, rules)
+
+
+def check_app_hosts(hosts: dict[str, HostSettings], rules: SecretRules) -> None:
+    """Several app hosts are balanced by the web host over their private addresses: the web
+    host then carries no app of its own (its instances would be reached by name instead)."""
+    app_hosts = [hs for hs in hosts.values() if hs.has_role("app")]
+    for hs in app_hosts if len(app_hosts) > 1 else ():
+        if hs.has_role("web"):
+            raise SettingsError(hs.source, hs.name, "roles",
+                                f"carries web and app while {len(app_hosts)} hosts carry app: "
+                                "with several app hosts, nginx balances across them from a web "
+                                "host of its own (remove app or web from this host)")
 
 
 def check_ports(hosts: dict[str, HostSettings], rules: SecretRules) -> None:

@@ -27,6 +27,9 @@ from rsdeploy_dev.engine import ensure_engine
 FIRST_VERSION = "v1.0.0"
 SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
 #: The images only monitoring uses (RS_SANDBOX_MONITORING=off runs none of them).
+#: RS_SANDBOX_TOPOLOGY=split: db+redis, app, app, web+monitoring, and a fifth host outside the
+#: stack (a non-peer); the index of the web host.
+SPLIT_HOSTS, SPLIT_WEB_HOST = 5, 3
 MONITORING_IMAGES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter",
                      "redis-exporter")
 
@@ -60,10 +63,11 @@ class Site:
     """One sandbox stack: the operator's commands and a user's view of the site."""
 
     def __init__(self, sandbox, delivery: str, tls: str = "self-signed", monitoring: bool = True,
-                 layout: str = "docker"):
+                 layout: str = "docker", topology: str = "default"):
         self.sandbox, self.delivery, self.tls, self.monitoring = sandbox, delivery, tls, monitoring
-        self.layout = layout
-        self.host = sandbox.hosts[0]
+        self.layout, self.topology = layout, topology
+        # The web host: users reach the site through it (split: the fourth, web+monitoring).
+        self.host = sandbox.hosts[SPLIT_WEB_HOST if topology == "split" else 0]
         self.domain = f"{sandbox.prefix}.test"
 
     @property
@@ -76,7 +80,8 @@ class Site:
         return dict(os.environ, RS_SANDBOX_PREFIX=self.sandbox.prefix,
                     RS_SANDBOX_DELIVERY=self.delivery, RS_SANDBOX_TLS=self.tls,
                     RS_SANDBOX_MONITORING="on" if self.monitoring else "off",
-                    RS_SANDBOX_LAYOUT=self.layout)
+                    RS_SANDBOX_LAYOUT=self.layout, RS_SANDBOX_TOPOLOGY=self.topology,
+                    RS_SANDBOX_STACK_HOSTS=str(SPLIT_WEB_HOST + 1 if self.topology == "split" else ""))
 
     def settings(self):
         """The host's settings as the sandbox inventory gives them to this site's commands
@@ -179,20 +184,21 @@ def changed_inventory(tmp_path: Path, section: str, values: dict) -> Path:
 
 
 def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring: bool = True,
-               layout: str = "docker"):
+               layout: str = "docker", topology: str = "default"):
     """A fresh one-host sandbox with the stack's images where ``delivery`` needs them (build:
     the infra images and the base the app's Dockerfiles start FROM; the app is built on the host)
     and, for ``tls`` certbot, the sandbox's ACME server resolving the site's names to the host.
     Without ``monitoring`` the stack runs no monitoring, and its images stay on this machine.
-    The systemd ``layout`` uses no image: hosts install from Debian, PyPI and npm.
+    The systemd ``layout`` uses no image: hosts install from Debian, PyPI and npm. The split
+    ``topology`` spreads the stack over four hosts and keeps a fifth outside it.
     """
     wanted = [] if layout == "systemd" else [
         name for name in images.sandbox_images(delivery)
         if monitoring or name not in MONITORING_IMAGES]
     if wanted:
         images.build(wanted, [FIRST_VERSION])
-    with sandbox_module.session(prefix, 1) as sandbox:
-        site = Site(sandbox, delivery, tls, monitoring, layout)
+    with sandbox_module.session(prefix, SPLIT_HOSTS if topology == "split" else 1) as sandbox:
+        site = Site(sandbox, delivery, tls, monitoring, layout, topology)
         if tls == "certbot":
             sandbox_module.ensure_acme(sandbox.prefix, ensure_engine(),
                                        {name: site.host.address for name in site.domains})

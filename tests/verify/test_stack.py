@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from roles import alertmanager, prometheus
+from roles import alertmanager, nginx, prometheus
 from rsdeploy import release
 from rsdeploy.stack import render_host
 from tests.verify.conftest import settle
@@ -162,3 +162,29 @@ def test_recorded_version_is_the_requested_one(host, hs):
     recorded = host.file(release.version_file(hs)).content_string.strip()
     assert recorded == hs.stack.version, \
         f"{hs.name}: recorded version: expected {hs.stack.version}, found {recorded}"
+
+
+def _reaches(host, address: str, port: int) -> bool:
+    """Whether a TCP connection from ``host`` to ``address:port`` opens (4 s at most)."""
+    return host.run("timeout 4 bash -c %s", f"</dev/tcp/{address}/{port}").rc == 0
+
+
+def test_across_hosts_each_reaches_only_what_it_needs(host, hs):
+    """From this host: the app reaches the database and Redis on their hosts, nginx every app
+    host where it is pinned, and a host that is neither app nor data store reaches neither."""
+    wanted, unwanted = [], []
+    for role, port in (("db", hs.stack.postgres.port), ("redis", hs.stack.redis.port)):
+        store = hs.peer(role)
+        if store.name != hs.name and not hs.has_role(role):
+            (wanted if hs.has_role("app") else unwanted).append((role, store.address, port))
+    if nginx.balances_app_hosts(hs):
+        for (app, traffic), _ in nginx.default_upstream_targets(hs).items():
+            pins = host.check_output("cat %s", nginx.upstream_pin_file(hs, app, traffic))
+            wanted += [(f"{app} {traffic}", *target.rsplit(":", 1))
+                       for target in nginx.pinned_targets(pins)]
+    missing = [f"{what} at {address}:{port}" for what, address, port in wanted
+               if not _reaches(host, address, int(port))]
+    open_ = [f"{what} at {address}:{port}" for what, address, port in unwanted
+             if _reaches(host, address, int(port))]
+    assert not missing, f"{hs.name}: expected to reach {missing}, found them closed"
+    assert not open_, f"{hs.name}: expected no way to {open_} (not an app host), found them open"

@@ -32,6 +32,12 @@ class DockerLayout(Layout):
 
     name = "docker"
     runs_in_containers = True
+    # Published for another host, a service's instances share a range of host ports: Docker
+    # gives the one started beside the serving one the next port of the range.
+    release_port_step = 1
+
+    def release_slots_on(self, hs: HostSettings) -> tuple[str, ...]:
+        return ("a", "b") if project.app_published(hs) else ()
 
     def config_path(self, hs: HostSettings, component: str, name: str, native: str) -> str:
         return f"{hs.stack.paths.base_dir}/config/{component}/{name}"

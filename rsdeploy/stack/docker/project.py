@@ -94,7 +94,8 @@ def app_services(hs: HostSettings) -> list[str]:
     """The services of compose.yml on this host. Example: ``["db", "redis"]`` on a db host."""
     services = [name for name in ("db", "redis") if hs.has_role(name)]
     if hs.has_role("app"):
-        services += ["migrate", "backend", "celery-worker", "celery-beat", "frontend"]
+        services += ["migrate", "backend", "celery-worker",
+                     *(["celery-beat"] if backend.runs_beat(hs) else []), "frontend"]
     return services
 
 
@@ -183,8 +184,19 @@ def private_ports(hs: HostSettings) -> dict[str, list[str]]:
         "postgres-exporter": (s.exporters.postgres_exporter.port, ("monitoring",)),
         "redis-exporter": (s.exporters.redis_exporter.port, ("monitoring",)),
     }
-    return {service: [f"{address}:{port}:{port}"] if _needed_elsewhere(hs, *consumers) else []
-            for service, (port, consumers) in wanted.items()}
+    mappings = {service: [f"{address}:{port}:{port}"] if _needed_elsewhere(hs, *consumers) else []
+                for service, (port, consumers) in wanted.items()}
+    for service in ("backend", "frontend"):  # a range: the next instance beside the serving one
+        if mappings[service]:
+            ports = backend.slot_ports(hs, wanted[service][0]).values()
+            mappings[service] = [f"{address}:{min(ports)}-{max(ports)}:{wanted[service][0]}"]
+    return mappings
+
+
+def app_published(hs: HostSettings) -> bool:
+    """Whether another host reaches this host's app (the web or monitoring host): its
+    instances are published on the private address, each on its own port of a range."""
+    return hs.has_role("app") and _needed_elsewhere(hs, "web", "monitoring")
 
 
 def trusted_proxies(hs: HostSettings) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rsdeploy.release import CommandProbe, HttpProbe
@@ -45,6 +45,7 @@ class Instance:
     image_id: str
     address: str  # on the project network ("" when not running)
     revision: str  # the source commit its image was built from ("" when unlabelled)
+    published: dict[int, int] = field(default_factory=dict)  # host port by container port
 
 
 class DockerReleaseHost:
@@ -54,11 +55,11 @@ class DockerReleaseHost:
     Example: ``DockerReleaseHost(hs, shell).instances()["backend"][0].name``
     """
 
-    #: Docker's DNS finds the one container left by its service's name: pins go after a switch.
-    reached_by_name = True
-
     def __init__(self, hs: HostSettings, shell: Callable[[str], tuple[bool, str]]):
         self.hs, self.shell = hs, shell
+        # nginx on this host finds the one container left by its service's name (Docker's DNS):
+        # the pins go after a switch. Another host's nginx reaches each by its published port.
+        self.reached_by_name = hs.has_role("web")
 
     def _compose(self, *args: str) -> tuple[bool, str]:
         return self.shell(f"cd {shlex.quote(self.hs.stack.paths.base_dir)} && "
@@ -92,7 +93,7 @@ class DockerReleaseHost:
                 number=int(labels.get(NUMBER_LABEL, "0")), state=state,
                 image=container["Config"]["Image"],
                 image_id=container["Image"], address=address if state == "running" else "",
-                revision=labels.get(REVISION_LABEL, "")))
+                revision=labels.get(REVISION_LABEL, ""), published=_published(container)))
         return {service: sorted(found[service], key=lambda i: i.number) for service in found}
 
     def outdated(self, services: list[str]) -> set[str]:
@@ -113,8 +114,11 @@ class DockerReleaseHost:
         return f"{instance.address}:{port}"
 
     def proxy_target(self, instance: Instance, port: int) -> str:
-        """How the web server names ``instance`` (Docker's DNS resolves container names)."""
-        return f"{instance.name}:{port}"
+        """How the web server names ``instance``: by container name on this host (Docker's DNS),
+        by this host's private address and the instance's published port from another."""
+        if self.reached_by_name:
+            return f"{instance.name}:{port}"
+        return f"{self.hs.address}:{instance.published.get(port, port)}"
 
     # changes ----------------------------------------------------------------------------------
 
@@ -135,6 +139,8 @@ class DockerReleaseHost:
         new = {i.service: i for i in created if i.service in counts}
         if ok and new:
             ok, output = self.shell(shlex.join(["docker", "start", *(i.name for i in new.values())]))
+            # Started: Docker has given each its published port (the traffic pins name it).
+            new = {service: self.refresh(i) or i for service, i in new.items()}
         return ok, output, new
 
     def run_once(self, service: str, argv: list[str]) -> tuple[bool, str]:
@@ -235,3 +241,10 @@ class DockerReleaseHost:
         return self._compose("exec", "-T", "nginx", "sh", "-c", "nginx -t -q && kill -HUP 1")
 
 
+
+
+def _published(container: dict) -> dict[int, int]:
+    """The host port each container port is published on (``docker inspect``'s Ports)."""
+    ports = (container.get("NetworkSettings") or {}).get("Ports") or {}
+    return {int(spec.split("/")[0]): int(bindings[0]["HostPort"])
+            for spec, bindings in ports.items() if bindings}

@@ -14,7 +14,7 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 
-from roles import frontend, status
+from roles import backend, frontend, status
 from rsdeploy.layout import Layout
 from rsdeploy.stack.systemd import delivery, release, rollout
 
@@ -38,6 +38,7 @@ class SystemdLayout(Layout):
     name = "systemd"
     runs_in_containers = False
     release_slots = release.SLOTS
+    release_port_step = backend.SLOT_PORT_STEP
 
     def config_path(self, hs: HostSettings, component: str, name: str, native: str) -> str:
         return native
