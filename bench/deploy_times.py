@@ -1,12 +1,15 @@
-"""Time a rollout on a fresh sandbox host and print the figures.
+"""Time a rollout on fresh sandbox hosts and print the figures.
 
-    .venv/bin/python bench/deploy_times.py [--layout docker|systemd] [--delivery pull|build] [--keep]
+    .venv/bin/python bench/deploy_times.py [--layout docker|systemd] [--delivery pull|build]
+                                           [--hosts N] [--keep]
 
 Bootstrap, first deploy (docker: images pulled from the sandbox registry, or the app built on
 the host from its tagged source; systemd: Debian's services installed and the release built on
 the host), and a no-op re-run of each with its changed-operation count (0 is the target).
-Images are built and pushed first (not timed here: bench/sandbox_times.py times those). The host
-is removed afterwards unless --keep.
+Images are built and pushed first (not timed here: bench/sandbox_times.py times those). With
+``--hosts N`` (4 or more) the stack is split over N hosts (RS_SANDBOX_TOPOLOGY=split: db+redis,
+N-2 app hosts, web+monitoring); the memory each sandbox host uses after the no-op runs is printed
+too (how many hosts this machine can simulate). The hosts are removed afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
 from rsdeploy_dev import images, sandbox
+from rsdeploy_dev.engine import ensure_engine
 
 PREFIX = "rs-bench"
 VERSION = "v1.0.0"
@@ -27,7 +31,8 @@ VERSION = "v1.0.0"
 
 def timed(box, delivery: str, layout: str, *args: str) -> tuple[float, str]:
     env = dict(os.environ, **{sandbox.PREFIX_ENV: box.prefix, sandbox.LAYOUT_ENV: layout},
-               RS_SANDBOX_DELIVERY=delivery)
+               RS_SANDBOX_DELIVERY=delivery,
+               RS_SANDBOX_TOPOLOGY="split" if len(box.hosts) >= 4 else "default")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "rsdeploy.cli", *args,
                            "-i", str(REPO_ROOT / "inventories" / "sandbox.py"),
@@ -39,15 +44,26 @@ def timed(box, delivery: str, layout: str, *args: str) -> tuple[float, str]:
     return elapsed, proc.stdout + proc.stderr
 
 
+def memory_mib(container: str) -> float:
+    """The memory a sandbox host's container uses now, as ``docker stats`` counts it (its
+    cgroup's usage less the inactive page cache)."""
+    memory = ensure_engine().containers.get(container).stats(stream=False)["memory_stats"]
+    return (memory.get("usage", 0) - memory.get("stats", {}).get("inactive_file", 0)) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delivery", choices=["pull", "build"], default="pull",
                         help="how the app's images reach the host")
     parser.add_argument("--layout", choices=("docker", "systemd"), default="docker",
                         help="the sandbox's layout (default docker)")
-    parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
+    parser.add_argument("--hosts", type=int, default=1,
+                        help="sandbox hosts: 1, or 4 and more for the split topology")
+    parser.add_argument("--keep", action="store_true", help="keep the sandbox hosts afterwards")
     args = parser.parse_args()
-    box = sandbox.up(PREFIX if args.layout == "docker" else f"{PREFIX}-sysd", 1)
+    if args.hosts not in (1,) and args.hosts < 4:
+        parser.error("--hosts: 1, or 4 and more")
+    box = sandbox.up(PREFIX if args.layout == "docker" else f"{PREFIX}-sysd", args.hosts)
     try:
         if args.layout == "docker":
             wanted = images.sandbox_images(args.delivery)
@@ -61,6 +77,9 @@ def main() -> None:
         print(f"\n{'step':<24}{'seconds':>9}{'changed ops':>13}")
         for name, seconds, output in figures:
             print(f"{name:<24}{seconds:>9.1f}{changed_operations(output):>13}")
+        print(f"\n{len(box.hosts)} host(s); memory in use per host (cgroup, after the runs):")
+        for host in box.hosts:
+            print(f"  {host.name}: {memory_mib(host.name):.0f} MiB")
     finally:
         if not args.keep:
             sandbox.down(box.prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -70,3 +71,30 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.name == "verify" and collection_path.parent == Path(__file__).parent:
         return not config.getoption("rs_inventory")
     return None
+
+
+# --- the example CI pipelines (examples/ci) ---------------------------------------------------
+
+CI_EXAMPLES = REPO_ROOT / "examples" / "ci"
+#: The pipeline tools .ci/setup installs from .ci/npm/package-lock.json.
+CI_TOOLS = REPO_ROOT / ".ci" / "npm" / "node_modules"
+GITLAB_CI_LOCAL = CI_TOOLS / ".bin" / "gitlab-ci-local"
+
+
+def ops_repository(path: Path, inventories: dict[str, str] | None = None) -> Path:
+    """A git repository laid out as the examples' README says a user's is: the GitLab pipeline as
+    .gitlab-ci.yml, the GitHub workflow, ci/rsdeploy-ci.sh, ``inventories`` (name -> text)."""
+    (path / "ci").mkdir(parents=True)
+    (path / ".github" / "workflows").mkdir(parents=True)
+    (path / "inventories").mkdir()
+    shutil.copy(CI_EXAMPLES / "gitlab-ci.yml", path / ".gitlab-ci.yml")
+    shutil.copy(CI_EXAMPLES / "github-deploy.yml", path / ".github" / "workflows" / "deploy.yml")
+    shutil.copy(CI_EXAMPLES / "rsdeploy-ci.sh", path / "ci" / "rsdeploy-ci.sh")
+    for name, text in (inventories or {}).items():
+        (path / "inventories" / name).write_text(text)
+    git = ["git", "-C", str(path), "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
+    for command in (["init", "-q", "-b", "main"], ["remote", "add", "origin",
+                                                    "https://git.example.org/ops/residency.git"],
+                    ["add", "-A"], ["commit", "-qm", "inventories and pipelines"]):
+        subprocess.run(git + command, check=True, capture_output=True)
+    return path
