@@ -1,6 +1,6 @@
 """What users see while releases roll out: failed requests under a steady load, per release step.
 
-    .venv/bin/python bench/release_load.py [--layout docker|systemd] [--rate 20] [--tail 15] [--keep]
+    .venv/bin/python bench/release_load.py [--layout docker|systemd] [--split] [--rate 20] [--tail 15] [--keep]
 
 On a fresh one-host sandbox (``rs-rel-bench``, pull delivery, self-signed certificate; with
 ``--layout systemd`` ``rs-rel-bench-sysd``, the release built on the host): bootstrap
@@ -24,6 +24,8 @@ the failures before the command started (the site already down: the previous ste
 after it had returned (still down); then each step's failures by kind and status. Each
 command's output goes to ``out/release_load/<step>.log`` (never printed: nothing here shows a
 secret). The images are built and pushed first. The host is removed afterwards unless ``--keep``.
+With ``--split`` the stack runs on four hosts (``rs-rel-bench-split``: db+redis, two app hosts,
+web+monitoring) and the load goes through the web host; step 5 is left out.
 """
 
 from __future__ import annotations
@@ -78,13 +80,14 @@ class Site:
     """The sandbox site as the load reaches it, and its host's settings."""
 
     box: sandbox.Sandbox
-    hs: HostSettings
+    hs: HostSettings  # the web host's
     url: str
     ca_file: Path
 
     @property
     def host(self) -> str:
-        return self.box.hosts[0].name
+        """The web host (the last one: web+monitoring when split)."""
+        return self.box.hosts[-1].name
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -196,10 +199,11 @@ def wait_healthy(site: Site, seconds: float = 300) -> bool:
 # --- the bench -----------------------------------------------------------------------------------
 
 
-def prepare(versions: list[str], layout: str) -> Site:
-    """A fresh host with the stack at FIRST: images built and pushed (docker layout),
+def prepare(versions: list[str], layout: str, hosts: int) -> Site:
+    """Fresh hosts with the stack at FIRST: images built and pushed (docker layout),
     bootstrap, deploy."""
-    box = sandbox.up(os.environ[sandbox.PREFIX_ENV], 1)
+    box = sandbox.up(os.environ[sandbox.PREFIX_ENV], hosts)
+    web = box.hosts[-1]
     if layout == "docker":
         wanted = images.sandbox_images("pull")
         images.build(wanted, versions)
@@ -208,12 +212,12 @@ def prepare(versions: list[str], layout: str) -> Site:
                        (f"setup deploy {FIRST}", ["deploy", "--version", FIRST])]:
         if rsdeploy(step, *args):
             sys.exit(f"{step} failed: see {log_file(step)}")
-    hs = load_inventory(str(INVENTORY), str(box.paths.secrets))[box.hosts[0].name]
+    hs = load_inventory(str(INVENTORY), str(box.paths.secrets))[web.name]
     # The self-signed certificate the deploy made is the one CA the load trusts.
     ca_file = box.paths.root / "site.pem"
-    ca_file.write_text(box.ssh(box.hosts[0].name,
+    ca_file.write_text(box.ssh(web.name,
                                f"cat {shlex.quote(tls.host_certificate_paths(hs)[0])}").stdout)
-    site = Site(box, hs, f"https://127.0.0.1:{box.hosts[0].port(443)}", ca_file)
+    site = Site(box, hs, f"https://127.0.0.1:{web.port(443)}", ca_file)
     if not wait_healthy(site):
         sys.exit(f"the site never answered /health after deploying {FIRST}")
     return site
@@ -270,17 +274,21 @@ def main() -> None:
                         help="seconds of load after each command returns (default 15)")
     parser.add_argument("--layout", choices=("docker", "systemd"), default="docker",
                         help="the sandbox's layout (default docker)")
+    parser.add_argument("--split", action="store_true",
+                        help="four hosts (db+redis, two app hosts, web+monitoring): the app "
+                             "hosts switch one at a time behind nginx")
     parser.add_argument("--keep", action="store_true", help="keep the sandbox host afterwards")
     args = parser.parse_args()
-    prefix = PREFIX if args.layout == "docker" else f"{PREFIX}-sysd"
+    prefix = (PREFIX if args.layout == "docker" else f"{PREFIX}-sysd") + ("-split" if args.split else "")
     # The sandbox inventory reads these when it is loaded, here and in every rsdeploy run.
     os.environ.update({sandbox.PREFIX_ENV: prefix, "RS_SANDBOX_DELIVERY": "pull",
-                       sandbox.LAYOUT_ENV: args.layout})
+                       sandbox.LAYOUT_ENV: args.layout,
+                       "RS_SANDBOX_TOPOLOGY": "split" if args.split else "default"})
     versions = [v for v in (FIRST, NEXT, BROKEN, BAD_MIGRATION) if v in refapp.VERSIONS]
     try:
-        site = prepare(versions, args.layout)
+        site = prepare(versions, args.layout, 4 if args.split else 1)
         rows = release_steps(site, versions, args.rate, args.tail)
-        if args.layout == "docker":  # the guide's procedure is a Compose one
+        if args.layout == "docker" and not args.split:  # the guide's is one host's Compose
             rows.append(guide_step(site, args.rate, args.tail))
         print_table(rows)
     finally:

@@ -154,3 +154,24 @@ def test_the_step_script_names_what_is_missing(tmp_path):
     assert "RS_SSH_PRIVATE_KEY is not set (the CI secret store)" in proc.stderr
     proc, _ = run_script(tmp_path, "deploy")
     assert proc.returncode != 0 and "deploy needs a release tag" in proc.stderr
+
+
+def test_verify_reaches_hosts_with_the_jobs_own_key(tmp_path, monkeypatch):
+    """An inventory without ssh_key or known_hosts (as the pipelines' are): verify's SSH config
+    names the key and pinned host keys under $HOME/.ssh, where pyinfra found them (OpenSSH alone
+    would look in the passwd entry's home, not the job's)."""
+    from rsdeploy import cli
+    from tests.conftest import load_example
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("key")
+    monkeypatch.setenv("HOME", str(home))
+    hosts = load_example("example_docker")
+    for hs in hosts.values():
+        hs.connection.pop("ssh_key", None)
+        hs.connection.pop("ssh_known_hosts_file", None)
+    config = cli.ssh_config(hosts)
+    assert f"IdentityFile {home}/.ssh/id_ed25519" in config
+    assert f"UserKnownHostsFile {home}/.ssh/known_hosts" in config
+    assert "StrictHostKeyChecking yes" in config

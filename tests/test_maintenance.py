@@ -211,3 +211,10 @@ def test_plain_pyinfra_data_is_checked_like_any_setting():
         web_host("example_docker", maintenance="yes")
     with pytest.raises(SettingsError, match="maintenance_message: .*one line"):
         web_host("example_docker", maintenance="on", maintenance_message="a\nb")
+
+
+def test_a_host_failing_a_step_stops_every_host_after_it(capsys, monkeypatch):
+    """pyinfra runs with --fail-percent 0: one failed host ends the run after that operation,
+    so later stages (the app after its database, the web host after the app) never start."""
+    code, _, _, (command,) = run_cli(capsys, monkeypatch, "on")
+    assert code == 0 and command[command.index("--fail-percent") + 1] == "0"

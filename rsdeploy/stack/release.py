@@ -105,7 +105,7 @@ def switch(hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
     if [line.strip() for line in serving] != [hs.stack.version]:
         due.append(f"the host serves {serving[0].strip() if serving else 'no release'}")
     runs = (lambda: True) if due else any_changed(*gates, *delivered)
-    _turns.runs[hs.name] = runs
+    turns_of(host.state).runs[hs.name] = runs
     python.call(
         name=f"Switch the release to {hs.stack.version} (new instances beside the old, "
              "health-gated, then the traffic)" + (f": {'; '.join(due)}" if due else ""),
@@ -136,7 +136,12 @@ class Turns:
         return self.done.setdefault(name, Event())
 
 
-_turns = Turns()
+_turns: dict[int, Turns] = {}
+
+
+def turns_of(state: State) -> Turns:
+    """The app hosts' turns in one pyinfra run."""
+    return _turns.setdefault(id(state), Turns())
 
 
 class Refused(Exception):
@@ -615,20 +620,22 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
         host.log_styled(line, fg="red" if error else None,
                         log_func=logger.error if error else logger.info)
 
+    turns = turns_of(state)
     try:
-        stopped = _turns.wait(state, hs)
+        stopped = turns.wait(state, hs)
         if stopped is not None:
             reason = f"not switched: the rollout stopped when {stopped} refused {hs.stack.version}"
             say(f"{hs.name}: {reason}", error=True)
             release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
-            _turns.refused[hs.name] = reason
+            turns.refused[hs.name] = reason
             return False
         return _switch_release(state, hs, kind, shell, say)
     finally:
-        _turns.event(hs.name).set()
+        turns.event(hs.name).set()
 
 
 def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bool:
+    """This host's switch, once its turn has come (see :func:`switch_release`)."""
     rh = hs.layout.release_host(hs, shell)
     web = _web_server(state, hs, rh)
     _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
@@ -666,7 +673,7 @@ def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bo
         switch.rollback()
         rh.restore_definition()
         record(hs, shell, attempt.finish(FAILED, str(exc)))
-        _turns.refused[hs.name] = str(exc)
+        turns_of(state).refused[hs.name] = str(exc)
         say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
         return False
     prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)
