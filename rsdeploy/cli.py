@@ -3,8 +3,8 @@
     rsdeploy render    -i INVENTORY [--host NAME] --out DIR
     rsdeploy check     -i INVENTORY [--host NAME]
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
-    rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--lock-wait S]
-    rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--lock-wait S]
+    rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--wave N] [--lock-wait S]
+    rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--wave N] [--lock-wait S]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
@@ -163,7 +163,7 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_deploy(args) -> int:
     """Roll out the stack (a given version, or the inventory's) and record it on the hosts."""
-    data = {"version": args.version} if args.version is not None else {}
+    data = _release_data(args, {"version": args.version} if args.version is not None else {})
     # A tag missing from the app's repository, a bundle manifest missing: stopped here.
     return run_pyinfra(args, "deploy.py", data, check=preflight, locked="deploying")
 
@@ -200,7 +200,7 @@ def cmd_rollback(args) -> int:
                             + "); name one with --to TAG")
         target = targets.pop()
     args.version = target
-    data = {"version": target, "release_kind": "rollback"}
+    data = _release_data(args, {"version": target, "release_kind": "rollback"})
     if args.restore_backup:
         data["restore_backup"] = True
     return run_pyinfra(args, "deploy.py", data, check=preflight, locked="rolling back to")
@@ -385,6 +385,16 @@ def _restore(args, hs, name: str) -> None:
             run_pyinfra(maintenance, "maintenance.py", {"maintenance": "off"})
 
 
+def _wave_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wave", type=int, metavar="N",
+                        help="app hosts switched at once (default: the inventory's release_wave, 1)")
+
+
+def _release_data(args, data: dict) -> dict:
+    """``data`` with ``--wave``, when given (validated with the inventory's settings)."""
+    return {**data, "release_wave": args.wave} if args.wave is not None else data
+
+
 def _lock_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS",
                         help="wait this long for another run's deploy lock (default: refuse at once)")
@@ -417,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     _summary_args(deploy)
     deploy.add_argument("--version", help="release tag to deploy (default: the inventory's)")
     deploy.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    _wave_args(deploy)
     _lock_args(deploy)
     deploy.set_defaults(func=cmd_deploy)
 
@@ -428,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--restore-backup", action="store_true",
                           help="when the database cannot be downgraded, restore the dump taken "
                                "while TAG served (rows written since are lost)")
+    _wave_args(rollback)
     _lock_args(rollback)
     rollback.set_defaults(func=cmd_rollback, dry=False)
 

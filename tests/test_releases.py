@@ -19,7 +19,7 @@ from rsdeploy import cli, lock, release, remote
 from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked
 from rsdeploy.stack import release as switch
-from rsdeploy.stack import render_host
+from rsdeploy.stack import load_inventory, render_host
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 from tests.test_nginx import directive, servers
 
@@ -243,3 +243,49 @@ def test_rollback_is_refused_when_the_hosts_would_go_back_to_different_releases(
     code, err = run_rollback(monkeypatch, capsys, {apps[0]: other, apps[1]: ok})
     assert code == 2 and "the hosts' previous releases differ" in err and "v0.9.0" in err
     assert "db1" not in err
+
+
+# --- several app hosts: turns ----------------------------------------------------------------
+
+
+def app_hosts_of_multi(wave: int) -> list:
+    hosts = load_inventory(str(INVENTORIES / "example_multi.py"), EXAMPLE_SECRETS, env={},
+                           override_data={"release_wave": wave})
+    return [hs for hs in hosts.values() if hs.has_role("app")]
+
+
+def test_app_hosts_take_turns_and_a_refusal_stops_the_later_waves():
+    import gevent
+
+    app1, app2 = app_hosts_of_multi(1)
+    turns, active = switch.Turns(), {app1.name, app2.name}
+    turns.runs = {app1.name: lambda: True, app2.name: lambda: True}
+    second = gevent.spawn(turns.wait, app2, active)
+    gevent.sleep(0.05)
+    assert not second.ready()  # app1 is still switching
+    turns.refused[app1.name] = "v1.2.0-broken failed its health check"
+    turns.event(app1.name).set()
+    assert second.get(timeout=1) == app1.name  # the rollout stops at app1
+
+
+def test_a_host_whose_switch_does_not_run_holds_no_one_up():
+    app1, app2 = app_hosts_of_multi(1)
+    turns = switch.Turns()
+    turns.runs = {app1.name: lambda: False, app2.name: lambda: True}  # app1 serves it already
+    assert turns.wait(app2, {app1.name, app2.name}) is None
+    turns.runs[app1.name] = lambda: True  # due, but out of the run (failed an earlier step)
+    assert turns.wait(app2, {app2.name}) is None
+
+
+def test_a_wave_of_two_switches_together_and_the_last_host_waits_for_its_wave_to_step_down():
+    import gevent
+
+    app1, app2 = app_hosts_of_multi(2)
+    turns, active = switch.Turns(), {app1.name, app2.name}
+    turns.runs = {app1.name: lambda: True, app2.name: lambda: True}
+    assert turns.earlier(app2) == [] and turns.wait(app2, active) is None  # one wave
+    others = gevent.spawn(turns.wait_for_the_others, app2, active)
+    gevent.sleep(0.05)
+    assert not others.ready()  # the downgrade waits until app1 has switched too
+    turns.event(app1.name).set()
+    assert others.get(timeout=1) is None

@@ -113,24 +113,39 @@ def switch(hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
 
 
 class Turns:
-    """Several app hosts switch one at a time, in inventory order, while nginx keeps the others
-    serving: each waits for the app hosts before it whose switch runs; one refused stops the
-    rollout there (the hosts after it keep the release they serve)."""
+    """Several app hosts switch in waves of ``release_wave`` hosts (one by default), in
+    inventory order, while nginx keeps the others serving: a host waits for the hosts of the
+    earlier waves whose switch runs; one refused makes its wave the last (the hosts after it
+    keep the release they serve). ``active``: the hosts still in the run (``runs``, ``done``
+    and ``refused`` by host name).
+
+    Example: ``turns.wait(hs, active)`` -> None (go on), or the host that stopped the rollout
+    """
 
     def __init__(self):
         self.runs: dict[str, Callable[[], bool]] = {}  # host -> whether its switch runs
         self.done: dict[str, Event] = {}
         self.refused: dict[str, str] = {}  # host -> why
 
-    def wait(self, state: State, hs: HostSettings) -> str | None:
-        """Wait for this host's turn; the app host that stopped the rollout, if one did."""
-        active = {h.name for h in state.inventory.get_active_hosts()}
-        for name in backend.app_hosts(hs)[:backend.app_hosts(hs).index(hs.name)]:
+    def wait(self, hs: HostSettings, active: set[str]) -> str | None:
+        """Wait for this host's wave; the app host that stopped the rollout, if one did."""
+        return self._wait_for(hs, self.earlier(hs), active)
+
+    def wait_for_the_others(self, hs: HostSettings, active: set[str]) -> str | None:
+        """Wait until every other app host has switched (or refused); the first that refused."""
+        return self._wait_for(hs, [n for n in backend.app_hosts(hs) if n != hs.name], active)
+
+    def earlier(self, hs: HostSettings) -> list[str]:
+        """The app hosts of the waves before this host's."""
+        hosts = backend.app_hosts(hs)
+        size = hs.on(hosts[0]).stack.release_wave
+        return hosts[:hosts.index(hs.name) // size * size]
+
+    def _wait_for(self, hs: HostSettings, names: list[str], active: set[str]) -> str | None:
+        for name in names:
             if name in active and self.runs.get(name, lambda: False)():
                 self.event(name).wait()
-            if name in self.refused:
-                return name
-        return None
+        return next((name for name in names if name in self.refused), None)
 
     def event(self, name: str) -> Event:
         return self.done.setdefault(name, Event())
@@ -596,8 +611,8 @@ def _shell_on(host: Host, connector: dict) -> Callable[[str], tuple[bool, str]]:
 
 
 def _web_server(state: State, hs: HostSettings, rh: ReleaseHost) -> WebServer | None:
-    """nginx where it reaches this host's app: here, or on the web host (over its own
-    connection); None when no host runs it."""
+    """nginx where it reaches this host's app (``rh``: this host's release primitives): here,
+    or on the web host (over its own connection); None when no host runs it."""
     if nginx.applies(hs):
         return WebServer(hs, hs, rh)
     web = hs.peer("web")
@@ -621,23 +636,24 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
                         log_func=logger.error if error else logger.info)
 
     turns = turns_of(state)
+    active = {h.name for h in state.inventory.get_active_hosts()}
     try:
-        stopped = turns.wait(state, hs)
+        stopped = turns.wait(hs, active)
         if stopped is not None:
             reason = f"not switched: the rollout stopped when {stopped} refused {hs.stack.version}"
             say(f"{hs.name}: {reason}", error=True)
             release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
             turns.refused[hs.name] = reason
             return False
-        return _switch_release(state, hs, kind, shell, say)
+        rh = hs.layout.release_host(hs, shell)
+        return _switch_release(hs, kind, shell, say, rh, _web_server(state, hs, rh), turns, active)
     finally:
         turns.event(hs.name).set()
 
 
-def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bool:
+def _switch_release(hs: HostSettings, kind: str, shell, say, rh: ReleaseHost,
+                    web: WebServer | None, turns: Turns, active: set[str]) -> bool:
     """This host's switch, once its turn has come (see :func:`switch_release`)."""
-    rh = hs.layout.release_host(hs, shell)
-    web = _web_server(state, hs, rh)
     _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
     attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
                       started=release.now(), previous=previous.strip() or None)
@@ -658,6 +674,11 @@ def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bo
         switch.switch_traffic(serving, live, new)
         new.update(switch.replace_singletons([u for u in changing if u.strategy == SINGLE], live))
         if older_head is not None:
+            # The last app host: the others of its wave switch meanwhile; none may keep newer code.
+            stopped = turns.wait_for_the_others(hs, active)
+            if stopped is not None:
+                raise Refused(f"the database stays at {switch.attempt.revision_before}: "
+                              f"{stopped} refused, and runs the newer release still")
             # The newer worker stops first: nothing of the newer release writes during the step.
             switch.quiesce([u for u in changing if u.strategy == OVERLAP], live)
             switch.step_down(older_head, live)
@@ -673,7 +694,7 @@ def _switch_release(state: State, hs: HostSettings, kind: str, shell, say) -> bo
         switch.rollback()
         rh.restore_definition()
         record(hs, shell, attempt.finish(FAILED, str(exc)))
-        turns_of(state).refused[hs.name] = str(exc)
+        turns.refused[hs.name] = str(exc)
         say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
         return False
     prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import PositiveInt
+
 import roles.alertmanager
 import roles.backend
 import roles.backup
@@ -73,6 +75,9 @@ class StackSettings(BaseStackSettings):
     # rsdeploy rollback --restore-backup: when the database cannot be downgraded, put back the
     # dump taken while the target release served (rows written since are lost)
     restore_backup: bool = False
+    # app hosts switched at once (rsdeploy deploy/rollback --wave N), in inventory order; the
+    # next wave starts once this one serves, and a wave with a refused host is the last
+    release_wave: PositiveInt = 1
 
 
 def for_host(hs: HostSettings) -> list[ModuleType]:

@@ -2,7 +2,7 @@
 app hosts behind nginx, web+monitoring; a fifth host outside the stack. Driven through the
 rsdeploy CLI: bootstrap -> v1.0.0 -> verify every host -> only the app hosts reach the data
 stores -> Prometheus sees every host -> a rolling v1.1.0 under load -> v1.2.0-broken stops at
-the first app host while the site keeps serving -> rollback under load -> the example GitLab
+the first app host while the site keeps serving -> rollback of both app hosts at once under load -> the example GitLab
 pipeline deploys and verifies a tag (gitlab-ci-local) -> the example GitHub workflow's rollback
 steps roll it back. Rows written through the API before each step are all there after it.
 
@@ -169,9 +169,12 @@ def test_a_failing_app_host_stops_the_rollout(site, hosts, ca_file, written):
     assert_rows_kept(site, written)
 
 
-def test_rollback_under_load(site, hosts, ca_file, written):
-    run, report = under_load(site, ca_file, "rollback", "--to", FIRST_VERSION)
+def test_rollback_in_one_wave_under_load(site, hosts, ca_file, written):
+    """Both app hosts at once (--wave 2); the last one downgrades the database only once the
+    other serves the older release too."""
+    run, report = under_load(site, ca_file, "rollback", "--to", FIRST_VERSION, "--wave", "2")
     run.check()
+    assert f"[{hosts['app2'].name}] downgrading the database to {HEADS[FIRST_VERSION]}" in run.output
     assert report.failed == 0, report.summary()
     assert serves(site, FIRST_VERSION)
     assert_rows_kept(site, written)
