@@ -23,7 +23,6 @@ import time
 from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
 from rsdeploy_dev import images, sandbox
-from rsdeploy_dev.engine import ensure_engine
 
 PREFIX = "rs-bench"
 VERSION = "v1.0.0"
@@ -44,11 +43,12 @@ def timed(box, delivery: str, layout: str, *args: str) -> tuple[float, str]:
     return elapsed, proc.stdout + proc.stderr
 
 
-def memory_mib(container: str) -> float:
-    """The memory a sandbox host's container uses now, as ``docker stats`` counts it (its
-    cgroup's usage less the inactive page cache)."""
-    memory = ensure_engine().containers.get(container).stats(stream=False)["memory_stats"]
-    return (memory.get("usage", 0) - memory.get("stats", {}).get("inactive_file", 0)) / 2**20
+def memory_mib(box, host: str) -> float:
+    """The resident memory of every process on a sandbox host (the containers it runs
+    included: their processes are in its PID namespace's view). Shared pages count once per
+    process, so this is an upper bound; Docker here reports no cgroup memory figures."""
+    out = box.ssh(host, "ps -e -o rss= | awk '{s += $1} END {print s}'").stdout
+    return int(out.strip() or 0) / 1024
 
 
 def main() -> None:
@@ -77,9 +77,9 @@ def main() -> None:
         print(f"\n{'step':<24}{'seconds':>9}{'changed ops':>13}")
         for name, seconds, output in figures:
             print(f"{name:<24}{seconds:>9.1f}{changed_operations(output):>13}")
-        print(f"\n{len(box.hosts)} host(s); memory in use per host (cgroup, after the runs):")
+        print(f"\n{len(box.hosts)} host(s); resident memory per host (all its processes, after the runs):")
         for host in box.hosts:
-            print(f"  {host.name}: {memory_mib(host.name):.0f} MiB")
+            print(f"  {host.name}: {memory_mib(box, host.name):.0f} MiB")
     finally:
         if not args.keep:
             sandbox.down(box.prefix)
