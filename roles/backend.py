@@ -283,9 +283,11 @@ APP_ENV_READERS = (
 
 
 def app_env_reactions(hs: HostSettings) -> tuple[Recreate, ...]:
-    """Every reader of app.env is recreated when it changes. Example: ``app_env_reactions(hs)``"""
+    """Every reader of app.env on this host is recreated when it changes (beat only where it
+    runs). Example: ``app_env_reactions(hs)``"""
     return tuple(Recreate(name) for container, unit in APP_ENV_READERS
-                 if (name := hs.layout.service(container, unit)))
+                 if (name := hs.layout.service(container, unit))
+                 and (container != "celery-beat" or runs_beat(hs)))
 
 
 def app_env_file(hs: HostSettings) -> RenderedFile:

@@ -152,6 +152,8 @@ def test_several_app_hosts_share_out_the_app():
     # Celery beat and the forward migration on the first; every app host in pg_hba.
     assert [backend.runs_beat(hs) for hs in apps] == [True, False]
     assert [u.service for u in backend.release_units(apps[1])] == ["backend", "celery-worker"]
+    assert [r.target for r in backend.app_env_reactions(apps[1])] == ["backend", "celery-worker",
+                                                                       "migrate"]
     assert postgres.app_client_addresses(hosts["db1.example.org"]) == ["10.0.0.22/32", "10.0.0.25/32"]
 
 
