@@ -428,9 +428,9 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
                 "Residency Scheduler Celery worker, release slot %i", worker,
                 b.worker_resources, "backend.worker_resources",
                 stop_timeout=WORKER_STOP_TIMEOUT, **shared),
-        AppUnit("residency-celery-beat@.service", "Residency Scheduler Celery beat, release slot %i",
-                beat, b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR, **shared),
-    ]
+    ] + ([AppUnit("residency-celery-beat@.service", "Residency Scheduler Celery beat, release slot %i",
+                  beat, b.beat_resources, "backend.beat_resources", state_dir=BEAT_STATE_DIR,
+                  **shared)] if runs_beat(hs) else [])  # one beat per stack
 
 
 def unit_file(hs: HostSettings, unit: AppUnit) -> RenderedFile:

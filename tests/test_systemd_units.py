@@ -347,6 +347,9 @@ def test_the_split_stack_natively_passes_every_validator(tmp_path):
                                           "app": {"source_repo": str(REPO_ROOT / "examples/refapp")}})
     for name, hs in hosts.items():
         files = render_host(hs)
+        # One Celery beat per stack: its unit only on the first app host.
+        assert any(f.path.endswith("residency-celery-beat@.service") for f in files) \
+            is (name == "app1.example.org"), name
         write_tree(files, tmp_path / name)
         failed = [(v.path, v.detail) for v in check_host(hs, files, tmp_path / name) if not v.ok]
         assert not failed, (name, failed)
