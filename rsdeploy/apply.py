@@ -68,12 +68,13 @@ def secret_file(content: str, dest: str, user: str, group: str, staging: str):
     if remote is None or host.get_fact(Sha256File, path=dest) != _sha256(content):
         staged = f"{staging}/{_sha256(dest)[:16]}"
         yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=staged + ".part")
-        # A directory made here: 0711, so each reader passes through to its own file (no
-        # listing); an existing one keeps its mode.
+        # Directories made here (the missing parents too, e.g. /etc/prometheus where no package
+        # made it): 0711, so each reader passes through to its own file (no listing); existing
+        # ones keep their mode.
         parent = str(Path(dest).parent)
         yield StringCommand(
-            "umask 077 && { [ -d", parent, "] || { mkdir -p", parent, "&& chmod 711", parent,
-            "; } ; } && install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
+            "{ [ -d", parent, "] || ( umask 066 && mkdir -p", parent, ") ; } && umask 077",
+            "&& install -m 600 -o", user, "-g", group, staged, f"{dest}.rsdeploy-new",
             "&& mv -f", f"{dest}.rsdeploy-new", dest, "&& rm -f", staged,
         )
         return

@@ -81,8 +81,9 @@ def test_app_env_is_a_root_only_secret_restarting_its_readers(name):
         assert (f.mode, f.owner, f.secret) == ("600", "root", True)
         if hs.stack.layout == "docker":
             assert f.path == "/opt/residency-scheduler/app.env"
+            beat = {Recreate("celery-beat")} if backend.runs_beat(hs) else set()  # one per stack
             assert set(f.reactions) == {Recreate("backend"), Recreate("celery-worker"),
-                                        Recreate("celery-beat"), Recreate("migrate")}
+                                        Recreate("migrate"), *beat}
         else:
             assert f.path == "/etc/residency-scheduler/app.env"
             # natively the release procedure starts the app in a new release slot
