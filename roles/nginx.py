@@ -185,6 +185,12 @@ def upstream_pin_file(hs: HostSettings, app_host: str, traffic: str) -> str:
     return f"{host_traffic_dir(hs)}/{app_host}.{traffic}.upstream"
 
 
+def _upstream_pin_seen_by_nginx(hs: HostSettings, app_host: str, traffic: str) -> str:
+    """:func:`upstream_pin_file` as nginx sees it (docker: the host's directory, mounted)."""
+    return hs.layout.data_dir(f"{CONTAINER_TRAFFIC_DIR}/{app_host}.{traffic}.upstream",
+                              upstream_pin_file(hs, app_host, traffic))
+
+
 def upstream_pin(target: str) -> str:
     """An upstream pin file's text: one ``server`` line. Example: ``upstream_pin("10.0.0.22:8001")``"""
     return ("# Where this app host serves the current release (written by rsdeploy when it "
@@ -259,10 +265,8 @@ def _proxy_targets(hs: HostSettings) -> dict:
     """
     stack = hs.stack
     if balances_app_hosts(hs):
-        upstreams = {f"rs_{traffic}": [
-            hs.layout.data_dir(f"{CONTAINER_TRAFFIC_DIR}/{app.name}.{traffic}.upstream",
-                               upstream_pin_file(hs, app.name, traffic))
-            for app in hs.peers("app")] for traffic in TRAFFIC}
+        upstreams = {f"rs_{traffic}": [_upstream_pin_seen_by_nginx(hs, app.name, traffic)
+                                       for app in hs.peers("app")] for traffic in TRAFFIC}
         return {"upstreams": upstreams, "upstream_variables": {}, "resolver": None,
                 "backend": "rs_backend", "frontend": "rs_frontend"}
     addresses = {
@@ -394,10 +398,11 @@ def build_validation_root(tree: Path, hs: HostSettings, root: Path) -> list[str]
     for directory in ("var/log/nginx", "run"):
         (root / directory).mkdir(parents=True)
     _dummy_certificate(root, hs)
-    for upstream in _proxy_targets(hs)["upstreams"].values():  # the deploy creates them
-        for path, target in zip(upstream, default_upstream_targets(hs).values()):
-            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-            (root / path.lstrip("/")).write_text(upstream_pin(target))
+    for (app_host, traffic), target in (default_upstream_targets(hs).items()
+                                        if balances_app_hosts(hs) else ()):  # the deploy makes them
+        pin = root / _upstream_pin_seen_by_nginx(hs, app_host, traffic).lstrip("/")
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        pin.write_text(upstream_pin(target))
     return _adapt_to_local_nginx(root)
 
 
