@@ -8,7 +8,8 @@ trusted and with shared download caches. ``.rsdeploy-built`` marks a complete bu
 release is never built again (a moved tag is another commit, so another directory); one without
 it (a failed or cut-off build) is removed and built again. Nothing serving is touched while a
 release builds: ``<base_dir>/next`` then links the release the deploy brings, and the release
-procedure starts it in a slot beside the serving one.
+procedure starts it in a slot beside the serving one. The build runs at a low CPU and I/O
+priority: it takes what the serving release leaves, so answers stay fast while it compiles.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 BUILT_MARKER = ".rsdeploy-built"
 #: Characters of the commit id in a release directory's name.
 COMMIT_CHARS = 12
+#: The build's priority: behind the serving processes for CPU (nice) and disk (best-effort, last).
+BUILD_PRIORITY = ("nice", "-n", "10", "ionice", "-c", "2", "-n", "7")
 
 
 def releases_dir(hs: HostSettings) -> str:
@@ -53,8 +56,9 @@ def release_name(version: str, commit: str) -> str:
     return f"{version}-{commit[:COMMIT_CHARS]}"
 
 
-def _as_app_user(env: dict[str, str], script: str) -> str:
-    return shlex.join(["runuser", "-u", backend.APP_USER, "--", "env",
+def _build_step(env: dict[str, str], script: str) -> str:
+    """``script`` as the app user with ``env``, behind the serving processes (BUILD_PRIORITY)."""
+    return shlex.join([*BUILD_PRIORITY, "runuser", "-u", backend.APP_USER, "--", "env",
                        *(f"{k}={v}" for k, v in sorted(env.items())), "sh", "-euc", script])
 
 
@@ -71,10 +75,10 @@ def build_commands(hs: HostSettings, path: str, staged: dict[str, str]) -> list[
         *(f"tar -x -C {q} -f {shlex.quote(tarball)} && rm -f {shlex.quote(tarball)}"
           for tarball in staged.values()),
         f"chown -R {user}:{user} {q}",
-        _as_app_user(pip_env, f"python3 -m venv {q}/venv && {q}/venv/bin/pip install --quiet "
+        _build_step(pip_env, f"python3 -m venv {q}/venv && {q}/venv/bin/pip install --quiet "
                               f"--requirement {q}/backend/requirements.txt && "
                               f"{q}/venv/bin/python -m compileall -q {q}/backend"),
-        _as_app_user(frontend.npm_environment(hs),
+        _build_step(frontend.npm_environment(hs),
                      f"cd {q}/frontend && npm ci --no-audit --no-fund && npm run build"),
         f"touch {q}/{BUILT_MARKER}",
     ]
