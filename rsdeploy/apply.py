@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from pyinfra import host
 from pyinfra.api import OperationError, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import FileUploadCommand, QuoteString, StringCommand
 from pyinfra.facts.files import Directory, File, FindFiles, Sha256File
 from pyinfra.facts.server import User
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rsdeploy.facts import FileOwnership
@@ -27,7 +28,17 @@ from rsdeploy.layout import EnableTimer, HostCommand, Reaction, UnitReload, Unit
 from rsdeploy.render import RenderedFile
 
 if TYPE_CHECKING:
+    from pyinfra.api import Host, State
+
     from rsdeploy.settings import HostSettings
+
+def connector_arguments(host: Host) -> dict:
+    """How the running operation reaches its host (sudo and the like), for the commands a
+    pyinfra callback runs itself. Example: ``host.run_shell_command(c, **connector_arguments(host))``
+    """
+    return {key: value for key, value in host.current_op_global_arguments.items()
+            if key in CONNECTOR_ARGUMENT_KEYS}
+
 
 def login_user() -> str:
     """The user pyinfra logs in as on the current host (owner of the staging directory)."""
@@ -196,6 +207,77 @@ def reactions(rendered: Iterable[RenderedFile], metas: dict) -> dict[Reaction, l
         for reaction in f.reactions:
             found.setdefault(reaction, []).append(metas[f.path])
     return dict(sorted(found.items(), key=lambda item: (type(item[0]).__name__, item[0])))
+
+
+class LeftDue:
+    """A gate that is on: an earlier run asked for its reaction and stopped before carrying it
+    out (see :func:`remember_due`). Gates are read like pyinfra's ``OperationMeta``."""
+
+    def did_change(self) -> bool:
+        return True
+
+
+def due_dir(hs: HostSettings) -> str:
+    """A private (0700) directory on the host with one empty file per reaction asked for and
+    not yet carried out."""
+    return f"{hs.stack.paths.data_dir}/.due"
+
+
+def _due_marker(hs: HostSettings, key: object) -> str:
+    name = re.sub(r"[^A-Za-z0-9.@_-]+", "_", getattr(key, "target", str(key)))[:60]
+    return f"{due_dir(hs)}/{type(key).__name__}-{name}-{_sha256(repr(key))[:8]}"
+
+
+def due_markers(hs: HostSettings, keys: Iterable[object]) -> list[str]:
+    """The files that note ``keys`` as due (see :func:`remember_due`), to clear where they are
+    carried out. Example: ``apply.due_markers(hs, [Recreate("backend")])``"""
+    return [_due_marker(hs, key) for key in keys]
+
+
+def forget_command(markers: list[str]) -> str:
+    """The shell line that clears ``markers`` (from :func:`due_markers`)."""
+    return StringCommand("rm", "-f", *(QuoteString(m) for m in markers)).get_raw_value()
+
+
+def _note_due(state: State, host: Host, hs: HostSettings, wanted: dict) -> None:
+    """A pyinfra callback: the markers of the reactions whose gates changed in this run."""
+    markers = due_markers(hs, [key for key, gates in wanted.items() if any_changed(*gates)()])
+    ok, output = host.run_shell_command(StringCommand(
+        "umask 077 && mkdir -p", QuoteString(due_dir(hs)), "&& touch",
+        *(QuoteString(m) for m in markers)), **connector_arguments(host))
+    if not ok:
+        raise OperationError(f"could not note the reactions due: {output.stderr}")
+
+
+def remember_due(hs: HostSettings, wanted: dict[object, list]) -> dict[object, list]:
+    """Note on the host which reactions this run's changes ask for, before any is carried out,
+    and gate on the ones an earlier run noted and never carried out: a run cut off between a
+    change and its reaction (a failed step, a dropped connection, another host failing under
+    ``--fail-percent 0``) has it carried out by the next run, whose files no longer change.
+    :func:`forget_due` clears the notes once the run is through. ``wanted``: reactions (or any
+    key with a readable ``repr``, e.g. ``"delivery"``) with their gates.
+
+    Example: ``reactions = apply.remember_due(hs, apply.reactions(rendered, metas))``
+    """
+    left = set(host.get_fact(FindFiles, path=due_dir(hs), maxdepth=1))
+    python.call(name="Note what the changed files ask for, until it is done",
+                function=_note_due, hs=hs, wanted=wanted,
+                _if=any_changed(*(gate for gates in wanted.values() for gate in gates)))
+    return {key: [*gates, LeftDue()] if _due_marker(hs, key) in left else list(gates)
+            for key, gates in wanted.items()}
+
+
+def forget_due(hs: HostSettings, *wanted: dict[object, list], done_by: str = "this run") -> None:
+    """Clear the notes of :func:`remember_due` for ``wanted``, placed after the steps that carry
+    them out (pyinfra stops a host at its first failure, so reaching here says they ran).
+
+    Example: ``apply.forget_due(hs, reactions, {"delivery": delivered})``
+    """
+    keys = [key for found in wanted for key in found]
+    server.shell(name=f"Clear the notes of what {done_by} carried out",
+                 commands=[forget_command(due_markers(hs, keys))],
+                 _if=any_changed(*(gate for found in wanted for gates in found.values()
+                                   for gate in gates)))
 
 
 def react_on_host(wanted: dict[Reaction, list]) -> None:

@@ -43,13 +43,12 @@ from typing import TYPE_CHECKING
 from gevent.event import Event
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 from pyinfra.operations.util import any_changed
 
 from roles import backend, backup, frontend, nginx
-from rsdeploy import release, release_metrics, source
+from rsdeploy import apply, release, release_metrics, source
 from rsdeploy.errors import SettingsError
 from rsdeploy.layout import Recreate, ReleaseHost
 from rsdeploy.release import FAILED, OK, OVERLAP, SERVE, SINGLE, Attempt, ReleaseUnit
@@ -77,6 +76,10 @@ def units(hs: HostSettings) -> list[ReleaseUnit]:
     return backend.release_units(hs) + frontend.release_units(hs)
 
 
+#: The release's delivery (images, a build) as a key of :func:`rsdeploy.apply.remember_due`.
+DELIVERY = "delivery"
+
+
 def released_services(hs: HostSettings) -> frozenset[str]:
     """The services the release procedure replaces (and the one-shot migration): the layout's
     rollout leaves them alone. Example: ``{"backend", "celery-worker", ..., "migrate"}``"""
@@ -96,20 +99,23 @@ def switch(hs: HostSettings, reactions: dict[Reaction, list], delivered: list,
     """
     if not units(hs):
         return
-    gates = [gate for reaction, found in reactions.items()
-             if isinstance(reaction, Recreate) and reaction.target in released_services(hs)
-             for gate in found]
+    asking = [reaction for reaction in reactions
+              if isinstance(reaction, Recreate) and reaction.target in released_services(hs)]
+    gates = [gate for reaction in asking for gate in reactions[reaction]]
     serving = host.get_fact(FileContents, path=release.version_file(hs)) or []
     down = [u.service for u in units(hs) if not hs.layout.service_running(hs, u.service)]
     due = [f"{', '.join(down)} not running"] if down else []
     if [line.strip() for line in serving] != [hs.stack.version]:
         due.append(f"the host serves {serving[0].strip() if serving else 'no release'}")
+    if any(isinstance(gate, apply.LeftDue) for gate in (*gates, *delivered)):
+        due.append("an earlier run stopped before switching")
     runs = (lambda: True) if due else any_changed(*gates, *delivered)
     turns_of(host.state).runs[hs.name] = runs
     python.call(
         name=f"Switch the release to {hs.stack.version} (new instances beside the old, "
              "health-gated, then the traffic)" + (f": {'; '.join(due)}" if due else ""),
-        function=switch_release, hs=hs, kind=kind, **({} if due else {"_if": runs}))
+        function=switch_release, hs=hs, kind=kind,
+        owed=apply.due_markers(hs, [*asking, DELIVERY]), **({} if due else {"_if": runs}))
 
 
 class Turns:
@@ -554,11 +560,6 @@ def _readable(output: str) -> list[str]:
     return (steps + lines[last:])[-ERROR_LINES:]
 
 
-def _connector(host: Host) -> dict:
-    return {key: value for key, value in host.current_op_global_arguments.items()
-            if key in CONNECTOR_ARGUMENT_KEYS}
-
-
 def tag_commit(hs: HostSettings) -> str:
     """The release tag's commit in ``app.source_repo`` when there is one (images pulled from a
     registry may carry no revision label), else ""."""
@@ -618,18 +619,21 @@ def _web_server(state: State, hs: HostSettings, rh: ReleaseHost) -> WebServer | 
     web = hs.peer("web")
     if web is None or not nginx.applies(web):
         return None
-    shell = _shell_on(state.inventory.get_host(web.name), _connector(host))
+    shell = _shell_on(state.inventory.get_host(web.name), apply.connector_arguments(host))
     return WebServer(web, hs, web.layout.release_host(web, shell))
 
 
-def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> bool:
+def switch_release(state: State, host: Host, hs: HostSettings, kind: str,
+                   owed: list[str]) -> bool:
     """A pyinfra callback: switch this host to ``hs.stack.version`` (the module's story), or
-    refuse and keep the old release serving. Records the attempt either way.
+    refuse and keep the old release serving. Records the attempt either way, and clears the
+    notes of what the release asked for (``owed``, see :func:`rsdeploy.apply.remember_due`):
+    switched, refused and undone, or not switched, nothing of it is owed any more.
 
     Example: ``python.call(name="Switch the release", function=switch_release, hs=hs,
-    kind="deploy")``
+    kind="deploy", owed=apply.due_markers(hs, [Recreate("backend"), DELIVERY]))``
     """
-    shell = _shell_on(host, _connector(host))
+    shell = _shell_on(host, apply.connector_arguments(host))
 
     def say(line: str, error: bool = False) -> None:
         host.log_styled(line, fg="red" if error else None,
@@ -644,9 +648,13 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str) -> boo
             say(f"{hs.name}: {reason}", error=True)
             release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
             turns.refused[hs.name] = reason
-            return False
-        rh = hs.layout.release_host(hs, shell)
-        return _switch_release(hs, kind, shell, say, rh, _web_server(state, hs, rh), turns, active)
+            switched = False
+        else:
+            rh = hs.layout.release_host(hs, shell)
+            switched = _switch_release(hs, kind, shell, say, rh, _web_server(state, hs, rh),
+                                       turns, active)
+        shell(apply.forget_command(owed))
+        return switched
     finally:
         turns.event(hs.name).set()
 

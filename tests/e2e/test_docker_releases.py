@@ -1,10 +1,12 @@
 """Releases on a fresh sandbox host, docker layout, under steady load through nginx: v1.0.0 ->
 v1.1.0 (a migration) -> rollback to v1.0.0 (a downgrade) -> v1.2.0-broken (refused, never
 served) -> v1.3.0-badmigration (refused, revision unchanged) -> a deploy interrupted by Ctrl-C
--> v1.1.0 again -> v1.4.0-irreversible, whose rollback is refused until --restore-backup puts
-back the dump taken before it. Rows written before each step are all there after it; a concurrent deploy is
-refused by the lock; ``rsdeploy releases`` shows every attempt with its result, and the live
-Prometheus sees the release the host exports.
+-> v1.1.0 again -> v1.4.0-irreversible with a Prometheus setting changed, cut off by an
+unreachable registry after the config went up and carried out in full by the next run -> its
+rollback, refused until --restore-backup puts back the dump taken before it. Rows written before
+each step are all there after it; a concurrent deploy is refused by the lock; ``rsdeploy
+releases`` shows every attempt with its result, and the live Prometheus sees the release the
+host exports.
 
 The steps run in file order on one host, as an operator (or CI) would run them.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,11 +28,13 @@ from rsdeploy.lock import HostLock
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
+from rsdeploy_dev.engine import ensure_engine
 from tests.e2e.conftest import (
     FIRST_VERSION,
     SANDBOX_INVENTORY,
     assert_restore_gives_back_the_dumped_rows,
     assert_rows_kept,
+    changed_inventory,
     history,
     ready_site,
     serving,
@@ -223,8 +228,39 @@ def test_a_second_run_changes_nothing(site):
     assert run.changed == 0, run.output[-3000:]
 
 
+def live_scrape_interval(site) -> str:
+    config = json.loads(site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/status/config"))
+    return re.search(r"scrape_interval: (\S+)", config["data"]["yaml"]).group(1)
+
+
+def test_a_deploy_cut_off_after_its_files_changed_leaves_their_reactions_to_the_next(
+        site, written, tmp_path):
+    changed = changed_inventory(tmp_path, "prometheus", {"scrape_interval": "25s"})
+    registry = ensure_engine().containers.get(f"{site.sandbox.prefix}-registry")
+    registry.stop(timeout=5)  # the new release's images cannot be pulled: the run stops there
+    try:
+        run = site.rsdeploy("deploy", "--version", IRREVERSIBLE, inventory=changed)
+    finally:
+        registry.start()
+    assert run.code == 1 and "Pull 2 image(s)" in run.output, run.output[-3000:]
+    assert serving(site)["version"] == NEXT
+    # Prometheus' new config was uploaded before the pull; its reload was never carried out,
+    # and verify says so.
+    assert live_scrape_interval(site) != "25s"
+    check = site.rsdeploy("verify", inventory=changed)
+    owed = re.search(r"a deploy stopped before carrying out (.*): run the deploy again",
+                     check.output)
+    assert check.code == 1 and owed and "Reload-prometheus-" in owed.group(1), check.output[-3000:]
+    site.rsdeploy("deploy", "--version", IRREVERSIBLE, inventory=changed).check()
+    assert live_scrape_interval(site) == "25s", "the reload the cut-off run owed was lost"
+    assert serving(site)["version"] == IRREVERSIBLE
+    assert_rows_kept(site, written)
+    run = site.rsdeploy("deploy", "--version", IRREVERSIBLE, inventory=changed).check()
+    assert run.changed == 0, run.output[-3000:]  # nothing owed any more
+
+
 def test_a_migration_without_downgrade_rolls_back_only_by_restoring_its_dump(site, written):
-    site.rsdeploy("deploy", "--version", IRREVERSIBLE).check()
+    site.rsdeploy("deploy", "--version", IRREVERSIBLE).check()  # served already; settings back
     lost = "written while the irreversible release served"
     write_note(site, [], lost)
     run = site.rsdeploy("rollback")  # to v1.1.0, the previous good release

@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from roles import alertmanager, nginx, prometheus
-from rsdeploy import release
+from rsdeploy import apply, release
 from rsdeploy.stack import render_host
 from tests.verify.conftest import settle
 
@@ -162,6 +162,14 @@ def test_recorded_version_is_the_requested_one(host, hs):
     recorded = host.file(release.version_file(hs)).content_string.strip()
     assert recorded == hs.stack.version, \
         f"{hs.name}: recorded version: expected {hs.stack.version}, found {recorded}"
+
+
+def test_no_deploy_left_a_reaction_undone(host, hs):
+    owed = host.run("find %s -maxdepth 1 -type f -printf '%%f\\n' 2>/dev/null",
+                    apply.due_dir(hs)).stdout.split()
+    owed.sort()
+    assert not owed, (f"{hs.name}: a deploy stopped before carrying out {', '.join(owed)}: "
+                      "run the deploy again")
 
 
 def _reaches(host, address: str, port: int) -> bool:

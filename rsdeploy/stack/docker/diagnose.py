@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pyinfra import logger
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.operations import python
 
+from rsdeploy import apply
 from rsdeploy.secrets import masked
 from rsdeploy.stack.docker.project import ONE_SHOT
 
@@ -105,8 +105,7 @@ def explain(state: State, host: Host, hs: HostSettings, project: str) -> bool:
 
     Example: ``python.call(name="...", function=explain, hs=hs, project=project)``
     """
-    connector = {key: value for key, value in host.current_op_global_arguments.items()
-                 if key in CONNECTOR_ARGUMENT_KEYS}
+    connector = apply.connector_arguments(host)
     label = shlex.quote(f"label=com.docker.compose.project={project}")
     ok, output = host.run_shell_command(
         f"docker ps --all --quiet --filter {label} | xargs --no-run-if-empty docker inspect",
