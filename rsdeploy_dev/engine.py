@@ -90,15 +90,16 @@ def ensure_packages(commands: dict[str, str]) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def ensure_engine(timeout: float = 60):
+def ensure_engine(timeout: float = 60, api_timeout: float = 60):
     """A docker SDK client; installs docker.io and starts ``dockerd`` when no engine answers.
+    ``api_timeout``: how long the client waits for one API call's answer.
 
     The CI machine has no systemd as PID 1, so dockerd runs in the background with its log in
     /var/log/dockerd.log. Example: ``client = ensure_engine()``
     """
     docker = _sdk()
     with contextlib.suppress(docker.errors.DockerException):
-        return docker.from_env()
+        return docker.from_env(timeout=api_timeout)
     ensure_packages({"dockerd": "docker.io"})
     log(f"no Docker engine answers: starting dockerd (log: {DOCKERD_LOG}) ...")
     with open(DOCKERD_LOG, "ab") as out:
@@ -107,6 +108,6 @@ def ensure_engine(timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(docker.errors.DockerException):
-            return docker.from_env()
+            return docker.from_env(timeout=api_timeout)
         time.sleep(1)
     raise UserError(f"dockerd did not answer within {timeout:.0f} s (see {DOCKERD_LOG})")

@@ -519,12 +519,17 @@ def _remove_volume(client, name: str, prefix: str) -> None:
         volume.remove(force=True)
 
 
+#: Seconds the engine may take to remove one container, volume or network.
+REMOVE_TIMEOUT = 600
+
+
 def down(prefix: str | None = None) -> list[str]:
     """Remove every container, volume and network labelled for the sandbox, its registry trust
     and push tags, and ``.sandbox/<prefix>/``; returns what was removed.
     """
     prefix = prefix or default_prefix()
-    client = ensure_engine()
+    # Removing a host with its Docker volume took over a minute on a loaded CI machine.
+    client = ensure_engine(api_timeout=REMOVE_TIMEOUT)
     paths = SandboxPaths.of(prefix)
     state = _read_state(paths)
     removed = []
