@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, backup, exporters, frontend, log_shipper
+from roles import backend, backup, exporters, frontend, log_shipper, tls
+from rsdeploy import lock
 from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
@@ -36,13 +37,17 @@ FRONTEND_PROBE = ("require('http').get('http://127.0.0.1:{port}/', r => process.
                   "r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))")
 PM2_SUMMARY = ("let d = ''; process.stdin.on('data', c => d += c).on('end', () => {"
                " for (const p of JSON.parse(d)) console.log(p.name, p.pm2_env.status,"
-               " p.pm2_env.restart_time); })")
-# `docker compose ps --format`: a Go template, hence kept out of the Jinja template.
-PS_FORMAT = "{{.Service}} {{.State}} {{.Health}}"
+               " p.pm2_env.restart_time, p.monit.cpu, p.monit.memory, p.pm2_env.pm_uptime); })")
+# `docker compose ps` and `docker stats` formats: Go templates, hence kept out of the Jinja
+# template ("|" never occurs in their fields).
+PS_FORMAT = "{{.Service}}|{{.Name}}|{{.State}}|{{.Health}}|{{.RunningFor}}"
+STATS_FORMAT = "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}"
 
 
 class Settings(Section):
     log_rotate_days: int = Field(default=14, ge=1, le=3650)  # days of paths.log_dir logs logrotate keeps
+    certificate_warn_days: int = Field(default=21, ge=1, le=365)  # warn below (certbot renews at 30)
+    backup_max_age_hours: int = Field(default=36, ge=1, le=8760)  # warn when the newest dump is older
 
 
 def applies(hs: HostSettings) -> bool:
@@ -103,7 +108,9 @@ def status_script(hs: HostSettings) -> RenderedFile:
         **hs.layout.script_context(hs),
         version_file=version_file(hs), has_app=hs.has_role("app"), has_web=hs.has_role("web"),
         has_db=_backup_applies(hs), disk_dirs=disk_dirs(hs),
-        ps_format=PS_FORMAT,
+        ps_format=PS_FORMAT, stats_format=STATS_FORMAT,
+        lock_file=lock.paths(hs)[0], lock_info=lock.paths(hs)[1],
+        certificate=tls.host_certificate_paths(hs)[0],
         backend_probe=BACKEND_PROBE.format(port=s.backend.port),
         frontend_probe=FRONTEND_PROBE.format(port=s.frontend.port),
         user=backend.APP_USER, pm2_home=frontend.pm2_home(hs),

@@ -5,6 +5,7 @@
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--wave N] [--lock-wait S]
     rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--wave N] [--lock-wait S]
+    rsdeploy status    -i INVENTORY [--host NAME] [--role ROLE] [--json]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
@@ -29,13 +30,15 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, release, remote
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, release, remote, status
 from roles import backup
+from roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
 from rsdeploy.lock import LOCK_HELD, TOKEN_ENV, HostLock
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
+from rsdeploy.settings import ROLES
 from rsdeploy.types import Line
 
 
@@ -204,6 +207,18 @@ def cmd_rollback(args) -> int:
     if args.restore_backup:
         data["restore_backup"] = True
     return run_pyinfra(args, "deploy.py", data, check=preflight, locked="rolling back to")
+
+
+def cmd_status(args) -> int:
+    """Every selected host at a glance (each host's rs-status, read at once); exit 1 when a
+    check is down."""
+    hosts = {name: hs for name, hs in _selected(args).items()
+             if not args.role or any(hs.has_role(role) for role in args.role)}
+    if not hosts:
+        raise UserError(f"{args.inventory}: no selected host has the role {' or '.join(args.role)}")
+    checks = status.collect(hosts, host_status.STATUS_PATH)
+    print(json.dumps(status.as_json(checks), indent=2) if args.json else status.table(checks))
+    return 0 if status.healthy(checks) else 1
 
 
 def cmd_releases(args) -> int:
@@ -454,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--json", action="store_true", help="backups: as JSON")
     _lock_args(db)
     db.set_defaults(func=cmd_db, dry=False)
+
+    state = sub.add_parser("status", help="every host and service at a glance; exit 1 if one is down")
+    _inventory_args(state)
+    state.add_argument("--role", action="append", choices=ROLES,
+                       help="only hosts with this role (repeatable)")
+    state.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    state.set_defaults(func=cmd_status)
 
     releases = sub.add_parser("releases", help="every release attempt on each host")
     _inventory_args(releases)

@@ -3,13 +3,18 @@ and systemd-analyze, then run against stub `docker`/`curl` commands to prove the
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from roles import backup, status
+from roles import backup, status, tls
+from rsdeploy import status as rs_status
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory
 from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
@@ -18,6 +23,7 @@ STUB_DOCKER = r"""#!/bin/bash
 # Stands in for the docker CLI: `compose ... ps` prints $STUB_PS; `exec` runs the probe/dump.
 args=" $* "
 if [[ $args == *" ps "* ]]; then printf '%b' "$STUB_PS"; exit 0; fi
+if [[ $args == *" stats "* ]]; then printf '%b' "${STUB_STATS:-}"; exit 0; fi
 if [[ $args == *" pg_dump "* ]]; then printf 'PGDMP-stub-dump'; exit 0; fi
 if [[ $args == *" pg_restore "* ]]; then cat >/dev/null; exit "${STUB_RESTORE_RC:-0}"; fi
 if [[ $args == *" /health/resilience "* ]]; then echo '{"status": "operational"}'; exit 0; fi
@@ -86,7 +92,8 @@ def test_rs_status_lists_what_each_host_runs():
         assert f"http://127.0.0.1:{port}/health" in script
 
 
-def run_status(tmp_path, stub_path, ps: str) -> subprocess.CompletedProcess:
+def run_status(tmp_path, stub_path, ps: str, *args: str, certificate_days: int = 90
+               ) -> subprocess.CompletedProcess:
     base = tmp_path / "base"
     base.mkdir(exist_ok=True)
     data = tmp_path / "data"
@@ -95,13 +102,20 @@ def run_status(tmp_path, stub_path, ps: str) -> subprocess.CompletedProcess:
     hs, files = host_files("example_docker", status,
                            paths={"base_dir": str(base), "data_dir": str(data)})
     write_tree(files, tmp_path / "tree")
-    env = {**os.environ, "PATH": stub_path, "STUB_PS": ps}
-    return subprocess.run(["bash", str(tmp_path / "tree/usr/local/bin/rs-status")], env=env,
-                          capture_output=True, text=True, timeout=60)
+    certificate = Path(tls.host_certificate_paths(hs)[0])
+    certificate.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(certificate) + ".key",
+                    "-out", str(certificate), "-days", str(certificate_days), "-subj", "/CN=x"],
+                   check=True, capture_output=True)
+    stats = "".join(f"rs-{s}-1|1.5%|{s}MiB / 1GiB\\n" for s in hs.layout.services(hs))
+    env = {**os.environ, "PATH": stub_path, "STUB_PS": ps, "STUB_STATS": stats}
+    return subprocess.run(["bash", str(tmp_path / "tree/usr/local/bin/rs-status"), *args],
+                          env=env, capture_output=True, text=True, timeout=60)
 
 
 def healthy_table(hs_services: list[str]) -> str:
-    return "".join(f"{s} running healthy\\n" for s in hs_services)
+    return "".join(f"{s}|rs-{s}-1|running|healthy|5 minutes ago\\n" for s in hs_services)
 
 
 def test_rs_status_docker_exits_0_when_everything_is_up(tmp_path, stub_path):
@@ -109,7 +123,13 @@ def test_rs_status_docker_exits_0_when_everything_is_up(tmp_path, stub_path):
     services = hs.layout.services(hs)
     proc = run_status(tmp_path, stub_path, healthy_table(services))
     assert proc.returncode == 0, proc.stdout
-    assert "deployed: v1.0.0" in proc.stdout
+    # "  <name, 28 wide> <verdict> <detail>"
+    checks = {line[2:30].strip(): line[31:] for line in proc.stdout.splitlines()
+              if line.startswith("  ")}
+    assert checks["deployed"] == "ok   v1.0.0"
+    assert checks["backend"] == \
+        "ok   running, healthy  [cpu 1.5%, memory backendMiB, since 5 minutes ago]"
+    assert re.search(r"certificate +ok +(89|90) days left", proc.stdout), proc.stdout
     assert "backend /health/resilience" in proc.stdout and "DOWN" not in proc.stdout
 
 
@@ -117,7 +137,7 @@ def test_rs_status_docker_exits_1_naming_what_is_down(tmp_path, stub_path):
     hs = load_example("example_docker")["rs1.example.org"]
     services = hs.layout.services(hs)
     table = healthy_table([s for s in services if s not in ("celery-worker", "redis")])
-    table += "celery-worker running unhealthy\\n"
+    table += "celery-worker|rs-celery-worker-1|running|unhealthy|1 minute ago\\n"
     proc = run_status(tmp_path, stub_path, table)
     assert proc.returncode == 1
     down = [line.split()[0] for line in proc.stdout.splitlines() if " DOWN " in line]
@@ -190,3 +210,43 @@ def test_bad_calendar_is_refused_at_validation():
 
     with pytest.raises(SettingsError, match="backup.on_calendar"):
         host_files("example_systemd", backup, backup={"on_calendar": "daily\nExecStart=/bin/sh"})
+
+
+def test_rsdeploy_status_reads_the_porcelain_records_and_fails_on_a_down_service(
+        tmp_path, stub_path):
+    hs = load_example("example_docker")["rs1.example.org"]
+    services = hs.layout.services(hs)
+    table = healthy_table([s for s in services if s != "redis"])
+    table += "redis|rs-redis-1|exited|||\\n"
+    proc = run_status(tmp_path, stub_path, table, "--porcelain")
+    assert proc.returncode == 1
+    checks = rs_status.parse(hs.name, proc.stdout)
+    by_name = {c.name: c for c in checks}
+    assert set(services) <= set(by_name)
+    assert (by_name["backend"].verdict, by_name["backend"].cpu, by_name["backend"].since) == \
+        ("ok", "1.5%", "5 minutes ago")
+    assert (by_name["redis"].verdict, by_name["redis"].detail) == ("down", "exited")
+    assert by_name["deployed"].detail == "v1.0.0" and by_name["deploy lock"].detail == "free"
+    assert not rs_status.healthy(checks)
+    summary = rs_status.table(checks).splitlines()[-1]
+    assert summary.startswith(f"1 host(s), {len(checks)} checks, 1 down: rs1.example.org redis")
+    assert rs_status.as_json(checks)[hs.name]["healthy"] is False
+
+
+def test_rsdeploy_status_shows_a_held_lock_in_words_without_its_token():
+    record = ("check\tRelease\tdeploy lock\twarn\theld: {\"who\": \"ana@laptop\", \"version\": "
+              "\"v1.1.0\", \"since\": \"2026-12-01T01:00:00Z\", \"pid\": 42}\t\t\t\n")
+    (check,) = rs_status.parse("rs1", record)
+    assert check.detail == "held by ana@laptop since 2026-12-01T01:00:00Z, deploying v1.1.0"
+
+
+def test_rsdeploy_status_names_a_host_that_does_not_answer():
+    hs = load_example("example_docker")["rs1.example.org"]
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    gone = dataclasses.replace(hs, connection={"ssh_hostname": "127.0.0.1", "ssh_port": port,
+                                               "ssh_strict_host_key_checking": "no"})
+    (check,) = rs_status.collect({hs.name: gone}, status.STATUS_PATH)
+    assert (check.host, check.name, check.verdict) == (hs.name, "ssh", "down")
+    assert "refused" in check.detail, check.detail

@@ -235,6 +235,26 @@ def assert_rows_kept(site, written: list) -> None:
     assert set(written) <= bodies, f"lost: {set(written) - bodies}"
 
 
+def assert_status_catches_a_stopped_service(site, service: str, stop: str) -> None:
+    """``rsdeploy status`` shows every service of the host up with its usage, the release and
+    the certificate, and exits 0; after ``stop`` (a shell line on the host) it exits 1 naming
+    ``service``; a deploy brings the service back."""
+    hs = site.settings()
+    run = site.rsdeploy("status", "--json")
+    assert run.code == 0, run.output[-3000:]
+    checks = {c["name"]: c for c in json.loads(run.stdout)[site.host.name]["checks"]}
+    up = {name for name, c in checks.items() if c["verdict"] == "ok" and c["since"]}
+    assert set(hs.layout.services(hs)) - up == set(), checks
+    assert checks["deployed"]["detail"] == hs.stack.version
+    assert re.fullmatch(r"\d+ days left", checks["certificate"]["detail"]), checks["certificate"]
+    site.on_host(stop)
+    run = site.rsdeploy("status")
+    assert run.code == 1 and f", 1 down: {site.host.name} {service}" in run.stdout, run.output
+    site.rsdeploy("deploy").check()
+    run = site.rsdeploy("status")
+    assert run.code == 0, run.stdout
+
+
 def assert_restore_gives_back_the_dumped_rows(site) -> None:
     """``db backup``, a row written after it, ``db restore``: the rows are exactly the dumped
     ones again (ids, bodies and times), and the site is healthy."""

@@ -1,7 +1,7 @@
 """The docker layout end to end on a fresh sandbox host, images pulled from the sandbox's private
-registry (TLS + login): bootstrap, first deploy, verify, maintenance mode on and off, a no-op
-re-run, a setting change that restarts only its readers, a host reboot, a crashed backend; the
-data written first survives all.
+registry (TLS + login): bootstrap, first deploy, verify, status (and a stopped service it
+catches), maintenance mode on and off, a no-op re-run, a setting change that restarts only its
+readers, a host reboot, a crashed backend; the data written first survives all.
 
 The steps run in file order on one host, as an operator would run them.
 """
@@ -14,7 +14,12 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import FIRST_VERSION, changed_inventory, ready_site
+from tests.e2e.conftest import (
+    FIRST_VERSION,
+    assert_status_catches_a_stopped_service,
+    changed_inventory,
+    ready_site,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -59,6 +64,12 @@ def test_bootstrap_and_first_deploy_serve_the_site(site, tmp_path):
 
 def test_verify_suite_passes_after_the_rollout(site):
     site.rsdeploy("verify").check()
+
+
+def test_status_shows_every_service_and_exits_1_while_one_is_stopped(site):
+    assert_status_catches_a_stopped_service(
+        site, "alertmanager",
+        "docker stop $(docker ps -q --filter label=com.docker.compose.service=alertmanager)")
 
 
 def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):

@@ -1,9 +1,9 @@
 """The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
-v1.0.0 -> verify -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
-migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
-``db restore`` brings back the exact rows -> a host restart brings everything back (PM2
-included) and verify passes. Rows written through the API before each step are all there
-after it.
+v1.0.0 -> verify -> status (and a stopped unit it catches) -> a no-op re-run -> a setting change
+restarts only its reader -> v1.1.0 (a migration) under load -> rollback under load ->
+v1.2.0-broken refused while v1.0.0 serves -> ``db restore`` brings back the exact rows -> a host
+restart brings everything back (PM2 included) and verify passes. Rows written through the API
+before each step are all there after it.
 
 The steps run in file order on one host, as an operator would run them.
 """
@@ -16,6 +16,7 @@ import pytest
 from tests.e2e.conftest import (
     FIRST_VERSION,
     assert_restore_gives_back_the_dumped_rows,
+    assert_status_catches_a_stopped_service,
     assert_rows_kept,
     changed_inventory,
     history,
@@ -77,6 +78,11 @@ def test_bootstrap_and_first_release_serve_and_verify(site, written):
     # PM2 as the guide shows it: the app user's own `pm2 status`.
     status = site.on_host("sudo -u residency pm2 status")
     assert "residency-frontend-blue" in status and "online" in status, status
+
+
+def test_status_shows_every_unit_and_exits_1_while_one_is_stopped(site):
+    assert_status_catches_a_stopped_service(site, "prometheus-alertmanager.service",
+                                            "systemctl stop prometheus-alertmanager.service")
 
 
 def test_a_second_run_changes_nothing_and_restarts_nothing(site):
