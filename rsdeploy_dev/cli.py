@@ -11,12 +11,11 @@ subparsers.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 
 from rsdeploy import REPO_ROOT
-from rsdeploy.cli import cmd_bootstrap, cmd_deploy, cmd_verify
+from rsdeploy.cli import build_parser
 from rsdeploy_dev import images, sandbox
 
 
@@ -31,12 +30,13 @@ def cmd_demo(args) -> int:
         sandbox.push_images(box.prefix, images.SANDBOX_STACK, [args.version])
     os.environ[sandbox.PREFIX_ENV] = box.prefix  # read by inventories/sandbox.py
     os.environ[sandbox.LAYOUT_ENV] = args.layout
-    stack_args = argparse.Namespace(inventory=str(REPO_ROOT / "inventories" / "sandbox.py"),
-                                    secrets=str(box.paths.secrets), host=None, dry=False,
-                                    version=args.version)
-    for step in (cmd_bootstrap, cmd_deploy, cmd_verify):
-        print(f"==> rsdeploy {step.__name__.removeprefix('cmd_')} -i inventories/sandbox.py", flush=True)
-        if step(stack_args) != 0:
+    # Each step parsed by rsdeploy's own parser: the same defaults as typed at a prompt.
+    common = ["-i", str(REPO_ROOT / "inventories" / "sandbox.py"), "--secrets",
+              str(box.paths.secrets)]
+    for command in (["bootstrap"], ["deploy", "--version", args.version], ["verify"]):
+        print(f"==> rsdeploy {' '.join(command)} -i inventories/sandbox.py", flush=True)
+        step = build_parser().parse_args([*command, *common])
+        if step.func(step) != 0:
             return 1
     host, domain = box.hosts[0], f"{box.prefix}.test"
     url = f"https://{domain}:{host.port(443)}/"
