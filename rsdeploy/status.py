@@ -60,6 +60,8 @@ def parse(host: str, output: str) -> list[Check]:
         if tag != "check" or len(fields) != len(FIELDS):
             continue
         check = Check(host, **dict(zip(FIELDS, fields)))
+        # The section's heading without its details ("Containers (--project-name ...)").
+        check = Check(**{**asdict(check), "section": check.section.split(" (")[0]})
         if check.verdict not in VERDICTS:
             check = Check(host, check.section, check.name, "down", f"unknown verdict {check.verdict}")
         checks.append(_lock_in_words(check))
