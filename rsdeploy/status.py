@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from rsdeploy import lock, remote
@@ -61,16 +61,16 @@ def parse(host: str, output: str) -> list[Check]:
             continue
         check = Check(host, **dict(zip(FIELDS, fields)))
         # The section's heading without its details ("Containers (--project-name ...)").
-        check = Check(**{**asdict(check), "section": check.section.split(" (")[0]})
+        check = replace(check, section=check.section.split(" (")[0])
         if check.verdict not in VERDICTS:
-            check = Check(host, check.section, check.name, "down", f"unknown verdict {check.verdict}")
+            check = replace(check, verdict="down", detail=f"unknown verdict {check.verdict}")
         checks.append(_lock_in_words(check))
     return checks
 
 
 def _lock_in_words(check: Check) -> Check:
     if check.name == "deploy lock" and check.detail.startswith("held: "):
-        return Check(**{**asdict(check), "detail": "held by " + lock.describe(check.detail[6:])})
+        return replace(check, detail="held by " + lock.describe(check.detail[6:]))
     return check
 
 
