@@ -273,7 +273,8 @@ class Report:
 
     def summary(self) -> str:
         """One line. Example: ``"1250 requests, 37 failed (502: 30, TimeoutError: 7), longest
-        failure run 11.2 s (31 requests), p50 9 ms, p95 41 ms, failures 20.1-31.3 s"``
+        failure run 11.2 s (31 requests), p50 9 ms, p95 41 ms, failures 20.1-31.3 s; by kind:
+        api read 502: 15, frontend 502: 15 TimeoutError: 7"``
         """
         text = f"{self.total} requests, {self.failed} failed"
         if self.failed:
@@ -282,7 +283,9 @@ class Report:
                      f"({self.longest_failure_run_requests} requests)")
         text += f", p50 {self.p50 * 1000:.0f} ms, p95 {self.p95 * 1000:.0f} ms"
         if self.failed:
-            text += f", failures {self.first_failure:.1f}-{self.last_failure:.1f} s"
+            text += f", failures {self.first_failure:.1f}-{self.last_failure:.1f} s; by kind: "
+            text += ", ".join(kind + " " + " ".join(f"{k}: {n}" for k, n in counts.items())
+                              for kind, counts in self.failures_by_kind.items())
         return text + (" (TRUNCATED: a bound ended the load early)" if self.truncated else "")
 
 

@@ -62,6 +62,12 @@ ACME_MANAGEMENT_PORT = 15000
 SECRET_BYTES = {"db_password": 24, "redis_password": 24, "secret_key": 48, "webhook_secret": 48,
                 "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24}
 PORT_RANGE = (20000, 40000)
+#: How long the registry and the ACME server may take to answer after they start: seconds on an
+#: idle machine, but the test suite starts them while other groups build and deploy (one CI run
+#: saw the registry take more than 30 s).
+START_TIMEOUT = 120
+#: Docker's default CPU weight of a container (cgroup cpu.shares), and a measured host's.
+CPU_SHARES, MEASURED_CPU_SHARES = 1024, 8192
 
 
 def log(message: str) -> None:
@@ -598,6 +604,32 @@ def session(prefix: str | None = None, count: int = 1) -> Iterator[Sandbox]:
             down(sandbox.prefix)
 
 
+@contextlib.contextmanager
+def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """While the block runs, the sandbox's hosts come first on this machine's CPU.
+
+    A measurement of a host (requests dropped or slow while a release switches) is of that host,
+    as if it were a server of its own; here its containers share two cores with every other
+    test group's hosts. Each host container's CPU weight (cgroup ``cpu.shares``) is raised to
+    :data:`MEASURED_CPU_SHARES` (8 times Docker's default) for the block: an idle host costs the
+    others nothing, a busy one is served first. Inside a host nothing changes (the release build
+    still runs behind the serving processes by its own ``nice``). Example::
+
+        with sandbox.precedence(site.sandbox), load.steady(url, name, ca) as run:
+            subprocess.run(["rsdeploy", "deploy", ...])
+    """
+    containers = [ensure_engine().containers.get(host.name) for host in sandbox.hosts]
+    for container in containers:
+        container.update(cpu_shares=MEASURED_CPU_SHARES)
+    try:
+        yield sandbox
+    finally:
+        for container in containers:
+            with contextlib.suppress(Exception):  # a host removed inside the block
+                container.update(cpu_shares=CPU_SHARES)
+
+
+
 # --- the registry (pull delivery) -------------------------------------------------------------
 
 
@@ -718,7 +750,7 @@ def _trust_locally(paths: SandboxPaths, port: int) -> Path:
     return trust
 
 
-def _wait_for_registry(paths: SandboxPaths, port: int, timeout: float = 30) -> None:
+def _wait_for_registry(paths: SandboxPaths, port: int, timeout: float = START_TIMEOUT) -> None:
     """Until ``/v2/`` answers over TLS (401 without credentials is the ready answer)."""
     context = ssl.create_default_context(cafile=str(paths.ca_cert))
     deadline = time.monotonic() + timeout
@@ -813,7 +845,7 @@ def _acme_files(paths: SandboxPaths, acme: dict) -> None:
     (paths.acme / "pebble-config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _wait_for_acme(paths: SandboxPaths, acme: dict, timeout: float = 30) -> None:
+def _wait_for_acme(paths: SandboxPaths, acme: dict, timeout: float = START_TIMEOUT) -> None:
     """Until the directory answers over TLS that the sandbox CA vouches for."""
     context = ssl.create_default_context(cafile=str(paths.ca_cert))
     deadline = time.monotonic() + timeout

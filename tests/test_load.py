@@ -132,6 +132,13 @@ def test_longest_run_is_the_longest_in_seconds_with_timeouts_counted_to_their_en
     assert report.failures_by_status == {"502": 3, "TimeoutError": 1}
 
 
+def test_the_summary_says_which_kinds_of_request_failed_and_how():
+    samples = [sample(0.0, "200"), load.Sample("api write", "/api/v1/notes", 0.1, 0.01, "500"),
+               sample(0.2, "TimeoutError", latency=10.0), sample(0.3, "503")]
+    summary = load.Report.of(samples, 1.0).summary()
+    assert summary.endswith("; by kind: api write 500: 1, health TimeoutError: 1 503: 1"), summary
+
+
 def test_runs_follow_start_order_not_completion_order():
     samples = [sample(0.2, "502"), sample(0.0, "200"), sample(0.1, "502"), sample(0.3, "200")]
     assert [[s.start for s in run] for run in load.failure_runs(samples)] == [[0.1, 0.2]]
