@@ -101,6 +101,11 @@ def app_name(slot: str) -> str:
     return f"{APP_NAME}-{slot}" if slot else APP_NAME
 
 
+def log_files(hs: HostSettings) -> str:
+    """The PM2 apps' output and error files, every slot's (a glob; see :func:`pm2_apps`)."""
+    return f"{hs.stack.paths.log_dir}/frontend-*.log"
+
+
 def pm2_apps(hs: HostSettings) -> list[dict]:
     """The PM2 app definitions, one per release slot (rendered into ecosystem.config.js); a
     slot's frontend talks to the same slot's API."""

@@ -302,6 +302,10 @@ def _listen_variables(hs: HostSettings) -> dict:
 
 # --- render -----------------------------------------------------------------------------------
 
+#: nginx's logs: Debian's nginx.conf writes them (natively), the image links them to the
+#: container's output (our nginx.conf names them too).
+ACCESS_LOG, ERROR_LOG = "/var/log/nginx/access.log", "/var/log/nginx/error.log"
+
 #: The site's include files under snippets_dir(hs); ``*.j2`` are templates, the rest verbatim.
 SNIPPETS = ("tls.conf", "security-headers.conf.j2", "api-headers.conf.j2", "proxy.conf.j2")
 
@@ -315,7 +319,9 @@ def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,
                                      certificate_key=certificate_key, **variables)}
     if hs.layout.runs_in_containers:  # natively the site runs inside Debian's own nginx.conf
-        files[_host_path(hs, "/etc/nginx/nginx.conf")] = template("nginx/nginx.conf.j2", hs)
+        files[_host_path(hs, "/etc/nginx/nginx.conf")] = template("nginx/nginx.conf.j2", hs,
+                                                                    access_log=ACCESS_LOG,
+                                                                    error_log=ERROR_LOG)
     for name in SNIPPETS:
         text = template(f"nginx/{name}", hs, **variables) if name.endswith(".j2") else static(
             f"nginx/{name}")

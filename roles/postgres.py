@@ -101,9 +101,19 @@ def listen_addresses(hs: HostSettings) -> str:
     return "localhost" if not app_client_addresses(hs) else f"localhost,{hs.address}"
 
 
+def log_file(hs: HostSettings) -> str:
+    """Where Debian's cluster of this version logs (natively; the image logs to its output)."""
+    return f"/var/log/postgresql/postgresql-{hs.stack.postgres.version}-main.log"
+
+
+def native_unit(hs: HostSettings) -> str:
+    """The distribution's unit of the cluster (``postgresql.service`` only starts it)."""
+    return f"postgresql@{hs.stack.postgres.version}-main.service"
+
+
 def _service(hs: HostSettings) -> str:
     """The db Compose service, or the distribution's server unit."""
-    return hs.layout.service("db", f"postgresql@{hs.stack.postgres.version}-main.service")
+    return hs.layout.service("db", native_unit(hs))
 
 
 def _native_secrets_dir(hs: HostSettings) -> str:

@@ -82,6 +82,10 @@ def bind_addresses(hs: HostSettings) -> str:
     return f"127.0.0.1 -::1 {hs.address}"
 
 
+#: Where Debian's redis-server writes its log (natively; the image logs to its output).
+LOG_FILE = "/var/log/redis/redis-server.log"
+
+
 def config_path(hs: HostSettings) -> str:
     return hs.layout.config_path(hs, "redis", "redis.conf", "/etc/redis/redis.conf")
 
@@ -90,7 +94,7 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     # The image: its working directory is the data volume, no pidfile or logfile of Debian's unit.
     containers = hs.layout.runs_in_containers
     content = template("redis/redis.conf.j2", hs, r=hs.stack.redis, docker=containers,
-                       redis_str=redis_str, bind=bind_addresses(hs))
+                       redis_str=redis_str, bind=bind_addresses(hs), log_file=LOG_FILE)
     owner = hs.layout.file_owner(IMAGE_UID, "redis")
     reactions = (Restart(hs.layout.service("redis", "redis-server.service")),)
     files = [RenderedFile(config_path(hs), content, ROLE, mode="600", owner=owner, group=owner,

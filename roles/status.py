@@ -1,5 +1,6 @@
-"""Operator tools on every host: ``/usr/local/bin/rs-status`` (status overview for either layout)
-and, where the app writes log files (run natively, not in containers), logrotate for ``paths.log_dir``.
+"""Operator tools on every host: ``/usr/local/bin/rs-status`` (status overview for either layout),
+``/usr/local/bin/rs-logs`` (every service's logs, wherever the layout keeps them) and, where the
+app writes log files (run natively, not in containers), logrotate for ``paths.log_dir``.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, backup, exporters, frontend, log_shipper, tls
+from roles import backend, backup, exporters, frontend, log_shipper, nginx, postgres, redis, tls
 from rsdeploy import lock
+from rsdeploy.layout import LogSource
 from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from rsdeploy.settings import HostSettings
 
 STATUS_PATH = "/usr/local/bin/rs-status"
+LOGS_PATH = "/usr/local/bin/rs-logs"
 LOGROTATE_PATH = "/etc/logrotate.d/residency-scheduler"
 
 #: Debian unit names of the distribution services, by role / monitoring component.
@@ -83,6 +86,38 @@ def release_slots(hs: HostSettings) -> list[dict]:
             for slot in hs.layout.release_slots]
 
 
+def native_log_sources(hs: HostSettings) -> dict[str, list[LogSource]]:
+    """Natively, where each service logs, by its Compose name (what the systemd layout answers
+    for ``hs.layout.log_sources(hs)``): our units and the monitoring packages log to the
+    journal; PostgreSQL, Redis and nginx to Debian's files (their units' journal has the starts
+    and stops); PM2 writes the frontend's output to ``paths.log_dir``."""
+    def journal(unit: str) -> LogSource:
+        return LogSource("journal", unit)
+
+    sources: dict[str, list[LogSource]] = {}
+    if hs.has_role("db"):
+        sources["db"] = [journal(postgres.native_unit(hs)), LogSource("file", postgres.log_file(hs))]
+    if hs.has_role("redis"):
+        sources["redis"] = [journal(ROLE_UNITS["redis"]), LogSource("file", redis.LOG_FILE)]
+    if hs.has_role("app"):
+        for unit in backend.app_units(hs):  # every release slot's instance
+            template_name = unit.name.split("@")[0]  # residency-backend
+            sources[template_name.removeprefix("residency-")] = [journal(f"{template_name}@*.service")]
+        sources["frontend"] = [journal(frontend.PM2_UNIT), LogSource("file", frontend.log_files(hs))]
+    if hs.has_role("web"):
+        sources["nginx"] = [journal(ROLE_UNITS["web"]), LogSource("file", nginx.ERROR_LOG),
+                            LogSource("file", nginx.ACCESS_LOG)]
+    if hs.has_role("monitoring"):
+        sources.update({name: [journal(unit)] for name, unit in MONITORING_UNITS.items()
+                        if getattr(hs.stack, name).enabled})
+    sources.update({name.replace("_", "-"): [journal(f"{package}.service")]
+                    for name, package in exporters.PACKAGES.items()
+                    if exporters.exporter_applies(hs, name)})
+    if log_shipper.applies(hs):
+        sources[log_shipper.service_name(hs)] = [journal(f"{log_shipper.service_name(hs)}.service")]
+    return sources
+
+
 def _backup_applies(hs: HostSettings) -> bool:
     return backup.applies(hs)
 
@@ -120,6 +155,16 @@ def status_script(hs: HostSettings) -> RenderedFile:
     return RenderedFile(STATUS_PATH, content, "status", mode="755")
 
 
+def logs_script(hs: HostSettings) -> RenderedFile:
+    """rs-logs: every service's logs from where this host's layout keeps them (one template
+    for both layouts: the sources say where)."""
+    sources = [(service, source) for service, found in hs.layout.log_sources(hs).items()
+               for source in found]
+    content = template("status/rs-logs.sh.j2", hs, sources=sources, layout_name=hs.layout.name,
+                       **hs.layout.script_context(hs))
+    return RenderedFile(LOGS_PATH, content, "status", mode="755")
+
+
 def writes_log_files(hs: HostSettings) -> bool:
     """Whether the app writes log files to ``paths.log_dir`` here (natively run; containers
     log to Docker's json-file driver)."""
@@ -133,15 +178,16 @@ def logrotate_file(hs: HostSettings) -> RenderedFile:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    files = [status_script(hs)]
+    files = [status_script(hs), logs_script(hs)]
     if writes_log_files(hs):
         files.append(logrotate_file(hs))
     return files
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """bash -n / shellcheck on rs-status; ``logrotate -d`` (dry run) on the logrotate file."""
-    verdicts = check_script(tree, STATUS_PATH)
+    """bash -n / shellcheck on rs-status and rs-logs; ``logrotate -d`` (dry run) on the
+    logrotate file."""
+    verdicts = check_script(tree, STATUS_PATH) + check_script(tree, LOGS_PATH)
     if writes_log_files(hs):
         local = str(tree / LOGROTATE_PATH.lstrip("/"))
         verdicts.append(run_tool(["logrotate", "-d", local], LOGROTATE_PATH, "logrotate -d"))

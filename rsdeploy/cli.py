@@ -6,6 +6,8 @@
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--wave N] [--lock-wait S]
     rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--wave N] [--lock-wait S]
     rsdeploy status    -i INVENTORY [--host NAME] [--role ROLE] [--json]
+    rsdeploy logs      -i INVENTORY [--host NAME] [--role ROLE] [SERVICE...] [--since 1h]
+                       [--tail N] [--grep TEXT] [--follow]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, release, remote, status
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, logs, release, remote, status
 from roles import backup
 from roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
@@ -209,16 +211,42 @@ def cmd_rollback(args) -> int:
     return run_pyinfra(args, "deploy.py", data, check=preflight, locked="rolling back to")
 
 
-def cmd_status(args) -> int:
-    """Every selected host at a glance (each host's rs-status, read at once); exit 1 when a
-    check is down."""
+def _with_roles(args) -> dict:
+    """The selected hosts (``--host``) that have one of the ``--role`` roles (all without)."""
     hosts = {name: hs for name, hs in _selected(args).items()
              if not args.role or any(hs.has_role(role) for role in args.role)}
     if not hosts:
         raise UserError(f"{args.inventory}: no selected host has the role {' or '.join(args.role)}")
+    return hosts
+
+
+def cmd_status(args) -> int:
+    """Every selected host at a glance (each host's rs-status, read at once); exit 1 when a
+    check is down."""
+    hosts = _with_roles(args)
     checks = status.collect(hosts, host_status.STATUS_PATH)
     print(json.dumps(status.as_json(checks), indent=2) if args.json else status.table(checks))
     return 0 if status.healthy(checks) else 1
+
+
+def cmd_logs(args) -> int:
+    """The services' logs of every selected host, merged by time (``--follow``: as they come);
+    exit 1 when a host could not be read."""
+    if args.since:
+        logs.since_seconds(args.since)  # a wrong --since is refused before any host is contacted
+    if args.tail is not None and args.tail < 0:
+        raise UserError(f"--tail {args.tail}: expected 0 or more lines")
+    query = logs.Query(tuple(args.service), args.since, args.tail, args.grep, args.follow)
+    hosts = _with_roles(args)
+    logs.services_by_host(hosts, query)  # an unknown service too
+    if args.follow:
+        return 1 if logs.follow(hosts, query, host_status.LOGS_PATH) else 0
+    lines, failed = logs.read(hosts, query, host_status.LOGS_PATH)
+    for line in logs.render(lines):
+        print(line)
+    for name, why in failed.items():
+        print(f"rsdeploy logs: {name}: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_releases(args) -> int:
@@ -476,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only hosts with this role (repeatable)")
     state.add_argument("--json", action="store_true", help="as JSON, for scripts")
     state.set_defaults(func=cmd_status)
+
+    logs_parser = sub.add_parser("logs", help="the services' logs of every host, merged by time")
+    _inventory_args(logs_parser)
+    logs_parser.add_argument("service", nargs="*",
+                             help="only these services (their Compose names in either layout: "
+                                  "backend, celery-worker, db, nginx, ...; default: all)")
+    logs_parser.add_argument("--role", action="append", choices=ROLES,
+                             help="only hosts with this role (repeatable)")
+    logs_parser.add_argument("--since", metavar="DURATION",
+                             help="only lines of the last DURATION: a number and s, m, h or d")
+    logs_parser.add_argument("--tail", type=int, metavar="N",
+                             help="the last N lines of each source (default 100, or all since "
+                                  "--since)")
+    logs_parser.add_argument("--grep", metavar="TEXT", help="only lines containing TEXT (any case)")
+    logs_parser.add_argument("--follow", "-f", action="store_true",
+                             help="then print new lines as they come, until Ctrl-C")
+    logs_parser.set_defaults(func=cmd_logs)
 
     releases = sub.add_parser("releases", help="every release attempt on each host")
     _inventory_args(releases)

@@ -95,6 +95,22 @@ class HostCommand(HostReaction):
     """A one-shot command on the host, e.g. ``update-ca-certificates``; ``target`` is the argv."""
 
 
+# --- logs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """Where a service's log lines are read on its host: its containers' output (``compose``:
+    the Compose service), the journal (``journal``: a unit, or a pattern such as
+    ``residency-backend@*.service``) or files (``file``: a path, or a glob).
+
+    Example: ``LogSource("file", "/var/log/nginx/access.log")``
+    """
+
+    kind: str
+    target: str
+
+
 # --- release primitives ---------------------------------------------------------------------------
 
 
@@ -265,6 +281,11 @@ class Layout(ABC):
     @abstractmethod
     def services(self, hs: HostSettings) -> list[str]:
         """The long-running services of the stack on this host (rs-status and verify list them)."""
+
+    @abstractmethod
+    def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
+        """Where each service of the host logs, by the name people type (the Compose service's
+        in either layout: ``backend``, ``db``, ``nginx``); what rs-logs reads."""
 
     @abstractmethod
     def service_running(self, hs: HostSettings, service: str) -> bool:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rsdeploy.settings import HostSettings
 
+#: Exit codes of ``ssh`` itself (not of the command) and of a command the host does not have.
+SSH_FAILED, NOT_FOUND = 255, 127
 #: Inventory connection keys and the OpenSSH options they become.
 SSH_OPTIONS = (("ssh_port", "Port"), ("ssh_user", "User"), ("ssh_key", "IdentityFile"),
                ("ssh_known_hosts_file", "UserKnownHostsFile"))

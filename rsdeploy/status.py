@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 VERDICTS = ("ok", "warn", "down")
 #: Fields of a porcelain record after its "check" tag.
 FIELDS = ("section", "name", "verdict", "detail", "cpu", "memory", "since")
-#: Exit codes of ``ssh`` itself (not of the command) and of a missing command.
-SSH_FAILED, NOT_FOUND = 255, 127
 
 
 @dataclass(frozen=True)
@@ -83,10 +81,10 @@ def read_host(hs: HostSettings, command: str, timeout: float = 60) -> list[Check
     checks = parse(hs.name, proc.stdout)
     if checks:
         return checks
-    if proc.returncode == SSH_FAILED:
+    if proc.returncode == remote.SSH_FAILED:
         why = (proc.stderr.strip().splitlines() or ["no answer"])[-1]
         return [Check(hs.name, "Host", "ssh", "down", why)]
-    if proc.returncode == NOT_FOUND:
+    if proc.returncode == remote.NOT_FOUND:
         return [Check(hs.name, "Host", "rs-status", "down", f"{command} not found: deploy first")]
     why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     return [Check(hs.name, "Host", "rs-status", "down", f"no checks reported: {why}")]

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +256,51 @@ def assert_status_catches_a_stopped_service(site, service: str, stop: str) -> No
     site.rsdeploy("deploy").check()
     run = site.rsdeploy("status")
     assert run.code == 0, run.stdout
+
+
+def assert_logs_show_a_request(site) -> None:
+    """A request made just before is in ``rsdeploy logs --grep``: in nginx's log and the
+    backend's, each line named by host and service; the database's own log reads too; and
+    ``--follow`` prints a request made while it follows, then stops on Ctrl-C leaving nothing
+    running on the host."""
+    marker = f"rsdeploy-logs-{uuid.uuid4().hex[:12]}"
+    assert site.curl(f"/api/v1/version?probe={marker}")[0] == 200
+    prefix = f"{site.host.name}  "
+
+    def found() -> set[str]:
+        run = site.rsdeploy("logs", "--since", "10m", "--grep", marker)
+        assert run.code == 0, run.output[-3000:]
+        return {line[len(prefix):].split()[0] for line in run.stdout.splitlines()
+                if line.startswith(prefix) and marker in line}
+    deadline = time.monotonic() + 30  # a log line may take a moment to be written
+    while (services := found()) != {"nginx", "backend"} and time.monotonic() < deadline:
+        time.sleep(2)
+    assert services == {"nginx", "backend"}, services
+    run = site.rsdeploy("logs", "db", "--tail", "3")
+    assert run.code == 0 and run.stdout.strip(), run.output[-2000:]
+    assert all(line.startswith(f"{prefix}db ") for line in run.stdout.splitlines()), run.stdout
+
+    following = subprocess.Popen(
+        [sys.executable, "-m", "rsdeploy.cli", "logs", "nginx", "--follow", "--tail", "0",
+         "-i", str(SANDBOX_INVENTORY), "--secrets", str(site.sandbox.paths.secrets)],
+        cwd=REPO_ROOT, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: list[str] = []
+    threading.Thread(target=lambda: printed.extend(following.stdout), daemon=True).start()
+    second = f"{marker}-followed"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(second in line for line in printed):  # once its SSH session reads
+            assert time.monotonic() < deadline, f"--follow printed no request with {second}"
+            site.curl(f"/health?probe={second}")
+            time.sleep(2)
+    finally:
+        following.send_signal(signal.SIGINT)
+        code = following.wait(timeout=30)
+    assert code == 130, following.stderr.read()
+    deadline = time.monotonic() + 20
+    while site.on_host("pgrep -fc '[r]s-logs' || true").strip() != "0":
+        assert time.monotonic() < deadline, site.on_host("pgrep -fa '[r]s-logs' || true")
+        time.sleep(1)
 
 
 def assert_restore_gives_back_the_dumped_rows(site) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_logs_show_a_request,
     assert_status_catches_a_stopped_service,
     changed_inventory,
     ready_site,
@@ -70,6 +71,10 @@ def test_status_shows_every_service_and_exits_1_while_one_is_stopped(site):
     assert_status_catches_a_stopped_service(
         site, "alertmanager",
         "docker stop $(docker ps -q --filter label=com.docker.compose.service=alertmanager)")
+
+
+def test_logs_show_a_request_in_nginx_and_the_backend_and_follow_new_ones(site):
+    assert_logs_show_a_request(site)
 
 
 def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):

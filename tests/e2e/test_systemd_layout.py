@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_logs_show_a_request,
     assert_restore_gives_back_the_dumped_rows,
     assert_status_catches_a_stopped_service,
     assert_rows_kept,
@@ -83,6 +84,10 @@ def test_bootstrap_and_first_release_serve_and_verify(site, written):
 def test_status_shows_every_unit_and_exits_1_while_one_is_stopped(site):
     assert_status_catches_a_stopped_service(site, "prometheus-alertmanager.service",
                                             "systemctl stop prometheus-alertmanager.service")
+
+
+def test_logs_show_a_request_from_the_journal_and_debians_files_and_follow_new_ones(site):
+    assert_logs_show_a_request(site)  # nginx: its file; backend: the journal; db: its file
 
 
 def test_a_second_run_changes_nothing_and_restarts_nothing(site):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 
 from rsdeploy.facts import ComposeContainers
-from rsdeploy.layout import Layout
+from rsdeploy.layout import Layout, LogSource
 from rsdeploy.stack.docker import delivery, project, release, rollout
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ class DockerLayout(Layout):
 
     def services(self, hs: HostSettings) -> list[str]:
         return project.long_running(hs)
+
+    def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
+        return {service: [LogSource("compose", service)] for service in project.long_running(hs)}
 
     def service_running(self, hs: HostSettings, service: str) -> bool:
         container = host.get_fact(ComposeContainers, project=hs.stack.compose.project).get(service)

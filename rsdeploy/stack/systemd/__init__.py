@@ -15,7 +15,7 @@ from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 
 from roles import backend, frontend, status
-from rsdeploy.layout import Layout
+from rsdeploy.layout import Layout, LogSource
 from rsdeploy.stack.systemd import delivery, release, rollout
 
 if TYPE_CHECKING:
@@ -85,6 +85,9 @@ class SystemdLayout(Layout):
 
     def services(self, hs: HostSettings) -> list[str]:
         return status.systemd_units(hs)
+
+    def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
+        return status.native_log_sources(hs)
 
     def service_running(self, hs: HostSettings, service: str) -> bool:
         """A distribution service's unit, any release slot's instance of an app unit, or the
