@@ -5,13 +5,14 @@ app writes log files (run natively, not in containers), logrotate for ``paths.lo
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from roles import backend, backup, exporters, frontend, log_shipper, nginx, postgres, redis, tls
 from rsdeploy import lock
-from rsdeploy.layout import LogSource
+from rsdeploy.layout import Control, LogSource
 from rsdeploy.release import version_file
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 STATUS_PATH = "/usr/local/bin/rs-status"
 LOGS_PATH = "/usr/local/bin/rs-logs"
+SERVICE_PATH = "/usr/local/bin/rs-service"
 LOGROTATE_PATH = "/etc/logrotate.d/residency-scheduler"
 
 #: Debian unit names of the distribution services, by role / monitoring component.
@@ -45,12 +47,15 @@ PM2_SUMMARY = ("let d = ''; process.stdin.on('data', c => d += c).on('end', () =
 # template ("|" never occurs in their fields).
 PS_FORMAT = "{{.Service}}|{{.Name}}|{{.State}}|{{.Health}}|{{.RunningFor}}"
 STATS_FORMAT = "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}"
+STATE_FORMAT = "{{.State}}|{{.Health}}"
 
 
 class Settings(Section):
     log_rotate_days: int = Field(default=14, ge=1, le=3650)  # days of paths.log_dir logs logrotate keeps
     certificate_warn_days: int = Field(default=21, ge=1, le=365)  # warn below (certbot renews at 30)
     backup_max_age_hours: int = Field(default=36, ge=1, le=8760)  # warn when the newest dump is older
+    stop_timeout: int = Field(default=30, ge=1, le=3600)  # seconds rs-service gives a container to stop (the guide's 30)
+    start_timeout: int = Field(default=180, ge=10, le=3600)  # seconds rs-service waits for a started service to run
 
 
 def applies(hs: HostSettings) -> bool:
@@ -86,36 +91,54 @@ def release_slots(hs: HostSettings) -> list[dict]:
             for slot in hs.layout.release_slots]
 
 
-def native_log_sources(hs: HostSettings) -> dict[str, list[LogSource]]:
-    """Natively, where each service logs, by its Compose name (what the systemd layout answers
-    for ``hs.layout.log_sources(hs)``): our units and the monitoring packages log to the
-    journal; PostgreSQL, Redis and nginx to Debian's files (their units' journal has the starts
-    and stops); PM2 writes the frontend's output to ``paths.log_dir``."""
-    def journal(unit: str) -> LogSource:
-        return LogSource("journal", unit)
-
-    sources: dict[str, list[LogSource]] = {}
+def native_services(hs: HostSettings) -> dict[str, str]:
+    """Natively, each service's unit by its Compose name, in the order they start (data stores,
+    the app, monitoring, the web server); the app's own by their unit template
+    (``residency-backend@.service``: one instance per release slot); the frontend by PM2's unit.
+    """
+    services = {}
     if hs.has_role("db"):
-        sources["db"] = [journal(postgres.native_unit(hs)), LogSource("file", postgres.log_file(hs))]
+        services["db"] = postgres.native_unit(hs)
     if hs.has_role("redis"):
-        sources["redis"] = [journal(ROLE_UNITS["redis"]), LogSource("file", redis.LOG_FILE)]
+        services["redis"] = ROLE_UNITS["redis"]
     if hs.has_role("app"):
-        for unit in backend.app_units(hs):  # every release slot's instance
-            template_name = unit.name.split("@")[0]  # residency-backend
-            sources[template_name.removeprefix("residency-")] = [journal(f"{template_name}@*.service")]
-        sources["frontend"] = [journal(frontend.PM2_UNIT), LogSource("file", frontend.log_files(hs))]
-    if hs.has_role("web"):
-        sources["nginx"] = [journal(ROLE_UNITS["web"]), LogSource("file", nginx.ERROR_LOG),
-                            LogSource("file", nginx.ACCESS_LOG)]
+        for unit in backend.app_units(hs):
+            services[unit.name.split("@")[0].removeprefix("residency-")] = unit.name
+        services["frontend"] = frontend.PM2_UNIT
     if hs.has_role("monitoring"):
-        sources.update({name: [journal(unit)] for name, unit in MONITORING_UNITS.items()
-                        if getattr(hs.stack, name).enabled})
-    sources.update({name.replace("_", "-"): [journal(f"{package}.service")]
-                    for name, package in exporters.PACKAGES.items()
-                    if exporters.exporter_applies(hs, name)})
+        services.update({name: unit for name, unit in MONITORING_UNITS.items()
+                         if getattr(hs.stack, name).enabled})
+    services.update({name.replace("_", "-"): f"{package}.service"
+                     for name, package in exporters.PACKAGES.items()
+                     if exporters.exporter_applies(hs, name)})
     if log_shipper.applies(hs):
-        sources[log_shipper.service_name(hs)] = [journal(f"{log_shipper.service_name(hs)}.service")]
-    return sources
+        services[log_shipper.service_name(hs)] = f"{log_shipper.service_name(hs)}.service"
+    if hs.has_role("web"):
+        services["nginx"] = ROLE_UNITS["web"]
+    return services
+
+
+def native_log_sources(hs: HostSettings) -> dict[str, list[LogSource]]:
+    """Natively, where each service logs (what the systemd layout answers for
+    ``hs.layout.log_sources(hs)``): the journal of its unit (every release slot's instance of
+    the app's); besides, PostgreSQL, Redis and nginx write Debian's files, and PM2 the
+    frontend's output to ``paths.log_dir``."""
+    files = {"db": [postgres.log_file(hs)], "redis": [redis.LOG_FILE],
+             "nginx": [nginx.ERROR_LOG, nginx.ACCESS_LOG], "frontend": [frontend.log_files(hs)]}
+    return {service: [LogSource("journal", unit.replace("@.", "@*."))]
+            + [LogSource("file", path) for path in files.get(service, [])]
+            for service, unit in native_services(hs).items()}
+
+
+def native_controls(hs: HostSettings) -> dict[str, Control]:
+    """Natively, how each service is stopped and started (what the systemd layout answers for
+    ``hs.layout.controls(hs)``): its unit; the app's, the serving slot's instance (the enabled
+    one); the frontend, the serving slot's PM2 app."""
+    def control(service: str, unit: str) -> Control:
+        if service == "frontend":
+            return Control("pm2", frontend.APP_NAME)
+        return Control("slots" if "@." in unit else "unit", unit)
+    return {service: control(service, unit) for service, unit in native_services(hs).items()}
 
 
 def _backup_applies(hs: HostSettings) -> bool:
@@ -165,6 +188,21 @@ def logs_script(hs: HostSettings) -> RenderedFile:
     return RenderedFile(LOGS_PATH, content, "status", mode="755")
 
 
+def service_script(hs: HostSettings) -> RenderedFile:
+    """rs-service: stop, start or restart this host's services in order, gracefully (one
+    template for both layouts: the controls say how)."""
+    controls = list(hs.layout.controls(hs).items())
+    serving = next((c.target for name, c in controls if name == "backend" and c.kind == "slots"), "")
+    content = template("status/rs-service.sh.j2", hs, controls=controls,
+                       layout_name=hs.layout.name, release_slots=hs.layout.release_slots,
+                       serving_template=serving, state_format=STATE_FORMAT,
+                       stop_timeout=hs.stack.status.stop_timeout,
+                       start_timeout=hs.stack.status.start_timeout,
+                       pm2_argv=shlex.split(frontend.pm2_command(hs)),
+                       **hs.layout.script_context(hs))
+    return RenderedFile(SERVICE_PATH, content, "status", mode="755")
+
+
 def writes_log_files(hs: HostSettings) -> bool:
     """Whether the app writes log files to ``paths.log_dir`` here (natively run; containers
     log to Docker's json-file driver)."""
@@ -178,16 +216,16 @@ def logrotate_file(hs: HostSettings) -> RenderedFile:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    files = [status_script(hs), logs_script(hs)]
+    files = [status_script(hs), logs_script(hs), service_script(hs)]
     if writes_log_files(hs):
         files.append(logrotate_file(hs))
     return files
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """bash -n / shellcheck on rs-status and rs-logs; ``logrotate -d`` (dry run) on the
-    logrotate file."""
-    verdicts = check_script(tree, STATUS_PATH) + check_script(tree, LOGS_PATH)
+    """bash -n / shellcheck on rs-status, rs-logs and rs-service; ``logrotate -d`` (dry run)
+    on the logrotate file."""
+    verdicts = [v for path in (STATUS_PATH, LOGS_PATH, SERVICE_PATH) for v in check_script(tree, path)]
     if writes_log_files(hs):
         local = str(tree / LOGROTATE_PATH.lstrip("/"))
         verdicts.append(run_tool(["logrotate", "-d", local], LOGROTATE_PATH, "logrotate -d"))

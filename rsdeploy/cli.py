@@ -8,6 +8,7 @@
     rsdeploy status    -i INVENTORY [--host NAME] [--role ROLE] [--json]
     rsdeploy logs      -i INVENTORY [--host NAME] [--role ROLE] [SERVICE...] [--since 1h]
                        [--tail N] [--grep TEXT] [--follow]
+    rsdeploy stop|start|restart -i INVENTORY [--host NAME] [--role ROLE] [SERVICE...] [--lock-wait S]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, logs, release, remote, status
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, logs, release, remote, services, status
 from roles import backup
 from roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
@@ -121,15 +122,21 @@ def run_pyinfra(args, deploy_file: str, data: dict[str, str], check=None,
     with contextlib.ExitStack() as held:
         os.environ.setdefault(TOKEN_ENV, secrets.token_hex(16))  # passed on to pyinfra
         if locked and not args.dry:
-            holder = {"who": release.who(), "action": locked,
-                      "version": data.get("version") or next(iter(hosts.values())).stack.version,
-                      "message": getattr(args, "message", None) or ""}
-            for hs in hosts.values():
-                lock = held.enter_context(HostLock(hs, holder, getattr(args, "lock_wait", 0),
-                                                          getattr(args, "break_lock", False)))
-                for note in lock.notes:
-                    print(f"rsdeploy: {note}", file=sys.stderr)
+            _hold_locks(held, args, hosts, locked,
+                        data.get("version") or next(iter(hosts.values())).stack.version)
         return _pyinfra(args, deploy_file, data, hosts)
+
+
+def _hold_locks(held: contextlib.ExitStack, args, hosts: dict, action: str, what: str) -> None:
+    """Take each host's deploy lock until ``held`` closes (``--lock-wait``, ``--break-lock``,
+    ``--message``); the holder record says ``action what`` ("deploying v1.1.0")."""
+    holder = {"who": release.who(), "action": action, "version": what,
+              "message": getattr(args, "message", None) or ""}
+    for hs in hosts.values():
+        lock = held.enter_context(HostLock(hs, holder, getattr(args, "lock_wait", 0),
+                                           getattr(args, "break_lock", False)))
+        for note in lock.notes:
+            print(f"rsdeploy: {note}", file=sys.stderr)
 
 
 def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
@@ -247,6 +254,34 @@ def cmd_logs(args) -> int:
     for name, why in failed.items():
         print(f"rsdeploy logs: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_service(args) -> int:
+    """Stop, start or restart services on the selected hosts, gracefully and in order: stopping
+    the web hosts first and the data stores last, starting the other way (a restart stops
+    everything asked for, then starts it); each host's deploy lock is held meanwhile. Exit 1
+    when a service did not stop or start (the host's rs-service names it)."""
+    hosts = _with_roles(args)
+    wanted = services.by_host(hosts, args.service, lambda hs: hs.layout.controls(hs))
+    order = [name for name in services.start_order(hosts) if name in wanted]
+    steps = {"stop": [("stop", order[::-1])], "start": [("start", order)],
+             "restart": [("stop", order[::-1]), ("start", order)]}[args.action]
+    with contextlib.ExitStack() as held:
+        _hold_locks(held, args, {name: hosts[name] for name in order},
+                    {"stop": "stopping", "start": "starting", "restart": "restarting"}[args.action],
+                    ", ".join(args.service) or "every service")
+        for action, names in steps:
+            for name in names:
+                named = wanted[name] if args.service else []  # none: every one of the host
+                command = shlex.join([host_status.SERVICE_PATH, action, *named])
+                result = remote.run(hosts[name], command, timeout=3600)
+                for line in (result.stdout + result.stderr).splitlines():
+                    print(f"{name}: {line}", flush=True)
+                if result.returncode != 0:
+                    print(f"rsdeploy: {args.action} stopped at {name} (exit {result.returncode}); "
+                          "the hosts after it were not touched", file=sys.stderr)
+                    return 1
+    return 0
 
 
 def cmd_releases(args) -> int:
@@ -521,6 +556,19 @@ def build_parser() -> argparse.ArgumentParser:
     logs_parser.add_argument("--follow", "-f", action="store_true",
                              help="then print new lines as they come, until Ctrl-C")
     logs_parser.set_defaults(func=cmd_logs)
+
+    for action, meaning in (("stop", "stop services gracefully, web first (no data removed)"),
+                            ("start", "start services, data stores first, and wait until they run"),
+                            ("restart", "stop, then start services")):
+        control = sub.add_parser(action, help=meaning)
+        _inventory_args(control)
+        control.add_argument("service", nargs="*",
+                             help="only these services (their Compose names in either layout; "
+                                  "default: every service of the selected hosts)")
+        control.add_argument("--role", action="append", choices=ROLES,
+                             help="only hosts with this role (repeatable)")
+        _lock_args(control)
+        control.set_defaults(func=cmd_service, action=action)
 
     releases = sub.add_parser("releases", help="every release attempt on each host")
     _inventory_args(releases)

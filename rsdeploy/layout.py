@@ -95,7 +95,7 @@ class HostCommand(HostReaction):
     """A one-shot command on the host, e.g. ``update-ca-certificates``; ``target`` is the argv."""
 
 
-# --- logs ---------------------------------------------------------------------------------------
+# --- logs and control ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,19 @@ class LogSource:
     ``residency-backend@*.service``) or files (``file``: a path, or a glob).
 
     Example: ``LogSource("file", "/var/log/nginx/access.log")``
+    """
+
+    kind: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Control:
+    """How a service is stopped and started on its host: ``compose`` (the Compose service),
+    ``unit`` (a systemd unit), ``slots`` (the app's unit template: the instance of the serving
+    release slot, the enabled one) or ``pm2`` (the serving slot's PM2 app of this name).
+
+    Example: ``Control("slots", "residency-backend@.service")``
     """
 
     kind: str
@@ -286,6 +299,12 @@ class Layout(ABC):
     def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
         """Where each service of the host logs, by the name people type (the Compose service's
         in either layout: ``backend``, ``db``, ``nginx``); what rs-logs reads."""
+
+    @abstractmethod
+    def controls(self, hs: HostSettings) -> dict[str, Control]:
+        """How each service of the host is stopped and started, by the same names as
+        :meth:`log_sources`, in the order they start (data stores first, the web server last);
+        what rs-service acts on."""
 
     @abstractmethod
     def service_running(self, hs: HostSettings, service: str) -> bool:

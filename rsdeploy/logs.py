@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from rsdeploy import remote
+from rsdeploy import remote, services
 from rsdeploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -157,16 +157,8 @@ def render(lines: list[Line]) -> Iterator[str]:
 
 
 def services_by_host(hosts: dict[str, HostSettings], query: Query) -> dict[str, list[str]]:
-    """For each host, the services to read there: those asked for that it runs (all when none
-    is named); hosts running none are left out. UserError for a service no host runs."""
-    running = {name: list(hs.layout.log_sources(hs)) for name, hs in hosts.items()}
-    everywhere = sorted({service for services in running.values() for service in services})
-    unknown = [service for service in query.services if service not in everywhere]
-    if unknown:
-        raise UserError(f"no selected host runs {unknown[0]} (services: {', '.join(everywhere)})")
-    picked = {name: [s for s in services if not query.services or s in query.services]
-              for name, services in running.items()}
-    return {name: services for name, services in picked.items() if services}
+    """For each host, the services to read there (see :func:`rsdeploy.services.by_host`)."""
+    return services.by_host(hosts, query.services, lambda hs: hs.layout.log_sources(hs))
 
 
 def _command(logs_path: str, query: Query, services: list[str]) -> str:

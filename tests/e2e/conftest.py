@@ -303,6 +303,29 @@ def assert_logs_show_a_request(site) -> None:
         time.sleep(1)
 
 
+def assert_stop_and_start_keep_every_row(site) -> None:
+    """``rsdeploy stop`` takes the whole site down gracefully (nothing answers), ``start``
+    brings it back with every row written before; ``restart backend`` restarts the backend
+    alone, and ``status`` is all up after each."""
+    written: list[str] = []
+    write_note(site, written, "stop")
+    run = site.rsdeploy("stop")
+    assert run.code == 0, run.output[-3000:]
+    assert f"{site.host.name}: stopping nginx" in run.stdout and \
+        run.stdout.index("stopping nginx") < run.stdout.index("stopping db"), run.stdout
+    assert site.curl("/health")[0] == 0  # nothing listens: nginx stopped too
+    run = site.rsdeploy("start")
+    assert run.code == 0, run.output[-3000:]
+    assert run.stdout.index("starting db") < run.stdout.index("starting nginx"), run.stdout
+    assert site.wait_healthy()["database"] == "connected"
+    assert_rows_kept(site, written)
+    run = site.rsdeploy("restart", "backend")
+    assert run.code == 0 and "stopping backend" in run.stdout, run.output[-3000:]
+    assert "stopping db" not in run.stdout and "stopping nginx" not in run.stdout, run.stdout
+    site.wait_healthy()
+    assert site.rsdeploy("status").code == 0
+
+
 def assert_restore_gives_back_the_dumped_rows(site) -> None:
     """``db backup``, a row written after it, ``db restore``: the rows are exactly the dumped
     ones again (ids, bodies and times), and the site is healthy."""

@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     FIRST_VERSION,
     assert_logs_show_a_request,
     assert_status_catches_a_stopped_service,
+    assert_stop_and_start_keep_every_row,
     changed_inventory,
     ready_site,
 )
@@ -75,6 +76,10 @@ def test_status_shows_every_service_and_exits_1_while_one_is_stopped(site):
 
 def test_logs_show_a_request_in_nginx_and_the_backend_and_follow_new_ones(site):
     assert_logs_show_a_request(site)
+
+
+def test_stop_and_start_take_the_site_down_and_back_with_every_row(site):
+    assert_stop_and_start_keep_every_row(site)
 
 
 def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):

@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     assert_logs_show_a_request,
     assert_restore_gives_back_the_dumped_rows,
     assert_status_catches_a_stopped_service,
+    assert_stop_and_start_keep_every_row,
     assert_rows_kept,
     changed_inventory,
     history,
@@ -88,6 +89,10 @@ def test_status_shows_every_unit_and_exits_1_while_one_is_stopped(site):
 
 def test_logs_show_a_request_from_the_journal_and_debians_files_and_follow_new_ones(site):
     assert_logs_show_a_request(site)  # nginx: its file; backend: the journal; db: its file
+
+
+def test_stop_and_start_take_the_site_down_and_back_with_every_row(site):
+    assert_stop_and_start_keep_every_row(site)  # units, the serving slot's and PM2's app
 
 
 def test_a_second_run_changes_nothing_and_restarts_nothing(site):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 
 from rsdeploy.facts import ComposeContainers
-from rsdeploy.layout import Layout, LogSource
+from rsdeploy.layout import Control, Layout, LogSource
 from rsdeploy.stack.docker import delivery, project, release, rollout
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class DockerLayout(Layout):
 
     def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
         return {service: [LogSource("compose", service)] for service in project.long_running(hs)}
+
+    def controls(self, hs: HostSettings) -> dict[str, Control]:
+        return {service: Control("compose", service) for service in project.long_running(hs)}
 
     def service_running(self, hs: HostSettings, service: str) -> bool:
         container = host.get_fact(ComposeContainers, project=hs.stack.compose.project).get(service)

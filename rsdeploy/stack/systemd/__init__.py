@@ -15,7 +15,7 @@ from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 
 from roles import backend, frontend, status
-from rsdeploy.layout import Layout, LogSource
+from rsdeploy.layout import Control, Layout, LogSource
 from rsdeploy.stack.systemd import delivery, release, rollout
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class SystemdLayout(Layout):
 
     def log_sources(self, hs: HostSettings) -> dict[str, list[LogSource]]:
         return status.native_log_sources(hs)
+
+    def controls(self, hs: HostSettings) -> dict[str, Control]:
+        return status.native_controls(hs)
 
     def service_running(self, hs: HostSettings, service: str) -> bool:
         """A distribution service's unit, any release slot's instance of an app unit, or the
