@@ -473,6 +473,18 @@ def _release_data(args, data: dict) -> dict:
     return {**data, "release_wave": args.wave} if args.wave is not None else data
 
 
+def _role_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", action="append", choices=ROLES,
+                        help="only hosts with this role (repeatable)")
+
+
+def _service_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("service", nargs="*",
+                        help="only these services (their Compose names in either layout: "
+                             "backend, celery-worker, db, nginx, ...; default: every one)")
+    _role_args(parser)
+
+
 def _lock_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-wait", type=float, default=0, metavar="SECONDS",
                         help="wait this long for another run's deploy lock (default: refuse at once)")
@@ -535,18 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     state = sub.add_parser("status", help="every host and service at a glance; exit 1 if one is down")
     _inventory_args(state)
-    state.add_argument("--role", action="append", choices=ROLES,
-                       help="only hosts with this role (repeatable)")
+    _role_args(state)
     state.add_argument("--json", action="store_true", help="as JSON, for scripts")
     state.set_defaults(func=cmd_status)
 
     logs_parser = sub.add_parser("logs", help="the services' logs of every host, merged by time")
     _inventory_args(logs_parser)
-    logs_parser.add_argument("service", nargs="*",
-                             help="only these services (their Compose names in either layout: "
-                                  "backend, celery-worker, db, nginx, ...; default: all)")
-    logs_parser.add_argument("--role", action="append", choices=ROLES,
-                             help="only hosts with this role (repeatable)")
+    _service_args(logs_parser)
     logs_parser.add_argument("--since", metavar="DURATION",
                              help="only lines of the last DURATION: a number and s, m, h or d")
     logs_parser.add_argument("--tail", type=int, metavar="N",
@@ -562,11 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("restart", "stop, then start services")):
         control = sub.add_parser(action, help=meaning)
         _inventory_args(control)
-        control.add_argument("service", nargs="*",
-                             help="only these services (their Compose names in either layout; "
-                                  "default: every service of the selected hosts)")
-        control.add_argument("--role", action="append", choices=ROLES,
-                             help="only hosts with this role (repeatable)")
+        _service_args(control)
         _lock_args(control)
         control.set_defaults(func=cmd_service, action=action)
 

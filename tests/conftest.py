@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,6 +39,15 @@ EXAMPLES = ["example_docker", "example_systemd", "example_multi"]
 def load_example(name: str, env: dict[str, str] | None = None):
     """Every host of ``inventories/<name>.py`` with the dummy secrets (and RS_* from ``env``)."""
     return load_inventory(str(INVENTORIES / f"{name}.py"), EXAMPLE_SECRETS, env=env or {})
+
+
+def unreachable(hs):
+    """``hs`` as if its SSH port were closed (a loopback port nothing listens on)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    return dataclasses.replace(hs, connection={"ssh_hostname": "127.0.0.1", "ssh_port": port,
+                                               "ssh_strict_host_key_checking": "no"})
 
 
 def render_example(name: str, root: Path, env: dict[str, str] | None = None):

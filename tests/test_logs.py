@@ -5,9 +5,7 @@ any host is contacted. The sandbox end-to-end chains read real logs of both layo
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import socket
 import subprocess
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +16,7 @@ from rsdeploy import cli, logs
 from rsdeploy.errors import UserError
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory
-from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
+from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example, unreachable
 
 UTC = timezone.utc
 AT = datetime(2026, 12, 1, 4, 5, 6, 123456, UTC)
@@ -184,11 +182,7 @@ def test_rsdeploy_logs_refuses_bad_input_before_contacting_a_host(capsys):
 
 def test_rsdeploy_logs_names_a_host_that_does_not_answer():
     hs = load_example("example_docker")["rs1.example.org"]
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    gone = dataclasses.replace(hs, connection={"ssh_hostname": "127.0.0.1", "ssh_port": port,
-                                               "ssh_strict_host_key_checking": "no"})
+    gone = unreachable(hs)
     lines, failed = logs.read({hs.name: gone}, logs.Query(), status.LOGS_PATH)
     assert lines == [] and failed[hs.name].startswith("not reached over SSH"), failed
     assert "refused" in failed[hs.name]

@@ -3,10 +3,8 @@ and systemd-analyze, then run against stub `docker`/`curl` commands to prove the
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from roles import backup, status, tls
 from rsdeploy import status as rs_status
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory
-from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example
+from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example, unreachable
 
 STUB_DOCKER = r"""#!/bin/bash
 # Stands in for the docker CLI: `compose ... ps` prints $STUB_PS; `exec` runs the probe/dump.
@@ -242,11 +240,7 @@ def test_rsdeploy_status_shows_a_held_lock_in_words_without_its_token():
 
 def test_rsdeploy_status_names_a_host_that_does_not_answer():
     hs = load_example("example_docker")["rs1.example.org"]
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    gone = dataclasses.replace(hs, connection={"ssh_hostname": "127.0.0.1", "ssh_port": port,
-                                               "ssh_strict_host_key_checking": "no"})
+    gone = unreachable(hs)
     (check,) = rs_status.collect({hs.name: gone}, status.STATUS_PATH)
     assert (check.host, check.name, check.verdict) == (hs.name, "ssh", "down")
     assert "refused" in check.detail, check.detail
