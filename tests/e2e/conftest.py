@@ -350,10 +350,17 @@ def serving(site) -> dict:
 def under_load(site, ca_file, *args: str):
     """``rsdeploy ARGS`` while the steady load runs; (the run, the load's report). The site's
     hosts come first on the machine's CPU meanwhile (the other test groups run beside it)."""
+    started = time.strftime("%H:%M:%S", time.gmtime())
     with sandbox_module.precedence(site.sandbox), \
             load.steady(f"https://127.0.0.1:{site.host.port(443)}", site.domain, ca_file) as run:
         result = site.rsdeploy(*args)
-    return result, run.report()
+    report = run.report()
+    if report.failed:  # shown with the failed assertion: what nginx saw meanwhile
+        seen = site.rsdeploy("logs", "nginx", "--since", "30m", "--grep", "upstream",
+                             "--host", site.host.name)
+        print(f"load started {started} UTC; {report.summary()}\nnginx's upstream errors:\n"
+              f"{seen.output[-6000:]}\nrsdeploy {' '.join(args)}:\n{result.output[-8000:]}")
+    return result, report
 
 
 def history(site) -> list[dict]:
