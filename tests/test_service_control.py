@@ -18,17 +18,17 @@ from rsdeploy.stack import load_inventory
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 
 STUB_DOCKER = r"""#!/bin/bash
-# `docker compose ... ACTION ... SERVICE`: records "ACTION SERVICE"; ps answers $STUB_STATE.
+# `docker compose ... stop ... SERVICE` and `docker start id-SERVICE`: records "ACTION SERVICE";
+# `compose ps --all --quiet SERVICE` names its container; `compose ps` answers $STUB_STATE.
 args=("$@")
 service=${args[-1]}
-for action in stop start ps; do
-    if [[ " $* " == *" $action "* ]]; then break; fi
-done
-[[ $action == ps ]] || echo "$action $service ${*: -3:2}" >> "$STUB_CALLS"
-if [[ $action == ps ]]; then
-    if [[ " $* " == *" --quiet "* ]]; then exit 0; fi  # nothing running after a stop
-    echo "${STUB_STATE:-running|healthy}"
+if [[ $1 == start ]]; then echo "start ${service#id-}" >> "$STUB_CALLS"; exit 0; fi
+if [[ " $* " == *" stop "* ]]; then echo "stop $service ${*: -3:2}" >> "$STUB_CALLS"; exit 0; fi
+if [[ " $* " == *" ps --all --quiet "* ]]; then
+    [[ $service == "${STUB_MISSING:-}" ]] || echo "id-$service"; exit 0
 fi
+if [[ " $* " == *" --quiet "* ]]; then exit 0; fi  # nothing running after a stop
+echo "${STUB_STATE:-running|healthy}"
 """
 STUB_SYSTEMCTL = r"""#!/bin/bash
 # Remembers which units it stopped (a file each) until they are started again.
@@ -91,6 +91,13 @@ def test_a_service_that_does_not_come_back_healthy_is_named_with_exit_1(tmp_path
     result, _ = run("start", "backend", STUB_STATE="running|unhealthy")
     assert result.returncode == 1
     assert "rs-service: backend not running (healthy) after 10 s" in result.stderr
+
+
+def test_a_service_without_a_container_is_named_at_once_and_the_rest_still_start(tmp_path):
+    _, run = rs_service(tmp_path, "example_docker")
+    result, calls = run("start", "db", "backend", "nginx", STUB_MISSING="backend")
+    assert result.returncode == 1 and "rs-service: backend did not start" in result.stderr
+    assert calls == ["start db", "start nginx"]
 
 
 def test_natively_only_the_serving_slots_units_and_pm2_app_are_touched(tmp_path):
