@@ -68,6 +68,9 @@ PORT_RANGE = (20000, 40000)
 START_TIMEOUT = 120
 #: Docker's default CPU weight of a container (cgroup cpu.shares), and a measured host's.
 CPU_SHARES, MEASURED_CPU_SHARES = 1024, 8192
+#: The CPU weight of the cgroup every container is in, against each busy process of this
+#: machine's own (cgroup v1: a process in the root group weighs as much as all containers).
+CONTAINERS_CPU_SHARES = 8192
 
 
 def log(message: str) -> None:
@@ -459,6 +462,7 @@ def _up(prefix: str | None, count: int) -> Sandbox:
     _ensure_network(client, prefix, state)
     _remove_extra_hosts(client, prefix, count, state)
     hosts = [_ensure_host(client, prefix, i, image, paths, state) for i in range(1, count + 1)]
+    _favour_containers(client.containers.get(hosts[0]["name"]))
     state.update(prefix=prefix, network=f"{prefix}-net", hosts=hosts, key=str(paths.key),
                  known_hosts=str(paths.known_hosts), ssh_config=str(paths.ssh_config),
                  secrets=str(paths.secrets), ca_cert=str(paths.ca_cert))
@@ -602,6 +606,23 @@ def session(prefix: str | None = None, count: int = 1) -> Iterator[Sandbox]:
     finally:
         if os.environ.get(KEEP_ENV) != "1":
             down(sandbox.prefix)
+
+
+def _favour_containers(container) -> None:
+    """The sandbox hosts stand in for servers of their own: give the cgroup all containers
+    share (cgroup v1's ``/docker``) the weight of :data:`CONTAINERS_CPU_SHARES` busy processes,
+    so this machine's own (the test groups' pytest, pyinfra and ssh) do not starve them. Where
+    the machine has no such group (cgroup v2) or it cannot be written, nothing changes."""
+    pid = container.attrs["State"]["Pid"]
+    with contextlib.suppress(OSError, ValueError):
+        line = next(entry for entry in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                    if entry.split(":")[1].split(",")[0] == "cpu")
+        own = Path("/sys/fs/cgroup/cpu") / line.split(":", 2)[2].strip("/")  # /docker/<id>
+        shares = own.parent / "cpu.shares"
+        if own.parent != Path("/sys/fs/cgroup/cpu") and shares.read_text().strip() != str(
+                CONTAINERS_CPU_SHARES):
+            shares.write_text(str(CONTAINERS_CPU_SHARES))
+            log(f"containers' CPU weight: {CONTAINERS_CPU_SHARES} ({shares})")
 
 
 @contextlib.contextmanager
