@@ -6,8 +6,12 @@ any host is contacted. The sandbox end-to-end chains read real logs of both layo
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +45,10 @@ printf '2026-12-01T04:00:01.000000000Z %s started\n2026-12-01T04:00:02.000000000
 STUB_JOURNALCTL = r"""#!/bin/bash
 echo "$*" >> "$STUB_CALLS"
 printf '2026-12-01T04:00:03.000000+00:00 rs1 unit[1]: from the journal\n'
+if [[ " $* " == *" --follow "* ]]; then  # a reader that waits for more, as journalctl -f does
+    echo $$ >> "$STUB_CALLS.followers"
+    exec sleep 60
+fi
 """
 
 
@@ -129,6 +137,9 @@ def rs_logs(tmp_path, name: str, **override):
         calls.write_text("")
         return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
                               env=env, timeout=30, stdin=subprocess.DEVNULL)
+    run.start = lambda *args: subprocess.Popen(  # type: ignore[attr-defined]
+        ["bash", str(script), *args], env=env, text=True, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, start_new_session=True)
     return run, calls
 
 
@@ -168,6 +179,33 @@ def test_rs_logs_natively_reads_the_journal_and_pm2s_files(tmp_path):
     assert {"frontend       | old", "frontend       | 2026-12-01T04:00:05: boom"} <= set(lines)
     assert "--output short-iso-precise --unit residency-backend@*.service --lines 1" in \
         calls.read_text()
+
+
+def test_rs_logs_follows_line_by_line_and_stops_its_readers_when_its_input_ends(tmp_path):
+    run, calls = rs_logs(tmp_path, "example_systemd")
+    following = run.start("--follow", "--porcelain", "--tail", "0", "backend", "celery-worker")
+    try:
+        ready, _, _ = select.select([following.stdout], [], [], 5)
+        assert ready, "no line within 5 s: a reader's line is held back in a pipe"
+        first = following.stdout.readline()
+        assert first.split("\t")[0] in ("backend", "celery-worker"), first
+        assert first.split("\t")[1].startswith("2026-12-01T04:00:03"), first
+        following.stdin.close()  # what rsdeploy logs does when it stops following
+        assert following.wait(timeout=10) == 0
+    finally:
+        if following.poll() is None:
+            os.killpg(following.pid, signal.SIGKILL)
+    followers = Path(f"{calls}.followers").read_text().split()
+    assert len(followers) == 2
+    time.sleep(0.5)
+    alive = [pid for pid in followers if _running(pid)]
+    assert not alive, f"readers left running: {alive}"
+
+
+def _running(pid: str) -> bool:
+    """Whether the process runs (a zombie waiting for its reaper has ended)."""
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()
 
 
 def test_rsdeploy_logs_refuses_bad_input_before_contacting_a_host(capsys):
