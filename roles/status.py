@@ -48,6 +48,8 @@ PM2_SUMMARY = ("let d = ''; process.stdin.on('data', c => d += c).on('end', () =
 PS_FORMAT = "{{.Service}}|{{.Name}}|{{.State}}|{{.Health}}|{{.RunningFor}}"
 STATS_FORMAT = "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}"
 STATE_FORMAT = "{{.State}}|{{.Health}}"
+#: Services rs-service starts first and waits for: the app needs them answering.
+DATA_STORES = ("db", "redis")
 
 
 class Settings(Section):
@@ -196,6 +198,7 @@ def service_script(hs: HostSettings) -> RenderedFile:
     content = template("status/rs-service.sh.j2", hs, controls=controls,
                        layout_name=hs.layout.name, release_slots=hs.layout.release_slots,
                        serving_template=serving, state_format=STATE_FORMAT,
+                       data_stores=DATA_STORES,
                        stop_timeout=hs.stack.status.stop_timeout,
                        start_timeout=hs.stack.status.start_timeout,
                        pm2_argv=shlex.split(frontend.pm2_command(hs)),

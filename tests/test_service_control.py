@@ -24,8 +24,10 @@ args=("$@")
 service=${args[-1]}
 if [[ $1 == start ]]; then echo "start ${service#id-}" >> "$STUB_CALLS"; exit 0; fi
 if [[ " $* " == *" stop "* ]]; then echo "stop $service ${*: -3:2}" >> "$STUB_CALLS"; exit 0; fi
-if [[ " $* " == *" ps --all --quiet "* ]]; then
-    [[ $service == "${STUB_MISSING:-}" ]] || echo "id-$service"; exit 0
+if [[ $1 == ps ]]; then  # ps --all --quiet --filter ...service=SERVICE: newest first
+    service=${service#label=com.docker.compose.service=}
+    [[ $service == "${STUB_MISSING:-}" ]] || printf 'id-%s\nid-%s-older\n' "$service" "$service"
+    exit 0
 fi
 if [[ " $* " == *" --quiet "* ]]; then exit 0; fi  # nothing running after a stop
 echo "${STUB_STATE:-running|healthy}"

@@ -104,7 +104,7 @@ def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):
 def test_second_run_changes_and_restarts_nothing(site):
     before = site.containers()
     run = site.rsdeploy("deploy").check()
-    assert run.changed == 0, run.output[-4000:]
+    assert run.changed == 0, run.changed_names or run.output[-4000:]
     assert site.containers() == before
 
 
