@@ -77,14 +77,21 @@ def running_redis(config: str, work: Path):
          "--daemonize", "no"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
-            if sock_path.exists() or proc.poll() is not None:
+        sock = None
+        for _ in range(100):  # the socket file appears at bind(), a moment before listen()
+            if proc.poll() is not None:
+                pytest.fail("redis-server refused the config: " + proc.stdout.read().decode())
+            candidate = socket.socket(socket.AF_UNIX)
+            try:
+                candidate.connect(str(sock_path))
+                sock = candidate
                 break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            pytest.fail("redis-server refused the config: " + proc.stdout.read().decode())
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(sock_path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                candidate.close()
+                time.sleep(0.05)
+        if sock is None:
+            pytest.fail(f"redis-server did not listen on {sock_path} within 5 s")
+        with sock:
             yield sock
     finally:
         proc.terminate()
