@@ -244,8 +244,7 @@ def cmd_logs(args) -> int:
     if args.tail is not None and args.tail < 0:
         raise UserError(f"--tail {args.tail}: expected 0 or more lines")
     query = logs.Query(tuple(args.service), args.since, args.tail, args.grep, args.follow)
-    hosts = _with_roles(args)
-    logs.services_by_host(hosts, query)  # an unknown service too
+    hosts = _with_roles(args)  # read and follow refuse an unknown service before any host too
     if args.follow:
         return 1 if logs.follow(hosts, query, host_status.LOGS_PATH) else 0
     lines, failed = logs.read(hosts, query, host_status.LOGS_PATH)

@@ -151,9 +151,13 @@ def merge(lines: list[Line], since: str | None = None, now: datetime | None = No
 
 def render(lines: list[Line]) -> Iterator[str]:
     """Lines for people: host and service, then the line as its source wrote it."""
-    host_width = max((len(line.host) for line in lines), default=0)
+    width = max((len(line.host) for line in lines), default=0)
     for line in lines:
-        yield f"{line.host:<{host_width}}  {line.service:<14} | {line.text}"
+        yield _for_people(line.host, line.service, line.text, width)
+
+
+def _for_people(host: str, service: str, text: str, width: int) -> str:
+    return f"{host:<{width}}  {service:<14} | {text}"
 
 
 def services_by_host(hosts: dict[str, HostSettings], query: Query) -> dict[str, list[str]]:
@@ -222,7 +226,7 @@ def follow(hosts: dict[str, HostSettings], query: Query, logs_path: str,
             service, tab, text = record.rstrip("\n").partition("\t")
             if tab:
                 with printing:
-                    print(f"{name:<{width}}  {service:<14} | {text}", file=out, flush=True)
+                    print(_for_people(name, service, text, width), file=out, flush=True)
         result = subprocess.CompletedProcess([], process.wait(), "", process.stderr.read())
         if stopping.is_set():
             return
