@@ -10,8 +10,9 @@ user, Node.js and PM2.
 """
 
 from roles import backend, base, docker_engine, frontend
-from rsdeploy import stack
+from rsdeploy import progress, stack
 
+progress.show_steps()
 hs = stack.current()
 base.bootstrap(hs)
 if docker_engine.applies(hs):

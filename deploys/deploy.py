@@ -16,10 +16,11 @@ clear the notes. A second run with nothing changed changes nothing.
 """
 
 from roles import base, exporters, nginx, tls
-from rsdeploy import apply, lock, release, stack
+from rsdeploy import apply, lock, progress, release, stack
 from rsdeploy.layout import EnableTimer, Reload
 from rsdeploy.stack import release as releases
 
+progress.show_steps()
 hs = stack.current()
 lock.refuse_if_held_by_another(hs)  # rsdeploy holds it for this run; plain pyinfra holds none
 

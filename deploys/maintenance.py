@@ -12,8 +12,9 @@ second run with the same message changes nothing. Hosts without the web role are
 """
 
 from roles import nginx
-from rsdeploy import stack
+from rsdeploy import progress, stack
 
+progress.show_steps()
 hs = stack.current()
 if nginx.applies(hs):
     nginx.switch_maintenance(hs, hs.stack.maintenance, hs.stack.maintenance_message)

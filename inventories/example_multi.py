@@ -11,6 +11,7 @@ stack = {
     "domain": "scheduler.example.org",
     "tls": {"mode": "certbot", "email": "ops@example.org"},
     "app": {"delivery": "bundle", "bundle_dir": "bundles"},
+    "flower": {"enabled": True},  # Celery's monitor at https://<domain>/flower/ (basic auth)
     "alertmanager": {
         "email": {
             "to": ["oncall@example.org"],

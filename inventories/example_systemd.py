@@ -13,6 +13,7 @@ stack = {
         "source_repo": "https://git.example.org/residency/scheduler.git",
     },
     "backend": {"log_level": "INFO", "celery_log_level": "INFO", "workers": 4},
+    "flower": {"enabled": True},  # Celery's monitor at https://<domain>/flower/ (basic auth)
     "alertmanager": {
         "email": {
             "to": ["oncall@example.org"],

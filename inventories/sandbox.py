@@ -111,6 +111,8 @@ stack = {
     },
     # No offline source for Grafana, Loki, Alloy or Promtail (no Debian package, no registry):
     # the sandbox runs without them; their configs are checked statically by the template tests.
+    # Flower natively from PyPI; the docker layout's mher/flower image has no offline source.
+    "flower": {"enabled": layout == "systemd"},
     "grafana": {"enabled": False},
     "loki": {"enabled": False},
     "log_shipper": {"kind": "none"},

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import re
 from io import StringIO
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
+from roles import base, internal_tls, redis
 from rsdeploy.errors import SettingsError
 from rsdeploy.escape import Expanded, url_part
 from rsdeploy.layout import Recreate
@@ -66,6 +68,8 @@ CeleryQueue = Annotated[str, matching(re.compile(r"[A-Za-z0-9_.-]+"), "a Celery 
 #: The user the app runs as: uid 1001 in the image, the same uid on systemd-layout hosts.
 APP_UID = 1001
 APP_USER = "residency"
+#: The Celery app of the backend (``celery --app``).
+CELERY_APP = "app.core.celery_app"
 
 
 class HealthGate(Section):
@@ -217,16 +221,52 @@ def _check_health_gate(hs: HostSettings) -> None:
 
 def database_url(hs: HostSettings) -> str:
     """``postgresql://user:pw@host:port/db`` as this host's processes reach the database
-    (the db host's port and names are the ones to dial)."""
+    (the db host's port and names are the ones to dial); from another host over TLS, the
+    server's certificate verified against the stack CA (``sslmode=verify-full``)."""
     pg = hs.peer("db").stack.postgres
-    return (f"postgresql://{url_part(pg.user)}:{url_part(hs.secrets.db_password)}"
-            f"@{hs.endpoint('db', 'db')}:{pg.port}/{pg.database}")
+    url = (f"postgresql://{url_part(pg.user)}:{url_part(hs.secrets.db_password)}"
+           f"@{hs.endpoint('db', 'db')}:{pg.port}/{pg.database}")
+    if internal_tls.reaches(hs, "db"):
+        url += f"?sslmode=verify-full&sslrootcert={quote(stack_ca_read_path(hs))}"
+    return url
 
 
-def redis_url(hs: HostSettings) -> str:
-    """``redis://:pw@host:port/0`` as this host's processes reach Redis."""
-    port = hs.peer("redis").stack.redis.port
-    return f"redis://:{url_part(hs.secrets.redis_password)}@{hs.endpoint('redis', 'redis')}:{port}/0"
+def redis_url(hs: HostSettings, ca_path: str | None = None) -> str:
+    """``redis://:pw@host:port/0`` as this host's processes reach Redis; from another host
+    ``rediss://`` to its TLS port, the certificate verified against the stack CA (the app's
+    bundle, or a reader's own copy at ``ca_path``)."""
+    carrier = hs.peer("redis")
+    auth = f":{url_part(hs.secrets.redis_password)}@{hs.endpoint('redis', 'redis')}"
+    if not internal_tls.reaches(hs, "redis"):
+        return f"redis://{auth}:{carrier.stack.redis.port}/0"
+    return (f"rediss://{auth}:{redis.client_port(carrier)}/0"
+            f"?ssl_cert_reqs=required&ssl_ca_certs={quote(ca_path or stack_ca_read_path(hs))}")
+
+
+#: The stack CA (roles.internal_tls) as the app's containers read it.
+CONTAINER_STACK_CA = "/etc/rsdeploy/stack-ca.pem"
+
+
+def stack_ca_path(hs: HostSettings) -> str:
+    """The host file of the CA bundle the app verifies a db or Redis elsewhere with."""
+    return hs.layout.config_path(hs, "app", "stack-ca.pem",
+                                 f"{hs.stack.paths.config_dir}/stack-ca.pem")
+
+
+def stack_ca_read_path(hs: HostSettings) -> str:
+    """That bundle as the app's processes open it (mounted into its containers)."""
+    return hs.layout.data_dir(CONTAINER_STACK_CA, stack_ca_path(hs))
+
+
+def reaches_over_tls(hs: HostSettings) -> bool:
+    """Whether this app host reaches a data store on another host (so reads the stack CA)."""
+    return any(internal_tls.reaches(hs, role) for role in internal_tls.SERVICES)
+
+
+def stack_ca_file(hs: HostSettings) -> RenderedFile:
+    """The stack CA bundle (public certificates); its readers restart when it changes."""
+    return RenderedFile(stack_ca_path(hs), internal_tls.trusted_cas(hs), "backend",
+                        reactions=app_env_reactions(hs))
 
 
 def cors_origins(hs: HostSettings) -> list[str]:
@@ -345,7 +385,7 @@ def release_units(hs: HostSettings) -> list[ReleaseUnit]:
 
     Example: ``[u.service for u in release_units(hs)]`` -> ``["backend", "celery-worker", "celery-beat"]``
     """
-    app = "--app=app.core.celery_app"
+    app = f"--app={CELERY_APP}"
     # $HOSTNAME: the worker's node name (a container's id; natively host and release slot).
     ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
                         "celery inspect ping")
@@ -375,6 +415,16 @@ RUNTIME_PACKAGES = ["python3", "python3-venv", "python3-dev", "build-essential",
 PIP_CACHE_DIR = "/var/cache/residency-scheduler/pip"
 
 
+def pip_environment(hs: HostSettings) -> dict[str, str]:
+    """What pip needs on an app host: the shared download cache, no version nagging, and the
+    CA bundle when the machine trusts extra CAs (a TLS-intercepting proxy)."""
+    env = {"PIP_CACHE_DIR": PIP_CACHE_DIR, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "HOME": hs.stack.paths.base_dir}
+    if (bundle := base.ca_bundle(hs)) is not None:
+        env["PIP_CERT"] = bundle
+    return env
+
+
 def slot_dir(hs: HostSettings, slot: str = "%i") -> str:
     """The release a slot runs: ``<base_dir>/slots/<slot>`` -> ``<base_dir>/releases/<id>``
     (``%i``: the unit instance's own slot). Each release carries its virtualenv (``venv/``)
@@ -386,6 +436,21 @@ def slot_dir(hs: HostSettings, slot: str = "%i") -> str:
 def slot_env_path(hs: HostSettings, slot: str = "%i") -> str:
     """The slot's own variables (its ports), read by its units beside app.env."""
     return f"{hs.stack.paths.config_dir}/slots/{slot}.env"
+
+
+def run_properties(hs: HostSettings, release: str, slot: str | None = None) -> list[str]:
+    """The systemd properties a one-off command (``systemd-run -p ...``) needs to run like the
+    app's units: the app user, the app's environment (secrets through the env file only, never
+    on a command line), ``release``'s code and virtualenv, and ``slot``'s own variables.
+
+    Example: ``run_properties(hs, "/opt/rs/slots/blue", "blue")`` -> ``["User=residency", ...]``
+    """
+    props = [f"User={APP_USER}", f"Group={APP_USER}", f"EnvironmentFile={app_env_path(hs)}",
+             f"WorkingDirectory={release}/backend",
+             f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+    if slot is not None:  # the instance's own variables (its Celery node name)
+        props.append(f"EnvironmentFile={slot_env_path(hs, slot)}")
+    return props
 
 
 def listen_address(hs: HostSettings, *consumer_roles: str) -> str:
@@ -402,7 +467,7 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
     ``residency-backend@blue.service``), sharing env file, release and sandbox."""
     b, release = hs.stack.backend, unit_safe_path(slot_dir(hs, "SLOT")).replace("SLOT", "%i")
     venv = f"{release}/venv/bin"
-    celery = [Expanded(f"{venv}/celery"), "-A", "app.core.celery_app"]
+    celery = [Expanded(f"{venv}/celery"), "-A", CELERY_APP]
     shared = dict(
         user=APP_USER,
         uid=APP_UID,
@@ -476,6 +541,8 @@ def sysusers_file(hs: HostSettings) -> RenderedFile:
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [app_env_file(hs)]
+    if reaches_over_tls(hs):
+        files.append(stack_ca_file(hs))
     if not hs.layout.runs_in_containers:  # from images, Compose runs the app: no units
         files += [sysusers_file(hs), *slot_env_files(hs),
                   *(unit_file(hs, unit) for unit in app_units(hs))]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
+from roles import redis
 from rsdeploy import apply
 from rsdeploy.layout import HostCommand, UnitReload
 from rsdeploy.render import RenderedFile, static, template
@@ -77,8 +78,8 @@ def data_store_access(hs: HostSettings) -> tuple[list[int], list[str]]:
     hosts (other hosts of the stack are dropped like outsiders); nothing to restrict on a host
     without them or without peers. Example: ``([5432, 6379], ["10.0.0.22", "10.0.0.25"])``
     """
-    ports = [port for role, port in (("db", hs.stack.postgres.port), ("redis", hs.stack.redis.port))
-             if hs.has_role(role)]
+    ports = [port for role, port in (("db", hs.stack.postgres.port),
+                                     ("redis", redis.client_port(hs))) if hs.has_role(role)]
     clients = sorted(app.address for app in hs.peers("app")
                      if app.name != hs.name and isinstance(_ip(app.address), ipaddress.IPv4Address))
     return (ports, clients) if ports and firewall_peers(hs) else ([], [])
@@ -95,7 +96,8 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     out = [
         RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs),
                                              data_store_ports=data_store_access(hs)[0],
-                                             data_store_clients=data_store_access(hs)[1]),
+                                             data_store_clients=data_store_access(hs)[1],
+                                             local_only_ports=redis.local_only_ports(hs)),
                      "base", reactions=(UnitReload(FIREWALL_UNIT),)),
         RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}", static("base/rsdeploy-firewall.service"),
                      "base", reactions=(UnitReload(FIREWALL_UNIT),)),

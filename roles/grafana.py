@@ -308,8 +308,7 @@ def _log_labels(hs: HostSettings) -> list[tuple[str, str]]:
     """(Loki label, what it names) that the log shipper sets on this stack's streams."""
     if not hs.monitoring_enabled("loki"):
         return []
-    journal = [("unit", "systemd unit")]
-    return [("service", "Compose service"), *journal] if hs.layout.runs_in_containers else journal
+    return [("service", "service (Compose name, both layouts)"), ("unit", "systemd unit")]
 
 
 def app_log_files() -> str:
@@ -428,8 +427,7 @@ def resilience_metrics(hs: HostSettings) -> dict | None:
     ]
     if hs.monitoring_enabled("loki"):
         words = ' |~ "(?i)resilience|contingency|defense|fallback"'
-        backend = ('{service=~"backend|celery-worker|celery-beat"}' if hs.layout.runs_in_containers
-                   else '{unit=~"residency-(backend|celery-worker|celery-beat)[.]service"}')
+        backend = '{service=~"backend|celery-worker|celery-beat"}'  # containers and units alike
         panels.append(logs("Resilience events in the logs",
                            *(source + words for source in (backend, app_log_files()))))
     return dashboard("rs-resilience", "Resilience Metrics", panels) if panels else None

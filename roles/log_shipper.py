@@ -75,7 +75,20 @@ def _context(hs: HostSettings) -> dict:
         "docker_host": DOCKER_HOST,
         "log_glob": f"{hs.stack.paths.log_dir}/*.log",
         "app_log_job": APP_LOG_JOB,
+        "journal_services": journal_services(hs),
     }
+
+
+def journal_services(hs: HostSettings) -> list[tuple[str, str]]:
+    """(Compose service, regex of its units) for the services this host's layout runs as
+    systemd units, so their journal streams carry ``service`` as containers' do.
+
+    Example (systemd layout): ``("backend", "residency-backend@.*[.]service")``
+    """
+    # Unit names: letters, digits and @._- ; a pattern's * stands for a release slot.
+    return [(service, source.target.replace(".", "[.]").replace("*", ".*"))
+            for service, sources in hs.layout.log_sources(hs).items()
+            for source in sources if source.kind == "journal"]
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:

@@ -25,6 +25,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
+from roles import flower
 from roles.tls import ACME_WEBROOT, certificate_paths
 from rsdeploy import apply
 from rsdeploy.escape import nginx_str
@@ -314,6 +315,9 @@ def _nginx_files(hs: HostSettings) -> list[RenderedFile]:
     variables = {"snippets_dir": snippets_dir(hs), "acme_webroot": ACME_WEBROOT,
                  "maintenance_dir": maintenance_dir(hs), "maintenance_page": MAINTENANCE_PAGE,
                  "traffic_dir": traffic_dir(hs),
+                 # Flower (optional): where its one instance answers, by address or service name.
+                 "flower_target": flower.endpoint(hs) if flower.served(hs) else None,
+                 "flower_prefix": flower.URL_PREFIX,
                  **_proxy_targets(hs), **_listen_variables(hs)}
     certificate, certificate_key = certificate_paths(hs)
     files = {site_path(hs): template("nginx/site.conf.j2", hs, certificate=certificate,

@@ -19,6 +19,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import server
 
+from roles import internal_tls
 from roles.exporters import exporter_applies
 from rsdeploy import apply
 from rsdeploy.component_files import secret_file
@@ -39,6 +40,10 @@ APP_PASSWORD_SECRET = "db_password"
 MONITOR_PASSWORD_SECRET = "postgres_monitor_password"
 #: The roles script inside the db container; the deploy re-runs it when it or a password changes.
 INITDB_ROLES_SQL = "/docker-entrypoint-initdb.d/10-roles.sql"
+#: The server's TLS key and certificate for clients on other hosts (roles.internal_tls).
+TLS_KEY_SECRET, TLS_CERT_SECRET = "db_tls_key", "db_tls_cert"
+#: pg_hba.conf in the db container (``-c hba_file``): the image keeps its own in the data volume.
+CONTAINER_HBA = "/etc/postgresql/pg_hba.conf"
 #: pgvector for the distribution's server: Debian 12 packages none for PostgreSQL 15, so its
 #: source tarball from Debian's archive is built on the host (as the sandbox's image does).
 PGVECTOR_VERSION = "0.8.0"
@@ -116,6 +121,16 @@ def _service(hs: HostSettings) -> str:
     return hs.layout.service("db", native_unit(hs))
 
 
+def admin_argv(hs: HostSettings, *argv: str) -> list[str]:
+    """``argv`` (psql, pg_isready ...) as the server's superuser over its local socket, where no
+    password is needed: in the db container, or natively as the postgres user (peer).
+
+    Example: ``admin_argv(hs, "pg_isready", "--quiet")``
+    """
+    command = hs.layout.exec_argv(hs, "db", [argv[0], "--username", "postgres", *argv[1:]])
+    return command if hs.layout.runs_in_containers else ["runuser", "-u", "postgres", "--", *command]
+
+
 def _native_secrets_dir(hs: HostSettings) -> str:
     return f"{hs.stack.paths.config_dir}/secrets"
 
@@ -151,9 +166,45 @@ def _secret_files(hs: HostSettings) -> list[RenderedFile]:
     wanted = {APP_PASSWORD_SECRET: hs.secrets.db_password}
     if monitor_role(hs):
         wanted[MONITOR_PASSWORD_SECRET] = hs.secrets.db_monitor_password
-    return [secret_file(hs, name, value, role=ROLE, image_uid=IMAGE_UID, native_user="postgres",
-                        native_dir=_native_secrets_dir(hs), reactions=_reapply_roles(hs))
-            for name, value in wanted.items()]
+    files = [secret_file(hs, name, value, role=ROLE, image_uid=IMAGE_UID, native_user="postgres",
+                         native_dir=_native_secrets_dir(hs), reactions=_reapply_roles(hs))
+             for name, value in wanted.items()]
+    if internal_tls.serves(hs, "db"):
+        key, cert = internal_tls.server_credentials(hs, "db")
+        files += [secret_file(hs, name, value, role=ROLE, image_uid=IMAGE_UID,
+                              native_user="postgres", native_dir=_native_secrets_dir(hs),
+                              reactions=(Restart(_service(hs)),))
+                  for name, value in ((TLS_KEY_SECRET, key), (TLS_CERT_SECRET, cert))]
+    return files
+
+
+def tls_settings(hs: HostSettings) -> dict[str, str]:
+    """The server's TLS settings (``ssl*`` parameters) for clients on other hosts; none when
+    every client is on this host. Example: ``tls_settings(hs)["ssl"]`` -> ``"on"``"""
+    if not internal_tls.serves(hs, "db"):
+        return {}
+    read_dir = secret_read_dir(hs)
+    return {"ssl": "on", "ssl_cert_file": f"{read_dir}/{TLS_CERT_SECRET}",
+            "ssl_key_file": f"{read_dir}/{TLS_KEY_SECRET}", "ssl_min_protocol_version": "TLSv1.2"}
+
+
+def hba_path(hs: HostSettings) -> str:
+    """pg_hba.conf on the host: Debian's cluster's, or mounted into the db container (only when
+    clients on other hosts must use TLS; otherwise the image's own rules apply)."""
+    return hs.layout.config_path(hs, "postgres", "pg_hba.conf",
+                                 f"/etc/postgresql/{hs.stack.postgres.version}/main/pg_hba.conf")
+
+
+def hba_file(hs: HostSettings) -> RenderedFile:
+    """Who may log in from where: the local socket and loopback (natively as Debian has it,
+    the image's way in the container), this host's containers, and the app hosts over TLS
+    only (``hostssl``) when they are elsewhere."""
+    owner = hs.layout.file_owner("root", "postgres")
+    content = template("postgres/pg_hba.conf.j2", hs, pg=hs.stack.postgres,
+                       app_addresses=app_client_addresses(hs), docker=hs.layout.runs_in_containers,
+                       tls=internal_tls.serves(hs, "db"))
+    return RenderedFile(hba_path(hs), content, ROLE, mode="644" if hs.layout.runs_in_containers
+                        else "640", owner=owner, group=owner, reactions=(Restart(_service(hs)),))
 
 
 def roles_sql(hs: HostSettings) -> str:
@@ -181,20 +232,16 @@ def _package_files(hs: HostSettings) -> list[RenderedFile]:
     """The distribution's server reads conf.d and pg_hba.conf (the image: Compose's command)."""
     pg = hs.stack.postgres
     etc = f"/etc/postgresql/{pg.version}/main"
-    reactions = (Restart(_service(hs)),)
     conf = template("postgres/residency-scheduler.conf.j2", hs, pg=pg, pg_str=pg_str,
-                    listen_addresses=listen_addresses(hs))
-    hba = template("postgres/pg_hba.conf.j2", hs, pg=pg, app_addresses=app_client_addresses(hs))
-    return [
-        RenderedFile(f"{etc}/conf.d/residency-scheduler.conf", conf, ROLE, owner="postgres",
-                     group="postgres", reactions=reactions),
-        RenderedFile(f"{etc}/pg_hba.conf", hba, ROLE, mode="640", owner="postgres",
-                     group="postgres", reactions=reactions),
-    ]
+                    listen_addresses=listen_addresses(hs), tls=tls_settings(hs))
+    return [RenderedFile(f"{etc}/conf.d/residency-scheduler.conf", conf, ROLE, owner="postgres",
+                         group="postgres", reactions=(Restart(_service(hs)),))]
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
     files = [] if hs.layout.runs_in_containers else _package_files(hs)
+    if not hs.layout.runs_in_containers or internal_tls.serves(hs, "db"):
+        files.append(hba_file(hs))
     return [*files, _roles_script(hs), *_secret_files(hs)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import socket as socketlib
 import subprocess
 import tempfile
 import time
@@ -19,7 +20,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pyinfra.api import deploy
 
+from roles import internal_tls
 from rsdeploy import apply
+from rsdeploy.component_files import secret_file
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Port, Resources, Section, Size
@@ -32,11 +35,14 @@ ROLE = "redis"
 IMAGE_UID = "999"  # the redis user of the official images (alpine and Debian)
 PASSWORD_SECRET = "redis_password"
 CONTAINER_CONFIG = "/usr/local/etc/redis/redis.conf"
+#: The server's TLS key and certificate for clients on other hosts (roles.internal_tls).
+TLS_KEY_SECRET, TLS_CERT_SECRET = "redis_tls_key", "redis_tls_cert"
 
 
 class Settings(Section):
     image: Image = "redis:7-alpine"  # docker layout: Redis 7 image
-    port: Port = 6379  # port Redis listens on
+    port: Port = 6379  # port Redis listens on (this host's clients)
+    tls_port: Port = 6380  # port for clients on other hosts: TLS only (internal_tls)
     maxmemory: Size = "256mb"  # Redis maxmemory
     # Celery's broker queues must never be evicted: keep noeviction unless Redis is cache-only.
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-lru"] = "noeviction"
@@ -48,8 +54,24 @@ def applies(hs: HostSettings) -> bool:
 
 
 def ports(hs: HostSettings) -> dict[str, int]:
-    """The port Redis takes on this host, by settings key. Example: ``{"redis.port": ...}``"""
-    return {"redis.port": hs.stack.redis.port}
+    """The ports Redis takes on this host, by settings key. Example: ``{"redis.port": ...}``"""
+    ports = {"redis.port": hs.stack.redis.port}
+    if internal_tls.serves(hs, "redis"):
+        ports["redis.tls_port"] = hs.stack.redis.tls_port
+    return ports
+
+
+def client_port(carrier: HostSettings) -> int:
+    """The port another host's clients dial on ``carrier`` (the Redis host): its TLS port when
+    it speaks TLS to them. Example: ``client_port(hs.peer("redis"))`` -> ``6380``"""
+    r = carrier.stack.redis
+    return r.tls_port if internal_tls.serves(carrier, "redis") else r.port
+
+
+def local_only_ports(hs: HostSettings) -> list[int]:
+    """Ports Redis listens on that no other host may reach: the plain port, when the private
+    address carries it too beside the TLS port (Redis binds every port to the same addresses)."""
+    return [hs.stack.redis.port] if internal_tls.serves(hs, "redis") else []
 
 
 def redis_str(value) -> str:
@@ -94,31 +116,78 @@ def render(hs: HostSettings) -> list[RenderedFile]:
     # The image: its working directory is the data volume, no pidfile or logfile of Debian's unit.
     containers = hs.layout.runs_in_containers
     content = template("redis/redis.conf.j2", hs, r=hs.stack.redis, docker=containers,
-                       redis_str=redis_str, bind=bind_addresses(hs), log_file=LOG_FILE)
+                       redis_str=redis_str, bind=bind_addresses(hs), log_file=LOG_FILE,
+                       tls=tls_files(hs))
     owner = hs.layout.file_owner(IMAGE_UID, "redis")
     reactions = (Restart(hs.layout.service("redis", "redis-server.service")),)
     files = [RenderedFile(config_path(hs), content, ROLE, mode="600", owner=owner, group=owner,
                           secret=True, reactions=reactions)]
-    if containers:  # only the image's health check reads it (REDISCLI_AUTH), with redis-cli as
-        # root without capabilities: so root owns it (mode 600 keeps out everyone else).
-        secrets = hs.layout.secrets_dir(hs, f"{hs.stack.paths.config_dir}/secrets")
-        files.append(RenderedFile(f"{secrets}/{PASSWORD_SECRET}", hs.secrets.redis_password, ROLE,
-                                  mode="600", secret=True, reactions=reactions))
+    if internal_tls.serves(hs, "redis"):
+        key, cert = internal_tls.server_credentials(hs, "redis")
+        files += [secret_file(hs, name, value, role=ROLE, image_uid=IMAGE_UID, native_user="redis",
+                              native_dir=_native_secrets_dir(hs), reactions=reactions)
+                  for name, value in ((TLS_KEY_SECRET, key), (TLS_CERT_SECRET, cert))]
+    # The password for redis-cli (REDISCLI_AUTH): the image's health check, rs-diagnose. It runs
+    # as root (in the container without capabilities): root owns it, mode 600 keeps out others.
+    files.append(RenderedFile(password_path(hs), hs.secrets.redis_password, ROLE, mode="600",
+                              secret=True, reactions=reactions if containers else ()))
     return files
 
 
-def load_config(conf: Path, timeout: float = 5.0) -> tuple[bool, str]:
+def tls_files(hs: HostSettings) -> dict[str, str]:
+    """Where Redis reads its TLS certificate and key (``{"cert": ..., "key": ...}``), as its
+    process opens them; empty when every client is on this host."""
+    if not internal_tls.serves(hs, "redis"):
+        return {}
+    read_dir = hs.layout.secret_read_dir(hs, _native_secrets_dir(hs))
+    return {"cert": f"{read_dir}/{TLS_CERT_SECRET}", "key": f"{read_dir}/{TLS_KEY_SECRET}"}
+
+
+def password_path(hs: HostSettings) -> str:
+    """The host file holding the password for redis-cli."""
+    return _secret_path(hs, PASSWORD_SECRET)
+
+
+def _secret_path(hs: HostSettings, name: str) -> str:
+    return f"{hs.layout.secrets_dir(hs, _native_secrets_dir(hs))}/{name}"
+
+
+def _native_secrets_dir(hs: HostSettings) -> str:
+    return f"{hs.stack.paths.config_dir}/secrets"
+
+
+def cli_argv(hs: HostSettings, *args: str) -> list[str]:
+    """``redis-cli ARGS`` where Redis runs, the password read from its file into REDISCLI_AUTH
+    (never on a command line).
+
+    Example: ``cli_argv(hs, "info", "memory")``
+    """
+    password = f"{hs.layout.secret_read_dir(hs, _native_secrets_dir(hs))}/{PASSWORD_SECRET}"
+    script = f'REDISCLI_AUTH="$(cat {password})" exec redis-cli -p {hs.stack.redis.port} "$@"'
+    return hs.layout.exec_argv(hs, "redis", ["sh", "-c", script, "redis-cli", *args])
+
+
+def load_config(conf: Path, timeout: float = 5.0, tls: dict[str, Path] | None = None
+                ) -> tuple[bool, str]:
     """Start the real redis-server on ``conf`` on a private Unix socket (no TCP port, data in
     a temporary directory), see whether it comes up, stop it. Returns (ok, its output).
+    ``tls``: where the rendered certificate and key are here (the TLS port a free one).
 
     Example: ``load_config(Path("redis.conf"))`` -> ``(True, "")``
     """
+    overrides = []
+    if tls:
+        with socketlib.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        overrides = ["--tls-port", str(free), "--bind", "127.0.0.1",
+                     "--tls-cert-file", str(tls["cert"]), "--tls-key-file", str(tls["key"])]
     with tempfile.TemporaryDirectory() as scratch:
         socket = Path(scratch) / "redis.sock"
         proc = subprocess.Popen(
             ["redis-server", str(conf), "--port", "0", "--unixsocket", str(socket),
              "--dir", scratch, "--pidfile", f"{scratch}/pid", "--logfile", "",
-             "--daemonize", "no", "--supervised", "no"],
+             "--daemonize", "no", "--supervised", "no", *overrides],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while not socket.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -134,7 +203,10 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     path, tool = config_path(hs), "redis-server (loads the config)"
     if shutil.which("redis-server") is None:
         return [Verdict(path, tool, False, "redis-server is not installed (package: redis-server)")]
-    ok, detail = load_config(tree / path.lstrip("/"))
+    tls = {part: tree / secret.lstrip("/") for part, secret in
+           (("cert", _secret_path(hs, TLS_CERT_SECRET)),
+            ("key", _secret_path(hs, TLS_KEY_SECRET)))} if tls_files(hs) else None
+    ok, detail = load_config(tree / path.lstrip("/"), tls=tls)
     return [Verdict(path, tool, ok, detail)]
 
 

@@ -1,5 +1,8 @@
 """Operator tools on every host: ``/usr/local/bin/rs-status`` (status overview for either layout),
-``/usr/local/bin/rs-logs`` (every service's logs, wherever the layout keeps them) and, where the
+``/usr/local/bin/rs-logs`` (every service's logs, wherever the layout keeps them),
+``/usr/local/bin/rs-service`` (stop, start, restart in order), ``/usr/local/bin/rs-diagnose``
+(the facts ``rsdeploy diagnose`` judges: restarts, OOM kills, the database, Redis, the clock), on app hosts
+``/usr/local/bin/rs-celery`` (the guide's Celery inspect and manual task triggers) and, where the
 app writes log files (run natively, not in containers), logrotate for ``paths.log_dir``.
 """
 
@@ -10,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, backup, exporters, frontend, log_shipper, nginx, postgres, redis, tls
+from roles import backend, backup, exporters, flower, frontend, log_shipper, nginx, postgres, redis, tls
 from rsdeploy import lock
 from rsdeploy.layout import Control, LogSource
 from rsdeploy.release import version_file
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 STATUS_PATH = "/usr/local/bin/rs-status"
 LOGS_PATH = "/usr/local/bin/rs-logs"
 SERVICE_PATH = "/usr/local/bin/rs-service"
+CELERY_PATH = "/usr/local/bin/rs-celery"
+DIAGNOSE_PATH = "/usr/local/bin/rs-diagnose"
 LOGROTATE_PATH = "/etc/logrotate.d/residency-scheduler"
 
 #: Debian unit names of the distribution services, by role / monitoring component.
@@ -48,8 +53,11 @@ PM2_SUMMARY = ("let d = ''; process.stdin.on('data', c => d += c).on('end', () =
 PS_FORMAT = "{{.Service}}|{{.Name}}|{{.State}}|{{.Health}}|{{.RunningFor}}"
 STATS_FORMAT = "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}"
 STATE_FORMAT = "{{.State}}|{{.Health}}"
+INSPECT_FORMAT = "{{.RestartCount}}|{{.State.OOMKilled}}"
 #: Services rs-service starts first and waits for: the app needs them answering.
 DATA_STORES = ("db", "redis")
+#: Seconds rs-celery gives the workers to answer an inspect question.
+INSPECT_TIMEOUT = 10
 
 
 class Settings(Section):
@@ -58,6 +66,7 @@ class Settings(Section):
     backup_max_age_hours: int = Field(default=36, ge=1, le=8760)  # warn when the newest dump is older
     stop_timeout: int = Field(default=30, ge=1, le=3600)  # seconds rs-service gives a container to stop (the guide's 30)
     start_timeout: int = Field(default=180, ge=10, le=3600)  # seconds rs-service waits for a started service to run
+    slow_query_seconds: int = Field(default=30, ge=1, le=86400)  # diagnose reports queries running longer
 
 
 def applies(hs: HostSettings) -> bool:
@@ -70,6 +79,8 @@ def systemd_units(hs: HostSettings) -> list[str]:
     units = [unit for role, unit in ROLE_UNITS.items() if hs.has_role(role)]
     if hs.has_role("app"):  # the app's own units run per release slot (see release_slots)
         units.append(frontend.PM2_UNIT)
+    if flower.applies(hs):
+        units.append(flower.UNIT)
     if hs.has_role("monitoring"):
         units += [unit for name, unit in MONITORING_UNITS.items()
                   if getattr(hs.stack, name).enabled]
@@ -107,6 +118,8 @@ def native_services(hs: HostSettings) -> dict[str, str]:
         for unit in backend.app_units(hs):
             services[unit.name.split("@")[0].removeprefix("residency-")] = unit.name
         services["frontend"] = frontend.PM2_UNIT
+    if flower.applies(hs):
+        services["flower"] = flower.UNIT
     if hs.has_role("monitoring"):
         services.update({name: unit for name, unit in MONITORING_UNITS.items()
                          if getattr(hs.stack, name).enabled})
@@ -193,17 +206,49 @@ def logs_script(hs: HostSettings) -> RenderedFile:
 def service_script(hs: HostSettings) -> RenderedFile:
     """rs-service: stop, start or restart this host's services in order, gracefully (one
     template for both layouts: the controls say how)."""
-    controls = list(hs.layout.controls(hs).items())
+    controls = _controls(hs)["controls"]
     serving = next((c.target for name, c in controls if name == "backend" and c.kind == "slots"), "")
-    content = template("status/rs-service.sh.j2", hs, controls=controls,
-                       layout_name=hs.layout.name, release_slots=hs.layout.release_slots,
+    content = template("status/rs-service.sh.j2", hs, **_controls(hs),
                        serving_template=serving, state_format=STATE_FORMAT,
                        data_stores=DATA_STORES,
                        stop_timeout=hs.stack.status.stop_timeout,
                        start_timeout=hs.stack.status.start_timeout,
-                       pm2_argv=shlex.split(frontend.pm2_command(hs)),
-                       **hs.layout.script_context(hs))
+                       pm2_argv=shlex.split(frontend.pm2_command(hs)))
     return RenderedFile(SERVICE_PATH, content, "status", mode="755")
+
+
+def _controls(hs: HostSettings) -> dict:
+    """What the scripts sharing ``status/_controls.sh.j2`` need: how each service is
+    controlled, in start order, and how to reach Compose and the release slots."""
+    return dict(controls=list(hs.layout.controls(hs).items()), layout_name=hs.layout.name,
+                release_slots=hs.layout.release_slots, **hs.layout.script_context(hs))
+
+
+def diagnose_script(hs: HostSettings) -> RenderedFile:
+    """rs-diagnose: the facts ``rsdeploy diagnose`` judges (one template for both layouts:
+    the controls and the db and redis roles say how to reach each service)."""
+    content = template("status/rs-diagnose.sh.j2", hs, **_controls(hs),
+                       inspect_format=INSPECT_FORMAT,
+                       slow_query_seconds=hs.stack.status.slow_query_seconds,
+                       has_db=hs.has_role("db"), has_redis=hs.has_role("redis"),
+                       psql_argv=postgres.admin_argv(hs, "psql", "--dbname", "postgres",
+                                                     "--no-psqlrc", "--no-align", "--tuples-only",
+                                                     "--quiet", "--field-separator", "\t"),
+                       pg_isready_argv=postgres.admin_argv(hs, "pg_isready"),
+                       redis_cli_argv=redis.cli_argv(hs))
+    return RenderedFile(DIAGNOSE_PATH, content, "status", mode="755")
+
+
+def celery_script(hs: HostSettings) -> RenderedFile:
+    """rs-celery (app hosts): Celery's inspect and call in the worker's context (the layout's
+    control of the worker says where: its container, or the serving slot's unit natively)."""
+    release = backend.slot_dir(hs, "@SLOT@")
+    content = template("status/rs-celery.sh.j2", hs, worker=hs.layout.controls(hs)["celery-worker"],
+                       layout_name=hs.layout.name, celery_app=backend.CELERY_APP,
+                       inspect_timeout=INSPECT_TIMEOUT, release_slots=hs.layout.release_slots,
+                       run_properties=backend.run_properties(hs, release, "@SLOT@"),
+                       **hs.layout.script_context(hs))
+    return RenderedFile(CELERY_PATH, content, "status", mode="755")
 
 
 def writes_log_files(hs: HostSettings) -> bool:
@@ -219,16 +264,19 @@ def logrotate_file(hs: HostSettings) -> RenderedFile:
 
 
 def render(hs: HostSettings) -> list[RenderedFile]:
-    files = [status_script(hs), logs_script(hs), service_script(hs)]
+    files = [status_script(hs), logs_script(hs), service_script(hs), diagnose_script(hs)]
+    if hs.has_role("app"):
+        files.append(celery_script(hs))
     if writes_log_files(hs):
         files.append(logrotate_file(hs))
     return files
 
 
 def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
-    """bash -n / shellcheck on rs-status, rs-logs and rs-service; ``logrotate -d`` (dry run)
-    on the logrotate file."""
-    verdicts = [v for path in (STATUS_PATH, LOGS_PATH, SERVICE_PATH) for v in check_script(tree, path)]
+    """bash -n / shellcheck on rs-status, rs-logs, rs-service, rs-diagnose and rs-celery;
+    ``logrotate -d`` (dry run) on the logrotate file."""
+    scripts = (STATUS_PATH, LOGS_PATH, SERVICE_PATH, DIAGNOSE_PATH) + ((CELERY_PATH,) if hs.has_role("app") else ())
+    verdicts = [v for path in scripts for v in check_script(tree, path)]
     if writes_log_files(hs):
         local = str(tree / LOGROTATE_PATH.lstrip("/"))
         verdicts.append(run_tool(["logrotate", "-d", local], LOGROTATE_PATH, "logrotate -d"))

@@ -6,9 +6,12 @@
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--wave N] [--lock-wait S]
     rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--wave N] [--lock-wait S]
     rsdeploy status    -i INVENTORY [--host NAME] [--role ROLE] [--json]
+    rsdeploy diagnose  -i INVENTORY [--host NAME] [--role ROLE] [--json]
     rsdeploy logs      -i INVENTORY [--host NAME] [--role ROLE] [SERVICE...] [--since 1h]
                        [--tail N] [--grep TEXT] [--follow]
     rsdeploy stop|start|restart -i INVENTORY [--host NAME] [--role ROLE] [SERVICE...] [--lock-wait S]
+    rsdeploy celery inspect active|scheduled|reserved|stats|ping|registered -i INVENTORY [--json]
+    rsdeploy celery call TASK -i INVENTORY [--args JSON] [--kwargs JSON] [--wait SECONDS]
     rsdeploy releases  -i INVENTORY [--host NAME] [--json]
     rsdeploy db backup|backups|restore|fetch -i INVENTORY [--from NAME] [--to DIR]
     rsdeploy verify    -i INVENTORY [--host NAME] [--version TAG]
@@ -26,6 +29,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import re
 import tempfile
 import time
 from importlib.metadata import entry_points
@@ -33,13 +37,13 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, logs, release, remote, services, status
-from roles import backup
+from rsdeploy import DEPLOYS_DIR, REPO_ROOT, diagnose, logs, release, remote, services, status
+from roles import backup, internal_tls
 from roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
 from rsdeploy.lock import LOCK_HELD, TOKEN_ENV, HostLock
 from rsdeploy.render import write_tree
-from rsdeploy.secrets import FILE_ENV
+from rsdeploy.secrets import FILE_ENV, read_file as secrets_file, update_file
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
 from rsdeploy.settings import ROLES
 from rsdeploy.types import Line
@@ -236,6 +240,16 @@ def cmd_status(args) -> int:
     return 0 if status.healthy(checks) else 1
 
 
+def cmd_diagnose(args) -> int:
+    """The guide's troubleshooting checks on every selected host at once, each finding with
+    its remedy; exit 1 when one is a problem (warnings do not count)."""
+    hosts = _with_roles(args)
+    findings = diagnose.collect(hosts, args.inventory, host_status.STATUS_PATH,
+                                host_status.DIAGNOSE_PATH)
+    print(json.dumps(diagnose.as_json(findings), indent=2) if args.json else diagnose.table(findings))
+    return 1 if diagnose.problems(findings) else 0
+
+
 def cmd_logs(args) -> int:
     """The services' logs of every selected host, merged by time (``--follow``: as they come);
     exit 1 when a host could not be read."""
@@ -283,6 +297,51 @@ def cmd_service(args) -> int:
     return 0
 
 
+#: What ``rsdeploy celery call`` accepts as a task's name (rs-celery checks it again).
+TASK_NAME = r"[A-Za-z_][A-Za-z0-9_.]*"
+
+
+def _celery_argv(args) -> list[str]:
+    """rs-celery's arguments for ``rsdeploy celery ...``; wrong ones refused here, before any
+    host (``--args`` a JSON list, ``--kwargs`` a JSON object)."""
+    if args.celery_command == "inspect":
+        return ["inspect", args.question, *(["--json"] if args.json else [])]
+    if not re.fullmatch(TASK_NAME, args.task):
+        raise UserError(f"{args.task!r} is not a Celery task name (letters, digits, _ and .)")
+    for option, value, kind in (("--args", args.args, list), ("--kwargs", args.kwargs, dict)):
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise UserError(f"{option} {value!r}: not JSON ({exc})") from None
+        if not isinstance(parsed, kind):
+            raise UserError(f"{option} {value!r}: expected a JSON {'list' if kind is list else 'object'}")
+    if args.wait is not None and args.wait < 0:
+        raise UserError(f"--wait {args.wait}: expected 0 or more seconds")
+    wait = ["--wait", str(args.wait)] if args.wait is not None else []
+    return ["call", args.task, "--args", args.args, "--kwargs", args.kwargs, *wait]
+
+
+def cmd_celery(args) -> int:
+    """The guide's Celery inspect questions and manual task triggers, run by an app host's
+    rs-celery in the worker's context (every worker of the stack answers through the broker).
+    Exit 1 when no worker answered, the task failed, or the host could not be reached."""
+    argv = _celery_argv(args)
+    app_hosts = [hs for hs in _selected(args).values() if hs.has_role("app")]
+    if not app_hosts:
+        raise UserError(f"{args.inventory}: no selected host has the role app (Celery runs there)")
+    hs = app_hosts[0]
+    timeout = INSPECT_SECONDS + (args.wait or 0) if args.celery_command == "call" else INSPECT_SECONDS
+    result = remote.run(hs, shlex.join([host_status.CELERY_PATH, *argv]), timeout=timeout)
+    print(result.stdout, end="")
+    print(result.stderr, end="", file=sys.stderr)
+    if result.returncode in (remote.SSH_FAILED, remote.NOT_FOUND):
+        print(f"rsdeploy celery: {hs.name}: "
+              + ("cannot connect over SSH" if result.returncode == remote.SSH_FAILED
+                 else f"{host_status.CELERY_PATH} not found: deploy first"), file=sys.stderr)
+        return 1
+    return result.returncode
+
+
 def cmd_releases(args) -> int:
     """Print every release attempt on each host (newest first), or ``--json``."""
     history = host_history(_selected(args))
@@ -293,6 +352,10 @@ def cmd_releases(args) -> int:
         print(release.table(attempts, name) if attempts else f"{name}: no release recorded yet")
     return 0
 
+
+#: Seconds ``rsdeploy celery`` allows one rs-celery run (the workers answer within 10 s; a
+#: first call natively starts a Python that imports the app), plus any ``--wait``.
+INSPECT_SECONDS = 120
 
 #: The private keys SSH clients look for in ~/.ssh when none is named.
 SSH_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -369,6 +432,44 @@ def cmd_maintenance(args) -> int:
     return run_pyinfra(args, "maintenance.py", data)
 
 
+def cmd_ca(args) -> int:
+    """The stack CA (TLS between hosts) in the secrets file: ``init`` makes it; ``rotate``
+    makes the next one (deploy: clients trust both), then, run again, makes it current
+    (deploy: the servers get certificates of it). No host is contacted."""
+    path = Path(args.secrets or os.environ.get(FILE_ENV) or "")
+    if not str(path) or path.is_dir():
+        raise UserError("ca: give the secrets file (--secrets FILE or RS_SECRETS_FILE)")
+    held = _secrets_in(path)
+    name = internal_tls.CA_NAME
+    if args.action == "init":
+        if internal_tls.KEY_SECRET in held:
+            raise UserError(f"{path}: {internal_tls.KEY_SECRET}: the stack CA is there already "
+                            "(rsdeploy ca rotate replaces it without a failed connection)")
+        key, cert = internal_tls.new_ca(name)
+        update_file(path, {internal_tls.KEY_SECRET: key, internal_tls.CERT_SECRET: cert})
+        print(f"{path}: stack CA made (valid {internal_tls.CA_DAYS} days); deploy to use it")
+    elif internal_tls.KEY_SECRET not in held:
+        raise UserError(f"{path}: {internal_tls.KEY_SECRET}: no stack CA to rotate "
+                        "(rsdeploy ca init makes one)")
+    elif internal_tls.NEXT_KEY_SECRET not in held:
+        key, cert = internal_tls.new_ca(name)
+        update_file(path, {internal_tls.NEXT_KEY_SECRET: key, internal_tls.NEXT_CERT_SECRET: cert})
+        print(f"{path}: next stack CA made. 1) deploy: every client trusts it beside the current "
+              "one; 2) rsdeploy ca rotate again; 3) deploy: the servers switch to it")
+    else:
+        update_file(path, {internal_tls.KEY_SECRET: held[internal_tls.NEXT_KEY_SECRET],
+                           internal_tls.CERT_SECRET: held[internal_tls.NEXT_CERT_SECRET],
+                           internal_tls.NEXT_KEY_SECRET: None, internal_tls.NEXT_CERT_SECRET: None})
+        print(f"{path}: the next stack CA is now the current one; deploy: the servers get "
+              "certificates of it and clients stop trusting the old one")
+    return 0
+
+
+def _secrets_in(path: Path) -> dict[str, str]:
+    """The secrets a file holds now (nothing when it is not there yet)."""
+    return secrets_file(path) if path.exists() else {}
+
+
 def _backup_hosts(args) -> dict:
     """The selected hosts that keep database backups (role db, backup.enabled)."""
     hosts = {name: hs for name, hs in _selected(args).items() if backup.applies(hs)}
@@ -388,6 +489,17 @@ def _on_host(hs, command: str, timeout: float = 7200) -> str:
     return proc.stdout
 
 
+def _streamed(hs, command: str) -> None:
+    """Run a long host command, each line of its output shown as it comes, led by the host's
+    name (rs-backup says how far along it is); a failure names the host."""
+    with subprocess.Popen(remote.ssh_argv(hs, command), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            print(f"{hs.name}: {line.rstrip()}", flush=True)
+    if proc.returncode:
+        raise CommandFailed(f"{hs.name}: {command.split()[0]} failed (exit {proc.returncode})")
+
+
 def _dumps(hs) -> list[dict]:
     """The host's dumps, oldest first: name, bytes, modified (UTC)."""
     directory = shlex.quote(hs.stack.backup.directory)
@@ -402,7 +514,7 @@ def cmd_db(args) -> int:
     hosts = _backup_hosts(args)
     for name, hs in hosts.items():
         if args.action == "backup":
-            print(f"{name}: {_on_host(hs, backup.SCRIPT).strip()}")
+            _streamed(hs, backup.SCRIPT)
         elif args.action == "backups":
             dumps = _dumps(hs)
             if args.json:
@@ -550,6 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--json", action="store_true", help="as JSON, for scripts")
     state.set_defaults(func=cmd_status)
 
+    diagnosis = sub.add_parser("diagnose", help="the guide's troubleshooting checks, each finding "
+                               "with what to do; exit 1 on a problem")
+    _inventory_args(diagnosis)
+    _role_args(diagnosis)
+    diagnosis.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    diagnosis.set_defaults(func=cmd_diagnose)
+
     logs_parser = sub.add_parser("logs", help="the services' logs of every host, merged by time")
     _inventory_args(logs_parser)
     _service_args(logs_parser)
@@ -571,6 +690,22 @@ def build_parser() -> argparse.ArgumentParser:
         _service_args(control)
         _lock_args(control)
         control.set_defaults(func=cmd_service, action=action)
+
+    celery = sub.add_parser("celery", help="ask the Celery workers, or send them a task")
+    celery_sub = celery.add_subparsers(dest="celery_command", required=True)
+    inspect = celery_sub.add_parser("inspect", help="the workers' tasks, schedule, statistics")
+    inspect.add_argument("question", choices=["active", "scheduled", "reserved", "stats", "ping",
+                                              "registered"])
+    _inventory_args(inspect)
+    inspect.add_argument("--json", action="store_true", help="Celery's JSON, for scripts")
+    call = celery_sub.add_parser("call", help="send a task now (the guide's manual triggers)")
+    call.add_argument("task", help="the task's name, or its last part (periodic_health_check)")
+    _inventory_args(call)
+    call.add_argument("--args", default="[]", metavar="JSON", help="positional arguments, a JSON list")
+    call.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments, a JSON object")
+    call.add_argument("--wait", type=int, metavar="SECONDS",
+                      help="wait this long for the task's result and print it")
+    celery.set_defaults(func=cmd_celery)
 
     releases = sub.add_parser("releases", help="every release attempt on each host")
     _inventory_args(releases)
@@ -594,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--dry", action="store_true",
                              help="show what would change, change nothing")
     maintenance.set_defaults(func=cmd_maintenance)
+
+    ca = sub.add_parser("ca", help="the stack CA for TLS between hosts, in the secrets file")
+    ca.add_argument("action", choices=["init", "rotate"],
+                    help="init: make it; rotate: make the next one, or (run again) switch to it")
+    ca.add_argument("--secrets", metavar="FILE", help="the secrets file (default: $RS_SECRETS_FILE)")
+    ca.set_defaults(func=cmd_ca)
 
     # Further command groups (the dev tooling's demo, sandbox and images: rsdeploy_dev.cli)
     # register themselves through the entry-point group rsdeploy.commands (pyproject.toml):

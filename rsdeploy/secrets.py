@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,10 +51,15 @@ class Secrets(BaseModel):
     webhook_secret: str | None = _secret("backend WEBHOOK_SECRET, optional (>= 32 chars when set)")
     db_monitor_password: str | None = _secret("password of the postgres-exporter role (>= 12)")
     grafana_admin_password: str | None = _secret("Grafana admin password (>= 12 chars)")
+    flower_password: str | None = _secret("Flower's basic-auth password (>= 16 chars, no comma)")
     smtp_password: str | None = _secret("SMTP password for the e-mail receiver")
     slack_webhook_url: str | None = _secret("Slack incoming-webhook URL (https://...)")
     pagerduty_routing_key: str | None = _secret("PagerDuty Events v2 routing key")
     registry_password: str | None = _secret("password for the image registry login (pull mode)")
+    stack_ca_key: str | None = _secret("PEM key of the stack CA: TLS between hosts (rsdeploy ca init)")
+    stack_ca_cert: str | None = _secret("PEM certificate of the stack CA")
+    stack_ca_next_key: str | None = _secret("PEM key of the next stack CA (rsdeploy ca rotate)")
+    stack_ca_next_cert: str | None = _secret("PEM certificate of the next stack CA")
 
     def __str__(self) -> str:  # never show values, whatever formats the object
         return "Secrets(<hidden>)"
@@ -79,7 +85,7 @@ def load_secrets(path: str | None = None,
     values: dict[str, str] = {}
     sources = SecretSources(path)
     if path:
-        values = _read_file(Path(path).expanduser())
+        values = read_file(Path(path).expanduser())
     for key in Secrets.model_fields:
         if env.get(env_name(key)):  # set and not empty (RS_X= leaves the file's value)
             values[key] = env[env_name(key)]
@@ -120,7 +126,7 @@ class SecretSources:
         return self.file
 
 
-def _read_file(path: Path) -> dict[str, str]:
+def read_file(path: Path) -> dict[str, str]:
     """Every secret of a YAML file, each a string exactly as written (see :func:`_as_text`)."""
     where = str(path)
     try:
@@ -225,6 +231,36 @@ def _read_as(kind: str, raw: str) -> str | None:
     if kind == "null":
         return _READ_AS[kind]
     return f"{_READ_AS[kind]} ({yaml.safe_load(f'!!{kind} {raw}')})"
+
+
+def update_file(path: Path, values: Mapping[str, str | None]) -> None:
+    """Set secrets in a YAML secrets file (None: remove the secret), keeping every other line
+    and comment as it is; the file is replaced at once, mode 0600 (made when missing).
+
+    Example: ``update_file(Path("secrets.yml"), {"stack_ca_key": pem, "stack_ca_next_key": None})``
+    """
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if text:
+        read_file(path)  # a broken file is refused before it is touched
+    lines = text.splitlines(keepends=True)
+    for key_node, value_node in reversed(_mapping(_compose(text, str(path)), str(path))):
+        if key_node.value in values:
+            end = value_node.end_mark
+            last = end.line - 1 if end.column == 0 else end.line  # a block ends on the next line
+            del lines[key_node.start_mark.line:last + 1]
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    for key, value in values.items():
+        if value is None:
+            continue
+        if "\n" in value:  # PEM and other blocks, exactly as given (no final line break)
+            lines.append(f"{key}: |-\n" + "".join(f"  {line}\n" for line in value.split("\n")))
+        else:
+            lines.append(yaml.safe_dump({key: value}, default_flow_style=False, width=10**6))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
+        out.write("".join(lines))
+    os.replace(tmp, path)
 
 
 #: What a secret is shown as.

@@ -15,6 +15,15 @@ from rsdeploy.errors import UserError
 if TYPE_CHECKING:
     from rsdeploy.settings import HostSettings
 
+#: The operations guide's names of services, as people type them (its container names, dev
+#: and prod, and the manual layout's unit and PM2 names): the Compose service each stands for.
+GUIDE_NAMES = {
+    "residency-scheduler-db": "db", "residency-scheduler-backend": "backend",
+    "residency-scheduler-frontend": "frontend", "rs-redis-prod": "redis",
+    "rs-celery-prod": "celery-worker", "residency-backend": "backend",
+    "residency-frontend": "frontend", "postgresql": "db",
+}
+
 #: The order services start in across hosts: a host's place is that of its first role here.
 START_ORDER = ("db", "redis", "app", "monitoring", "web")
 
@@ -22,8 +31,9 @@ START_ORDER = ("db", "redis", "app", "monitoring", "web")
 def by_host(hosts: dict[str, HostSettings], wanted: Iterable[str],
             offered: Callable[[HostSettings], Iterable[str]]) -> dict[str, list[str]]:
     """For each host, those of ``wanted`` it runs (every one it runs when none is named), in
-    its own order; hosts running none are left out. UserError for a name no host runs."""
-    wanted = list(wanted)
+    its own order; hosts running none are left out. The guide's names (:data:`GUIDE_NAMES`)
+    stand for their services. UserError for a name no host runs."""
+    wanted = [GUIDE_NAMES.get(service, service) for service in wanted]
     running = {name: list(offered(hs)) for name, hs in hosts.items()}
     everywhere = sorted({service for services in running.values() for service in services})
     unknown = [service for service in wanted if service not in everywhere]

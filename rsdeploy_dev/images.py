@@ -312,10 +312,13 @@ def build(names: list[str] | None = None, versions: list[str] | None = None,
     Example: ``build(["redis"])`` -> ``{"rsdeploy/redis:7": 0.4}``
     """
     client = client or docker_client()
-    specs = select(names, versions)
+    specs = [spec for spec in select(names, versions) if spec is not BASE]
     base_id = ensure_base(client)
-    return {spec.ref: build_image(client, spec, base_id, no_cache)
-            for spec in specs if spec is not BASE}
+    times = {}
+    for number, spec in enumerate(specs, 1):
+        log(f"image {number} of {len(specs)}: {spec.ref}")  # how far along (BuildKit: its steps)
+        times[spec.ref] = build_image(client, spec, base_id, no_cache)
+    return times
 
 
 def ensure_host_image(client) -> str:
@@ -342,11 +345,13 @@ def bundle(out: Path, names: list[str] | None = None, versions: list[str] | None
     client = client or docker_client()
     out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for spec in select(names, versions):
+    specs = select(names, versions)
+    for number, spec in enumerate(specs, 1):
         image = local_image(client, spec.ref)
         path = out / bundle_file_name(spec.ref, compressed)
-        log(f"{spec.ref}: saving to {path} ...")
+        log(f"image {number} of {len(specs)}: {spec.ref}: saving to {path} ...")
         sha256 = _save(image, spec.ref, path, compressed)
+        log(f"  {spec.ref}: {path.stat().st_size / 2**20:.0f} MiB written")
         entries.append({"image": spec.ref, "id": image.id, "file": path.name, "sha256": sha256,
                         "size": path.stat().st_size})
     manifest = out / "manifest.json"

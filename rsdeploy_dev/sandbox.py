@@ -38,8 +38,10 @@ from pathlib import Path
 import bcrypt
 import yaml
 
+from roles import internal_tls
 from rsdeploy import REPO_ROOT
 from rsdeploy.errors import UserError
+from rsdeploy.secrets import update_file
 from rsdeploy_dev import images, refapp
 from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_config, machine_lock
 
@@ -60,7 +62,8 @@ ACME_PORT = 14000
 ACME_MANAGEMENT_PORT = 15000
 #: Secrets of the sandbox stack (random, made once per sandbox), by name and length in bytes.
 SECRET_BYTES = {"db_password": 24, "redis_password": 24, "secret_key": 48, "webhook_secret": 48,
-                "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24}
+                "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24,
+                "flower_password": 24}
 PORT_RANGE = (20000, 40000)
 #: How long the registry and the ACME server may take to answer after they start: seconds on an
 #: idle machine, but the test suite starts them while other groups build and deploy (one CI run
@@ -251,6 +254,8 @@ def _ensure_secrets(paths: SandboxPaths) -> None:
     with os.fdopen(fd, "w") as out:
         out.write("# Sandbox secrets, made by rsdeploy sandbox up (random; removed by down).\n")
         yaml.safe_dump(values, out, sort_keys=True)
+    key, cert = internal_tls.new_ca(f"{paths.root.name} sandbox")
+    update_file(paths.secrets, {internal_tls.KEY_SECRET: key, internal_tls.CERT_SECRET: cert})
 
 
 def registry_password(prefix: str) -> str:

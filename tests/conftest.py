@@ -18,6 +18,8 @@ from rsdeploy.stack import render_host
 from rsdeploy.stack import load_inventory
 
 INVENTORIES = REPO_ROOT / "inventories"
+#: The machine's PostgreSQL 15 server programs (the CI installs postgresql-15).
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def _private_copy(path: Path) -> str:
@@ -39,6 +41,19 @@ EXAMPLES = ["example_docker", "example_systemd", "example_multi"]
 def load_example(name: str, env: dict[str, str] | None = None):
     """Every host of ``inventories/<name>.py`` with the dummy secrets (and RS_* from ``env``)."""
     return load_inventory(str(INVENTORIES / f"{name}.py"), EXAMPLE_SECRETS, env=env or {})
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``args`` run as the machine's postgres user, output captured as text."""
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True,
+                          text=True, timeout=60, **kwargs)
 
 
 def unreachable(hs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from pydantic import ValidationError
@@ -103,8 +103,15 @@ def test_app_environment_follows_the_app_contract(name):
         assert unquote(db.password) == hs.secrets.db_password
         assert (db.hostname, db.port) == (hs.endpoint("db", "db"), 5432)
         redis = urlsplit(env["REDIS_URL"])
+        remote = not hs.has_role("redis")  # reached over TLS, verified against the stack CA
         assert (redis.scheme, redis.hostname, redis.port, redis.path) == (
-            "redis", hs.endpoint("redis", "redis"), 6379, "/0")
+            "rediss" if remote else "redis", hs.endpoint("redis", "redis"),
+            6380 if remote else 6379, "/0")
+        tls_query = {"sslmode": ["verify-full"], "sslrootcert": [backend.stack_ca_read_path(hs)]}
+        assert parse_qs(db.query) == (tls_query if not hs.has_role("db") else {})
+        assert parse_qs(redis.query) == ({"ssl_cert_reqs": ["required"],
+                                          "ssl_ca_certs": [backend.stack_ca_read_path(hs)]}
+                                         if remote else {})
         assert env["CELERY_BROKER_URL"] == env["CELERY_RESULT_BACKEND"] == env["REDIS_URL"]
         assert env["REDIS_PASSWORD"] == hs.secrets.redis_password
         assert env["SECRET_KEY"] == hs.secrets.secret_key

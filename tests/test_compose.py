@@ -238,18 +238,28 @@ def test_one_network_with_the_configured_subnet(rendered):
                 assert list(service["networks"]) == ["backend"], name
 
 
-def test_multi_host_app_host_reaches_db_and_redis_by_address():
+def test_multi_host_app_host_reaches_db_and_redis_by_address_over_verified_tls():
     app, app_dir = host_of("example_multi", "app1.example.org")
     db, db_dir = host_of("example_multi", "db1.example.org")
     app_services = full_project(app, app_dir)["services"]
     assert "db" not in app_services and "redis" not in app_services
     assert "depends_on" not in app_services["migrate"]
-    environment = app_services["backend"]["environment"]
-    assert f"@{db.address}:{db.stack.postgres.port}/" in environment["DATABASE_URL"]
-    assert f"@{db.address}:{db.stack.redis.port}/" in environment["REDIS_URL"]
+    ca = "/etc/rsdeploy/stack-ca.pem"
+    for name in ("migrate", "backend", "celery-worker", "celery-beat"):
+        environment = app_services[name]["environment"]
+        assert environment["DATABASE_URL"].endswith(
+            f"@{db.address}:{db.stack.postgres.port}/{db.stack.postgres.database}"
+            f"?sslmode=verify-full&sslrootcert={ca}")
+        for key in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+            assert environment[key].startswith("rediss://:")
+            assert environment[key].endswith(f"@{db.address}:{db.stack.redis.tls_port}/0"
+                                             f"?ssl_cert_reqs=required&ssl_ca_certs={ca}")
+        mounts = [(v["source"], v["target"], v.get("read_only")) for v in app_services[name]["volumes"]]
+        assert mounts == [(f"{app_dir}/config/app/stack-ca.pem", ca, True)]
     db_services = full_project(db, db_dir)["services"]
     assert _published(db_services["db"]) == [(db.address, str(db.stack.postgres.port))]
-    assert _published(db_services["redis"]) == [(db.address, str(db.stack.redis.port))]
+    # Only the TLS port: the plain one stays on the Compose network.
+    assert _published(db_services["redis"]) == [(db.address, str(db.stack.redis.tls_port))]
     assert "backend" not in db_services
 
 

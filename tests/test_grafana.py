@@ -265,9 +265,8 @@ def test_dashboard_logql_structure_no_offline_loki(monitoring):
             assert var in variables, f"{expr}: ${var} is no dashboard variable"
         pipeline = expr[selector.end():].strip()
         assert not pipeline or re.fullmatch(r'(\|[=~]\s*"(?:[^"\\]|\\.)*"\s*)+', pipeline), expr
-    labels_by_layout = {"docker": {"service", "unit"}, "systemd": {"unit"}}
     (overview,) = [d for d in dashboards.values() if d["uid"] == "rs-app-overview"]
-    assert {v["name"] for v in overview["templating"]["list"]} == labels_by_layout[hs.stack.layout]
+    assert {v["name"] for v in overview["templating"]["list"]} == {"service", "unit"}  # both layouts
 
 
 def test_dashboards_cover_the_operators_questions_no_offline_grafana(monitoring):

@@ -324,7 +324,7 @@ def test_alloy_config_structure_no_offline_alloy(example_hosts):
         assert {name for name, _ in sources} == expected
 
 
-def test_alloy_labels_streams_by_container_service_unit_host_no_offline_alloy(example_hosts):
+def test_alloy_labels_streams_by_the_guides_container_names_service_unit_host_no_offline_alloy(example_hosts):
     for hs in example_hosts.values():
         components = alloy_components(hs)
         write = components[("loki.write", "default")]
@@ -340,12 +340,51 @@ def test_alloy_labels_streams_by_container_service_unit_host_no_offline_alloy(ex
         (target,) = components[("local.file_match", "app_logs")].attributes["path_targets"]
         assert target["__path__"] == f"{hs.stack.paths.log_dir}/*.log"
         if hs.stack.layout == "docker":
-            rules = {(r.attributes["source_labels"][0], r.attributes["target_label"])
-                     for r in components[("discovery.relabel", "containers")].blocks}
-            service = "__meta_docker_container_label_com_docker_compose_service"
-            assert {("__meta_docker_container_name", "container"), (service, "service")} <= rules
             assert components[("loki.source.docker", "containers")].attributes["targets"] == Ref(
                 "discovery.relabel.containers.output")
+        assert_guide_names_match(
+            hs, [r.attributes for r in components[("discovery.relabel", "containers")].blocks]
+            if hs.stack.layout == "docker" else [],
+            [r.attributes for r in components[("loki.relabel", "journal")].blocks])
+
+
+def relabel(rules: list[dict], labels: dict[str, str]) -> dict[str, str]:
+    """Prometheus-style relabelling (Alloy and Promtail alike) of one target's labels: the
+    source labels joined by ";", the regex anchored, $N replaced (the "replace" action only)."""
+    out = dict(labels)
+    for rule in rules:
+        value = ";".join(out.get(name, "") for name in rule["source_labels"])
+        found = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if found:
+            replaced = re.sub(r"\$(\d+)", lambda m: found.group(int(m.group(1))) or "",
+                              rule.get("replacement", "$1"))
+            if replaced:
+                out[rule["target_label"]] = replaced
+    return {k: v for k, v in out.items() if not k.startswith("__")}
+
+
+def assert_guide_names_match(hs, container_rules: list[dict], journal_rules: list[dict]) -> None:
+    """The operations guide's Loki queries select what runs: a container of any release has
+    container="<project>-<service>" ({container="residency-scheduler-backend"}) and service=;
+    natively the app's units of every release slot carry service= as well."""
+    if hs.stack.layout == "docker":
+        project = hs.stack.compose.project
+        labels = relabel(container_rules, {
+            "__meta_docker_container_name": f"/{project}-backend-2",
+            "__meta_docker_container_label_com_docker_compose_project": project,
+            "__meta_docker_container_label_com_docker_compose_service": "backend"})
+        assert labels == {"container": f"{project}-backend", "container_name": f"{project}-backend-2",
+                          "service": "backend", "compose_project": project}
+        assert "container" not in relabel(container_rules, {"__meta_docker_container_name": "/other"})
+    units = {"docker.service": None, "ssh.service": None}
+    if hs.stack.layout == "systemd" and hs.has_role("app"):
+        units.update({"residency-backend@green.service": "backend",
+                      "residency-celery-worker@blue.service": "celery-worker"})
+    if hs.stack.layout == "systemd" and hs.has_role("db"):
+        units[f"postgresql@{hs.stack.postgres.version}-main.service"] = "db"
+    for unit, service in units.items():
+        labels = relabel(journal_rules, {"__journal__systemd_unit": unit})
+        assert (labels["unit"], labels.get("service")) == (unit, service), labels
 
 
 @pytest.mark.parametrize("value", [
@@ -394,9 +433,10 @@ def test_promtail_config_static_structure_no_offline_promtail(example_hosts):
         assert static["labels"]["__path__"] == f"{hs.stack.paths.log_dir}/*.log"
         assert ("docker" in jobs) == (hs.stack.layout == "docker")
         if "docker" in jobs:
-            targets = {r.get("target_label") for r in jobs["docker"]["relabel_configs"]}
-            assert {"container", "service"} <= targets
             assert jobs["docker"]["docker_sd_configs"][0]["host"] == log_shipper.DOCKER_HOST
+        assert_guide_names_match(
+            hs, [r for r in jobs["docker"]["relabel_configs"] if "source_labels" in r]
+            if "docker" in jobs else [], jobs["journal"]["relabel_configs"])
 
 
 # --- both shippers ----------------------------------------------------------------------------

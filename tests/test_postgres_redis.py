@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import render_example
+from tests.conftest import PG_BIN, as_postgres, free_port, render_example
 from roles import docker_engine, postgres, redis
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PGVECTOR = Path("/usr/share/postgresql/15/extension/vector.control")
 
 NASTY_ENV = {
@@ -161,17 +160,6 @@ def test_redis_secret_files_are_private_to_their_reader():
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True,
-                          text=True, timeout=60, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A throw-away PostgreSQL 15 cluster that uses the rendered conf.d file and pg_hba.conf
@@ -182,7 +170,7 @@ def cluster():
     work = Path(tempfile.mkdtemp(prefix="rs-pg-"))
     shutil.chown(work, "postgres", "postgres")
     data, secrets = work / "data", work / "secrets"
-    assert _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+    assert as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
                          "--auth-local=peer", "--auth-host=scram-sha-256"]).returncode == 0
     etc = "/etc/postgresql/15/main"
     (work / "rs.conf").write_text(files[f"{etc}/conf.d/residency-scheduler.conf"].content)
@@ -195,20 +183,20 @@ def cluster():
             (secrets / Path(f.path).name).write_text(f.content)
     for path in work.rglob("*"):
         shutil.chown(path, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     options = (f"-c hba_file={work / 'pg_hba.conf'} -c port={port} "
                f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={work}")
-    started = _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w",
+    started = as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w",
                             "-l", str(work / "log"), "start"])
     assert started.returncode == 0, started.stderr + (work / "log").read_text()
 
     def psql(*args: str, sql_file: str | None = None) -> subprocess.CompletedProcess:
         command = [str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", str(work), "-p",
                    str(port), "-U", "postgres", *args]
-        return _as_postgres(command + (["-f", sql_file] if sql_file else []))
+        return as_postgres(command + (["-f", sql_file] if sql_file else []))
 
     yield psql, port, work
-    _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+    as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -323,16 +311,18 @@ def test_daemon_json_static_no_offline_dockerd_validate():
 
 
 def test_only_app_hosts_reach_the_data_stores_through_the_firewall(tmp_path):
-    """The db host's nftables file (checked by nft -c): PostgreSQL's and Redis' ports are
-    dropped for every source but the app hosts, on the host's own input (native services) and
+    """The db host's nftables file (checked by nft -c): PostgreSQL's and Redis' TLS ports are
+    dropped for every source but the app hosts, Redis' plain port for every other host, on the host's own input (native services) and
     on the ports Docker publishes (DNAT-ed, the forward path); other published ports are the
     stack's hosts' only."""
     rendered = render_example("example_multi", tmp_path)
     hs, files = rendered["db1.example.org"]
     text = next(f.content for f in files if f.path.endswith("firewall.nft"))
     assert "elements = { 10.0.0.22, 10.0.0.25 }" in text  # app1, app2: not web, not monitoring
-    assert "tcp dport { 5432, 6379 } ip saddr != @data_store_clients drop" in text
-    assert ("ct status dnat ct original proto-dst { 5432, 6379 } ip saddr != @data_store_clients "
+    # Redis' plain port is this host's own; other hosts use its TLS port (6380).
+    assert "tcp dport { 6379 } drop" in text
+    assert "tcp dport { 5432, 6380 } ip saddr != @data_store_clients drop" in text
+    assert ("ct status dnat ct original proto-dst { 5432, 6380 } ip saddr != @data_store_clients "
             "drop") in text
     assert "ct original proto-dst != { 22, 80, 443 } ip saddr != @stack_peers drop" in text
     if shutil.which("nft"):

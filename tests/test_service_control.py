@@ -134,3 +134,12 @@ def test_rsdeploy_refuses_an_unknown_service_before_contacting_a_host(action, ca
                      str(EXAMPLE_SECRETS), "--role", "db", "backend"])
     err = capsys.readouterr().err
     assert code == 2 and "no selected host runs backend (services: alloy, cadvisor, db," in err, err
+
+
+@pytest.mark.parametrize("example", ["example_multi", "example_systemd"])
+def test_the_guides_container_and_unit_names_stand_for_their_services(example):
+    hosts = load_example(example)
+    offered = lambda hs: hs.layout.controls(hs)  # noqa: E731
+    for typed, meant in (("rs-celery-prod", "celery-worker"), ("residency-scheduler-backend", "backend"),
+                         ("postgresql", "db"), ("residency-frontend", "frontend")):
+        assert services.by_host(hosts, [typed], offered) == services.by_host(hosts, [meant], offered)

@@ -506,7 +506,7 @@ def test_host_name_that_is_no_host_name(tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize(("body", "expected"), [
-    (f"residency = ([('rs1', {{}})], [1, 2])\n", "group 'residency''s data must be a mapping, not list"),
+    ("residency = ([('rs1', {})], [1, 2])\n", "group 'residency''s data must be a mapping, not list"),
     (f"residency = ([('rs1', {{1: 'x'}})], {GOOD_STACK!r})\n", "host rs1: 1: a data key must be a string"),
     ("x = undefined_name\n", "cannot load inventory: line 1: NameError: name 'undefined_name' is not "
                              "defined"),

@@ -22,7 +22,12 @@ STUB_DOCKER = r"""#!/bin/bash
 args=" $* "
 if [[ $args == *" ps "* ]]; then printf '%b' "$STUB_PS"; exit 0; fi
 if [[ $args == *" stats "* ]]; then printf '%b' "${STUB_STATS:-}"; exit 0; fi
-if [[ $args == *" pg_dump "* ]]; then printf 'PGDMP-stub-dump'; exit 0; fi
+if [[ $args == *" pg_dump "* ]]; then  # --verbose: its chatter and each table on stderr
+    printf 'pg_dump: reading extensions\npg_dump: dumping contents of table "public.notes"\n' >&2
+    printf 'pg_dump: dumping contents of table "public.alembic_version"\n' >&2
+    printf 'PGDMP-stub-dump'; exit 0
+fi
+if [[ $args == *" psql "*"pg_tables"* ]]; then echo 2; exit 0; fi
 if [[ $args == *" pg_restore "* ]]; then cat >/dev/null; exit "${STUB_RESTORE_RC:-0}"; fi
 if [[ $args == *" /health/resilience "* ]]; then echo '{"status": "operational"}'; exit 0; fi
 if [[ $args == *" exec "* ]]; then exit 0; fi
@@ -83,7 +88,8 @@ def test_rs_status_lists_what_each_host_runs():
                  "pm2-residency.service", "rs-backup.timer"):
         assert unit in units
     # the app's units run per release slot: rs-status shows the slots that run
-    assert not [unit for unit in units if unit.startswith("residency-")]
+    assert not [unit for unit in units if unit.startswith("residency-") and "@" in unit]
+    assert "residency-flower.service" in units  # one instance, not per slot (flower.enabled)
     script = status.status_script(hs).content
     for slot, port in (("blue", 8000), ("green", 8010)):
         assert f"residency-backend@{slot}.service" in script
@@ -183,6 +189,9 @@ def test_rs_backup_writes_a_checked_private_dump_and_prunes_old_ones(tmp_path, s
     (new,) = [dumps / n for n in names if n.endswith("-v1.0.0.dump")]
     assert new.read_text() == "PGDMP-stub-dump"
     assert new.stat().st_mode & 0o777 == 0o600
+    assert proc.stdout.splitlines()[:2] == [  # how far along, table by table
+        'rs-backup: table 1 of 2: "public.notes"', 'rs-backup: table 2 of 2: "public.alembic_version"']
+    assert "reading extensions" not in proc.stdout + proc.stderr
 
 
 def test_rs_backup_keeps_no_dump_that_fails_its_check(tmp_path, stub_path):

@@ -14,8 +14,10 @@ import roles.backup
 import roles.base
 import roles.docker_engine
 import roles.exporters
+import roles.flower
 import roles.frontend
 import roles.grafana
+import roles.internal_tls
 import roles.log_shipper
 import roles.loki
 import roles.nginx
@@ -36,9 +38,9 @@ if TYPE_CHECKING:
 
 #: Every role module, in rollout order.
 ROLE_MODULES: tuple[ModuleType, ...] = (
-    roles.base, roles.docker_engine, roles.postgres, roles.redis, roles.backend, roles.frontend,
-    roles.tls, roles.nginx, roles.prometheus, roles.alertmanager, roles.loki, roles.log_shipper,
-    roles.grafana, roles.exporters, roles.backup, roles.status,
+    roles.base, roles.docker_engine, roles.internal_tls, roles.postgres, roles.redis, roles.backend, roles.frontend,
+    roles.flower, roles.tls, roles.nginx, roles.prometheus, roles.alertmanager, roles.loki,
+    roles.log_shipper, roles.grafana, roles.exporters, roles.backup, roles.status,
 )
 #: Roles one host carries at most: the app may run on several (nginx balances across them).
 SINGLE_HOST_ROLES = tuple(role for role in ROLES if role != "app")
@@ -50,10 +52,12 @@ class StackSettings(BaseStackSettings):
     base: roles.base.Settings = roles.base.Settings()
     docker: roles.docker_engine.Settings = roles.docker_engine.Settings()
     compose: project.Settings = project.Settings()
+    internal_tls: roles.internal_tls.Settings = roles.internal_tls.Settings()
     postgres: roles.postgres.Settings = roles.postgres.Settings()
     redis: roles.redis.Settings = roles.redis.Settings()
     backend: roles.backend.Settings = roles.backend.Settings()
     frontend: roles.frontend.Settings = roles.frontend.Settings()
+    flower: roles.flower.Settings = roles.flower.Settings()
     tls: roles.tls.Settings  # how the site gets its certificate (certbot, provided, self-signed)
     nginx: roles.nginx.Settings = roles.nginx.Settings()
     prometheus: roles.prometheus.Settings = roles.prometheus.Settings()

@@ -16,16 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from roles import tls
 from rsdeploy import REPO_ROOT
 from rsdeploy.apply import changed_operations
 from rsdeploy.stack import load_inventory
-from rsdeploy_dev import load
-from rsdeploy_dev import images
+from rsdeploy_dev import images, load
 from rsdeploy_dev import sandbox as sandbox_module
 from rsdeploy_dev.engine import ensure_engine
-
 
 FIRST_VERSION = "v1.0.0"
 SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
@@ -283,7 +280,10 @@ def assert_logs_show_a_request(site) -> None:
     following = subprocess.Popen(
         [sys.executable, "-m", "rsdeploy.cli", "logs", "nginx", "--follow", "--tail", "0",
          "-i", str(SANDBOX_INVENTORY), "--secrets", str(site.sandbox.paths.secrets)],
-        cwd=REPO_ROOT, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C reaches it even when this test runs as a background job, which inherits
+        # SIGINT ignored (and so would rsdeploy, which then rightly ignores it too).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     printed: list[str] = []
     threading.Thread(target=lambda: printed.extend(following.stdout), daemon=True).start()
     second = f"{marker}-followed"
@@ -314,6 +314,7 @@ def assert_stop_and_start_keep_every_row(site) -> None:
     assert f"{site.host.name}: stopping nginx" in run.stdout and \
         run.stdout.index("stopping nginx") < run.stdout.index("stopping db"), run.stdout
     assert site.curl("/health")[0] == 0  # nothing listens: nginx stopped too
+    assert_diagnose_says_start_the_database(site)
     run = site.rsdeploy("start")
     assert run.code == 0, run.output[-3000:]
     assert run.stdout.index("starting db") < run.stdout.index("starting nginx"), run.stdout
@@ -324,6 +325,83 @@ def assert_stop_and_start_keep_every_row(site) -> None:
     assert "stopping db" not in run.stdout and "stopping nginx" not in run.stdout, run.stdout
     site.wait_healthy()
     assert site.rsdeploy("status").code == 0
+
+
+def assert_diagnose_says_start_the_database(site) -> None:
+    """With the stack stopped, ``rsdeploy diagnose`` exits 1: the database does not accept
+    connections, and the remedy is the command that starts it on this host."""
+    run = site.rsdeploy("diagnose", "--json")
+    assert run.code == 1, run.output[-3000:]
+    findings = {(f["check"], f["level"]): f for f in json.loads(run.stdout)}
+    db = findings.get(("db", "problem"))
+    assert db and db["detail"].startswith("not accepting connections"), findings
+    assert f"rsdeploy start db --host {site.host.name} -i " in db["remedy"], db
+
+
+def assert_diagnose_finds_a_full_disk(site) -> None:
+    """A healthy stack diagnoses without a problem (exit 0); then the backup directory's disk
+    filled (a small tmpfs over it, filled to the brim): exit 1, the directory named with a
+    remedy; and healthy again once it has room."""
+    run = site.rsdeploy("diagnose")
+    assert run.code == 0, run.output[-4000:]
+    assert "0 problem(s)" in run.stdout and "check(s) ok" in run.stdout, run.stdout
+    directory = site.settings().stack.backup.directory
+    site.on_host(f"mount -t tmpfs -o size=8m rs-full-disk {directory} && "
+                 f"(dd if=/dev/zero of={directory}/filler bs=1M count=16 2>/dev/null || true)")
+    try:
+        run = site.rsdeploy("diagnose")
+    finally:
+        site.on_host(f"umount {directory}")
+    assert run.code == 1, run.output[-3000:]
+    lines = run.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("PROBLEM") and directory in line)
+    assert "100% full" in lines[at] and "free space" in lines[at + 1], run.stdout
+    assert site.rsdeploy("diagnose").code == 0
+
+
+def assert_celery_answers_and_runs_a_task(site) -> None:
+    """``rsdeploy celery inspect`` reaches the worker (ping, stats as JSON naming it), and a
+    manual trigger of the health check by its short name runs: its result comes back, and the
+    worker's log has its task id."""
+    run = site.rsdeploy("celery", "inspect", "ping")
+    assert run.code == 0 and "pong" in run.stdout, run.output[-3000:]
+    run = site.rsdeploy("celery", "inspect", "stats", "--json")
+    assert run.code == 0, run.output[-3000:]
+    nodes = json.loads(run.stdout)
+    assert len(nodes) == 1 and all(node.startswith("celery@") for node in nodes), nodes
+    run = site.rsdeploy("celery", "call", "periodic_health_check", "--wait", "120")
+    assert run.code == 0, run.output[-3000:]
+    task_id = re.search(r"periodic_health_check: task id ([0-9a-f-]{36})", run.stdout).group(1)
+    assert "operational" in run.stdout or "degraded" in run.stdout, run.stdout  # its report
+    deadline = time.monotonic() + 30
+    while True:
+        logs = site.rsdeploy("logs", "celery-worker", "--since", "10m", "--grep", task_id)
+        if "succeeded" in logs.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert "succeeded" in logs.stdout, logs.output[-3000:]
+
+
+def assert_flower_shows_the_worker_behind_its_login(site, directory: Path) -> None:
+    """Flower at /flower/ through nginx: 401 without a login and with a wrong password; with
+    ``flower.user`` and the secret it lists the running worker (it reached the broker). The
+    login goes to curl in a 0600 netrc file, never on a command line."""
+    hs = site.settings()
+    assert site.curl("/flower/api/workers")[0] == 401
+    netrc = directory / "flower.netrc"
+    netrc.touch(mode=0o600)
+    for password, expected in (("not-" + hs.secrets.flower_password, 401),
+                               (hs.secrets.flower_password, 200)):
+        netrc.write_text(f"machine {site.domain} login {hs.stack.flower.user} password {password}\n")
+        deadline = time.monotonic() + 60
+        while True:  # Flower learns of the worker from its first broadcast
+            code, body = site.curl("/flower/api/workers?refresh=1", "--netrc-file", str(netrc))
+            if code != 200 or "celery@" in body or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert code == expected, (password == hs.secrets.flower_password, code, body[:500])
+    workers = json.loads(body)
+    assert any(name.startswith("celery@") for name in workers), workers
 
 
 def assert_restore_gives_back_the_dumped_rows(site) -> None:

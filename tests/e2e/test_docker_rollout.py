@@ -16,6 +16,8 @@ import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_celery_answers_and_runs_a_task,
+    assert_diagnose_finds_a_full_disk,
     assert_logs_show_a_request,
     assert_status_catches_a_stopped_service,
     assert_stop_and_start_keep_every_row,
@@ -80,6 +82,14 @@ def test_logs_show_a_request_in_nginx_and_the_backend_and_follow_new_ones(site):
 
 def test_stop_and_start_take_the_site_down_and_back_with_every_row(site):
     assert_stop_and_start_keep_every_row(site)
+
+
+def test_celery_inspect_reaches_the_worker_and_a_triggered_task_runs(site):
+    assert_celery_answers_and_runs_a_task(site)
+
+
+def test_diagnose_finds_a_full_disk_and_says_what_to_do(site):
+    assert_diagnose_finds_a_full_disk(site)
 
 
 def test_maintenance_mode_answers_503_with_the_page_until_switched_off(site):

@@ -1,7 +1,7 @@
 """The docker layout spread over four sandbox hosts (RS_SANDBOX_TOPOLOGY=split): db+redis, two
 app hosts behind nginx, web+monitoring; a fifth host outside the stack. Driven through the
 rsdeploy CLI: bootstrap -> v1.0.0 -> verify every host -> only the app hosts reach the data
-stores -> Prometheus sees every host -> a rolling v1.1.0 under load -> v1.2.0-broken stops at
+stores, over verified TLS only -> Prometheus sees every host -> a rolling v1.1.0 under load -> v1.2.0-broken stops at
 the first app host while the site keeps serving -> rollback of both app hosts at once under load -> the example GitLab
 pipeline deploys and verifies a tag (gitlab-ci-local) -> the example GitHub workflow's rollback
 steps roll it back. Rows written through the API before each step are all there after it.
@@ -123,13 +123,22 @@ def test_nginx_balances_both_app_hosts(site, hosts):
         assert "GET /health" in logs, f"{name} got no request through nginx"
 
 
-def test_only_app_hosts_reach_the_data_stores(site, hosts):
+def test_only_app_hosts_reach_the_data_stores_and_only_over_tls(site, hosts):
+    """PostgreSQL (5432) and Redis' TLS port (6380) open to the app hosts only; Redis' plain port
+    (6379) to no other host; the app's own database sessions are encrypted."""
     db = hosts["db"].address
     probe = "timeout 4 bash -c '</dev/tcp/{}/{}' && echo open || echo closed"
-    for port in (5432, 6379):
-        assert on(site, hosts["app2"], probe.format(db, port)).strip() == "open", port
+    for port in (5432, 6380, 6379):
+        expected = "closed" if port == 6379 else "open"
+        assert on(site, hosts["app2"], probe.format(db, port)).strip() == expected, port
         assert on(site, hosts["outsider"], probe.format(db, port)).strip() == "closed", port
         assert on(site, hosts["web"], probe.format(db, port)).strip() == "closed", port
+    sessions = on(site, hosts["db"], (
+        "docker exec $(docker ps -q --filter label=com.docker.compose.service=db) psql -U postgres "
+        "-Atc \"select ssl, count(*) from pg_stat_activity join pg_stat_ssl using (pid) "
+        "where usename = 'scheduler' group by ssl\""))
+    counts = dict(line.split("|") for line in sessions.split())
+    assert set(counts) == {"t"} and int(counts["t"]) > 0, sessions  # every app session over TLS
 
 
 def test_prometheus_on_the_monitoring_host_sees_every_host(site, hosts):

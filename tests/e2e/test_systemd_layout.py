@@ -1,25 +1,28 @@
 """The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
-v1.0.0 -> verify -> status (and a stopped unit it catches) -> a no-op re-run -> a setting change
-restarts only its reader -> v1.1.0 (a migration) under load -> rollback under load ->
-v1.2.0-broken refused while v1.0.0 serves -> ``db restore`` brings back the exact rows -> a host
-restart brings everything back (PM2 included) and verify passes. Rows written through the API
-before each step are all there after it.
+v1.0.0 -> verify -> status (and a stopped unit it catches) -> logs, stop/start, Celery, Flower
+behind its login, diagnose -> a no-op re-run -> a setting change restarts only its reader ->
+v1.1.0 (a migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0
+serves -> ``db restore`` brings back the exact rows -> a host restart brings everything back
+(PM2 included) and verify passes. Rows written through the API before each step are all there
+after it.
 
 The steps run in file order on one host, as an operator would run them.
 """
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_celery_answers_and_runs_a_task,
+    assert_diagnose_finds_a_full_disk,
+    assert_flower_shows_the_worker_behind_its_login,
     assert_logs_show_a_request,
     assert_restore_gives_back_the_dumped_rows,
+    assert_rows_kept,
     assert_status_catches_a_stopped_service,
     assert_stop_and_start_keep_every_row,
-    assert_rows_kept,
     changed_inventory,
     history,
     ready_site,
@@ -93,6 +96,18 @@ def test_logs_show_a_request_from_the_journal_and_debians_files_and_follow_new_o
 
 def test_stop_and_start_take_the_site_down_and_back_with_every_row(site):
     assert_stop_and_start_keep_every_row(site)  # units, the serving slot's and PM2's app
+
+
+def test_celery_inspect_reaches_the_worker_and_a_triggered_task_runs(site):
+    assert_celery_answers_and_runs_a_task(site)
+
+
+def test_flower_shows_the_worker_only_behind_its_login(site, tmp_path):
+    assert_flower_shows_the_worker_behind_its_login(site, tmp_path)
+
+
+def test_diagnose_finds_a_full_disk_and_says_what_to_do(site):
+    assert_diagnose_finds_a_full_disk(site)
 
 
 def test_a_second_run_changes_nothing_and_restarts_nothing(site):

@@ -55,7 +55,20 @@ def run_once(containers, tag: str, env: dict[str, str], command: list[str] | Non
     """Run the backend image to completion: (exit code, logs)."""
     container = containers(refapp.image_name(tag, "backend"), command=command, environment=env)
     result = container.wait(timeout=timeout)
-    return result["StatusCode"], container.logs().decode()
+    return result["StatusCode"], settled_logs(container)
+
+
+def settled_logs(container, tries: int = 20) -> str:
+    """An exited container's whole log: Docker's log copier can trail the exit by a moment
+    (CI once read ``alembic current`` without its last line), so read until two reads agree."""
+    logs = container.logs()
+    for _ in range(tries):
+        time.sleep(0.25)
+        again = container.logs()
+        if again == logs:
+            break
+        logs = again
+    return logs.decode()
 
 
 @pytest.fixture(scope="module")

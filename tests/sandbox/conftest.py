@@ -124,12 +124,15 @@ def wait_log(container, text: str, timeout: float = 90) -> str:
         time.sleep(0.5)
 
 
-def wait_exec(container, command: list[str], timeout: float = 60):
-    """Run ``command`` in the container until it exits 0; returns its last result."""
+def wait_exec(container, command: list[str], timeout: float = 60, printing: str = ""):
+    """Run ``command`` in the container until it exits 0 (and prints ``printing``, if given);
+    returns its last result. The expected text guards against Docker's exec attach, which
+    now and then hands back no output from a process that exits at once (seen in CI)."""
     deadline = time.monotonic() + timeout
     while True:
         result = container.exec_run(command)
-        if result.exit_code == 0 or time.monotonic() > deadline:
+        done = result.exit_code == 0 and printing in (result.output or b"").decode(errors="replace")
+        if done or time.monotonic() > deadline:
             return result
         time.sleep(0.5)
 

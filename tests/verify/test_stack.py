@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import shlex
 import socket
+import struct
 
 import pytest
 
-from roles import alertmanager, nginx, prometheus
+from roles import alertmanager, backend, flower, internal_tls, nginx, prometheus, redis
 from rsdeploy import apply, release
 from rsdeploy.stack import render_host
 from tests.verify.conftest import settle
@@ -22,7 +23,8 @@ from tests.verify.conftest import settle
 INTERNAL = {
     "db": lambda s: s.postgres.port, "redis": lambda s: s.redis.port,
     "prometheus": lambda s: s.prometheus.port, "alertmanager": lambda s: s.alertmanager.port,
-    "loki": lambda s: s.loki.port,
+    "loki": lambda s: s.loki.port, "flower": lambda s: s.flower.port,
+    "redis (TLS)": lambda s: s.redis.tls_port,
 }
 
 
@@ -91,6 +93,13 @@ def test_metrics_are_not_public(host, hs):
         pytest.skip(f"{hs.name} carries no web role")
     _, code = body_and_code(https(host, hs, "/metrics"))
     assert code in ("403", "404"), f"{hs.name}: nginx /metrics: expected 403/404, found {code}"
+
+
+def test_flower_answers_only_with_its_login(host, hs):
+    if not (hs.has_role("web") and flower.served(hs)):
+        pytest.skip(f"{hs.name} serves no Flower")
+    body, code = settle(lambda: body_and_code(https(host, hs, "/flower/")), lambda r: r[1] == "401")
+    assert code == "401", f"{hs.name}: nginx -> flower /flower/ without a login: expected 401, found {code}"
 
 
 def test_tls_offers_only_tls12_and_tls13_for_the_domain(host, hs):
@@ -172,6 +181,45 @@ def test_no_deploy_left_a_reaction_undone(host, hs):
                       "run the deploy again")
 
 
+def _startup_without_tls(hs) -> str:
+    """A PostgreSQL protocol 3.0 startup message for the app role, as printf escapes."""
+    pg = hs.stack.postgres
+    body = struct.pack("!i", 196608) + f"user\0{pg.user}\0database\0{pg.database}\0\0".encode()
+    return "".join(f"\\x{byte:02x}" for byte in struct.pack("!i", len(body) + 4) + body)
+
+
+def test_data_stores_elsewhere_speak_only_verified_tls(host, hs):
+    """From an app host whose database or Redis is on another host: each presents a
+    certificate of the stack CA for the address dialled (what sslmode=verify-full and
+    ssl_cert_reqs=required check); PostgreSQL refuses a login without TLS, and Redis' plain
+    port is closed to this host."""
+    remote = [role for role in internal_tls.SERVICES if internal_tls.reaches(hs, role)]
+    if not remote:
+        pytest.skip(f"{hs.name} reaches no data store on another host")
+    ca = backend.stack_ca_path(hs)
+    for role in remote:
+        carrier = hs.peer(role)
+        port = carrier.stack.postgres.port if role == "db" else redis.client_port(carrier)
+        starttls = "-starttls postgres" if role == "db" else ""
+        shake = host.run(f"openssl s_client -connect {carrier.address}:{port} {starttls} "
+                         f"-CAfile {ca} -verify_return_error -verify_ip {carrier.address} "
+                         "</dev/null")
+        assert shake.rc == 0 and "Verify return code: 0 (ok)" in shake.stdout, \
+            f"{hs.name}: {role} at {carrier.address}:{port}: expected a certificate of the " \
+            f"stack CA for that address, found: {(shake.stdout + shake.stderr)[-400:]}"
+    if "db" in remote:
+        pg = hs.peer("db")
+        script = (f"exec 3<>/dev/tcp/{pg.address}/{pg.stack.postgres.port} && printf "
+                  f"'{_startup_without_tls(pg)}' >&3 && timeout 5 cat <&3 | tr -c '[:print:]' ' '")
+        answer = host.run("bash -c %s", script).stdout
+        assert "no encryption" in answer, \
+            f"{hs.name}: db at {pg.address}: expected a login without TLS refused, found {answer!r}"
+    if "redis" in remote:
+        store = hs.peer("redis")
+        assert not _reaches(host, store.address, store.stack.redis.port), \
+            f"{hs.name}: redis at {store.address}: expected its plain port closed, found it open"
+
+
 def _reaches(host, address: str, port: int) -> bool:
     """Whether a TCP connection from ``host`` to ``address:port`` opens (4 s at most)."""
     return host.run("timeout 4 bash -c %s", f"</dev/tcp/{address}/{port}").rc == 0
@@ -181,8 +229,9 @@ def test_across_hosts_each_reaches_only_what_it_needs(host, hs):
     """From this host: the app reaches the database and Redis on their hosts, nginx every app
     host where it is pinned, and a host that is neither app nor data store reaches neither."""
     wanted, unwanted = [], []
-    for role, port in (("db", hs.stack.postgres.port), ("redis", hs.stack.redis.port)):
+    for role in ("db", "redis"):
         store = hs.peer(role)
+        port = store.stack.postgres.port if role == "db" else redis.client_port(store)
         if store.name != hs.name and not hs.has_role(role):
             (wanted if hs.has_role("app") else unwanted).append((role, store.address, port))
     if nginx.balances_app_hosts(hs):

@@ -100,6 +100,18 @@ def oom_kills(counters: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def oom_counters_command(container: str) -> str:
+    """A shell command printing ``container``'s memory cgroup counters (``oom_kills`` reads
+    them). The counters are never empty, so an empty answer is tried again: ``docker exec``
+    now and then loses the output of a process that exits at once.
+
+    Example: ``host.run_shell_command(oom_counters_command("stack-backend-1"))``
+    """
+    cat = shlex.join(["docker", "exec", container, "cat", *OOM_COUNTERS])
+    return (f"for try in 1 2 3; do out=$({cat} 2>/dev/null); [ -n \"$out\" ] && break; "
+            "sleep 0.5; done; printf '%s\\n' \"$out\"")
+
+
 def explain(state: State, host: Host, hs: HostSettings, project: str) -> bool:
     """A pyinfra callback: print why the project's services are not up, then fail the host.
 
@@ -114,9 +126,8 @@ def explain(state: State, host: Host, hs: HostSettings, project: str) -> bool:
     problems = findings(json.loads(output.stdout or "[]")) if ok else []
     for finding in problems:
         if finding.status == "running":
-            _, counters = host.run_shell_command(
-                f"docker exec {shlex.quote(finding.container)} cat {' '.join(OOM_COUNTERS)} "
-                "2>/dev/null", **connector)
+            _, counters = host.run_shell_command(oom_counters_command(finding.container),
+                                                 **connector)
             finding = replace(finding, oom_kills=oom_kills(counters.stdout))
         report.append(f"{hs.name}: service {finding.service}: {finding.reason()}")
         _, log = host.run_shell_command(

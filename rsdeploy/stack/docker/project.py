@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import re
 import shlex
 import shutil
@@ -36,12 +37,15 @@ from roles import (
     alertmanager,
     backend,
     exporters,
+    flower,
     frontend,
     grafana,
+    internal_tls,
     log_shipper,
     nginx,
     postgres,
     prometheus,
+    redis,
     tls,
 )
 from rsdeploy.layout import Recreate
@@ -95,7 +99,8 @@ def app_services(hs: HostSettings) -> list[str]:
     services = [name for name in ("db", "redis") if hs.has_role(name)]
     if hs.has_role("app"):
         services += ["migrate", "backend", "celery-worker",
-                     *(["celery-beat"] if backend.runs_beat(hs) else []), "frontend"]
+                     *(["celery-beat"] if backend.runs_beat(hs) else []), "frontend",
+                     *(["flower"] if flower.applies(hs) else [])]
     return services
 
 
@@ -176,13 +181,14 @@ def private_ports(hs: HostSettings) -> dict[str, list[str]]:
     s, address = hs.stack, hs.address
     wanted = {
         "db": (s.postgres.port, ("app",)),
-        "redis": (s.redis.port, ("app",)),
+        "redis": (redis.client_port(hs), ("app",)),
         "backend": (s.backend.port, ("web", "monitoring")),
         "frontend": (s.frontend.port, ("web",)),
         "loki": (s.loki.port, ("db", "redis", "app", "web")),
         "cadvisor": (s.exporters.cadvisor.port, ("monitoring",)),
         "postgres-exporter": (s.exporters.postgres_exporter.port, ("monitoring",)),
         "redis-exporter": (s.exporters.redis_exporter.port, ("monitoring",)),
+        "flower": (s.flower.port, ("web",)),
     }
     mappings = {service: [f"{address}:{port}:{port}"] if _needed_elsewhere(hs, *consumers) else []
                 for service, (port, consumers) in wanted.items()}
@@ -224,6 +230,7 @@ def depends_on(hs: HostSettings) -> dict[str, dict[str, str]]:
         "celery-worker": after_migration,
         "celery-beat": after_migration,
         "frontend": {"backend": "service_healthy"},
+        "flower": {"redis": "service_healthy"},
         "grafana": {"prometheus": "service_healthy", "loki": loki},
         "alloy": {"loki": loki},
         "promtail": {"loki": loki},
@@ -276,6 +283,23 @@ def loki_healthcheck(image: str, port: int = 3100) -> list[str] | None:
     return None
 
 
+def _mount(hs: HostSettings, host_path: str, container_path: str) -> str:
+    """A read-only bind mount of a file of the project directory, as Compose writes it."""
+    return f"./{os.path.relpath(host_path, hs.stack.paths.base_dir)}:{container_path}:ro"
+
+
+def _stack_ca_mounts(hs: HostSettings) -> dict[str, str | None]:
+    """The app containers' and Flower's mounts of their stack CA bundles, where they reach a
+    data store on another host."""
+    app = hs.has_role("app") and backend.reaches_over_tls(hs)
+    return {
+        "stack_ca_mount": _mount(hs, backend.stack_ca_path(hs), backend.CONTAINER_STACK_CA)
+        if app else None,
+        "flower_ca_mount": _mount(hs, flower.stack_ca_path(hs), flower.CONTAINER_STACK_CA)
+        if flower.applies(hs) and internal_tls.reaches(hs, "redis") else None,
+    }
+
+
 def _context(hs: HostSettings) -> dict:
     """Every computed value the four compose templates use."""
     shipper = log_shipper.service_name(hs) if log_shipper.applies(hs) else None
@@ -293,7 +317,14 @@ def _context(hs: HostSettings) -> dict:
         "shipper": shipper,
         "shipper_port": getattr(hs.stack.log_shipper, f"{shipper}_port") if shipper else None,
         "db_secrets": [postgres.APP_PASSWORD_SECRET]
-        + ([postgres.MONITOR_PASSWORD_SECRET] if postgres.monitor_role(hs) else []),
+        + ([postgres.MONITOR_PASSWORD_SECRET] if postgres.monitor_role(hs) else [])
+        + ([postgres.TLS_CERT_SECRET, postgres.TLS_KEY_SECRET] if postgres.tls_settings(hs) else []),
+        "db_tls": {**postgres.tls_settings(hs), "hba_file": postgres.CONTAINER_HBA}
+        if postgres.tls_settings(hs) else {},
+        "container_hba": postgres.CONTAINER_HBA,
+        "redis_tls_secrets": [redis.TLS_CERT_SECRET, redis.TLS_KEY_SECRET]
+        if redis.tls_files(hs) else [],
+        **_stack_ca_mounts(hs),
         "trusted_proxies": trusted_proxies(hs) if hs.has_role("app") else None,
         "gateway": gateway(hs),
         "node_exporter_listen": exporters.node_exporter_listen(hs),
@@ -312,6 +343,7 @@ def _context(hs: HostSettings) -> dict:
         "stop_grace": {service: f"{seconds}s" for service, seconds in
                        {**backend.STOP_GRACE, "frontend": frontend.STOP_GRACE}.items()},
         "acme_webroot": tls.ACME_WEBROOT,
+        "flower_prefix": flower.URL_PREFIX,
         "maintenance_dirs": (nginx.host_maintenance_dir(hs), nginx.maintenance_dir(hs)),
         "traffic_dirs": (nginx.host_traffic_dir(hs), nginx.traffic_dir(hs)),
     }

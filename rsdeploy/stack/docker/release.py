@@ -190,8 +190,7 @@ class DockerReleaseHost:
         # Docker's own check still in its start period says nothing the probe did not.
         finding = replace(found[0], health=None if found[0].health == "starting" else found[0].health)
         if finding.status == "running":
-            _, counters = self.shell(f"docker exec {shlex.quote(instance.name)} cat "
-                                     f"{' '.join(diagnose.OOM_COUNTERS)} 2>/dev/null")
+            _, counters = self.shell(diagnose.oom_counters_command(instance.name))
             finding = replace(finding, oom_kills=diagnose.oom_kills(counters))
         return finding.reason() or None
 

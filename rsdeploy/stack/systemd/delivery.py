@@ -23,7 +23,6 @@ from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
 from roles import backend, frontend
-from roles.base import ca_bundle
 from rsdeploy import source
 
 if TYPE_CHECKING:
@@ -65,10 +64,7 @@ def _build_step(env: dict[str, str], script: str) -> str:
 def build_commands(hs: HostSettings, path: str, staged: dict[str, str]) -> list[str]:
     """The shell lines that build a release in ``path`` from the uploaded ``staged`` archives."""
     q = shlex.quote(path)
-    pip_env = {"PIP_CACHE_DIR": backend.PIP_CACHE_DIR, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-               "HOME": hs.stack.paths.base_dir}
-    if (bundle := ca_bundle(hs)) is not None:
-        pip_env["PIP_CERT"] = bundle
+    pip_env = backend.pip_environment(hs)
     user = backend.APP_USER
     return [
         f"rm -rf {q} && install -d -o {user} -g {user} -m 755 {q}",

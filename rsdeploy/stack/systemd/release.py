@@ -196,12 +196,7 @@ class SystemdReleaseHost:
     def _run(self, release: str, argv: list[str], slot: str | None = None) -> tuple[bool, str]:
         """``argv`` with the app's environment as the app user in ``release`` (a directory or
         link), in a transient unit (secrets reach it through the env file only)."""
-        props = ["User=" + backend.APP_USER, "Group=" + backend.APP_USER,
-                 "EnvironmentFile=" + backend.app_env_path(self.hs),
-                 f"WorkingDirectory={release}/backend",
-                 f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin"]
-        if slot is not None:  # the instance's own variables (its Celery node name)
-            props += [f"EnvironmentFile={backend.slot_env_path(self.hs, slot)}"]
+        props = backend.run_properties(self.hs, release, slot)
         args = [arg for prop in props for arg in ("-p", prop)]
         hostname = f"-p Environment=HOSTNAME=$(hostname)-{slot} " if slot else ""
         return self.shell(f"systemd-run --quiet --wait --pipe --collect --service-type=exec "
