@@ -36,9 +36,44 @@ def machine_lock(name: str):
 
     Example: ``with machine_lock("images"): build_image(...)``
     """
+    with _flocked(name, fcntl.LOCK_EX):
+        yield
+
+
+#: The lock that keeps this machine's Docker engine from heavy work of its own (image builds
+#: and pushes: layer export and compression run in dockerd, outside any container's CPU weight)
+#: while a sandbox host is measured under load.
+MEASURING = "measuring"
+
+
+@contextlib.contextmanager
+def measuring():
+    """While the block runs, this machine's engine starts no build or push of ours (see
+    :func:`engine_work`); several measurements may run at once. Entered once a build or push in
+    flight is done.
+
+    Example: ``with measuring(): run_the_load_against_the_site()``
+    """
+    with _flocked(MEASURING, fcntl.LOCK_SH):
+        yield
+
+
+@contextlib.contextmanager
+def engine_work():
+    """Heavy work of this machine's engine (one image build or push): waits until no sandbox
+    host is measured (see :func:`measuring`).
+
+    Example: ``with engine_work(): client.images.push(ref)``
+    """
+    with _flocked(MEASURING, fcntl.LOCK_EX):
+        yield
+
+
+@contextlib.contextmanager
+def _flocked(name: str, mode: int):
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOCK_DIR / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, mode)
         try:
             yield
         finally:

@@ -31,7 +31,7 @@ from rsdeploy.stack.docker.delivery import BUILD_CA_SECRET  # the same contract 
 from rsdeploy import TEMPLATES_DIR
 from rsdeploy.errors import UserError
 from rsdeploy_dev import refapp
-from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, machine_lock
+from rsdeploy_dev.engine import engine_work, ensure_engine, ensure_packages, find, machine_lock
 
 BASE_IMAGE = "rsdeploy/base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -214,7 +214,7 @@ def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -
     returns the seconds it took. One build at a time on this machine: a second process asking
     for the same image waits, then finds it built.
     """
-    with machine_lock("images"):
+    with machine_lock("images"), engine_work():
         return _build_image(client, spec, base_id, no_cache)
 
 

@@ -43,7 +43,15 @@ from rsdeploy import REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy.secrets import update_file
 from rsdeploy_dev import images, refapp
-from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, ipam_config, machine_lock
+from rsdeploy_dev.engine import (
+    engine_work,
+    ensure_engine,
+    ensure_packages,
+    find,
+    ipam_config,
+    machine_lock,
+    measuring,
+)
 
 DEFAULT_PREFIX = "rs-sandbox"
 PREFIX_ENV = "RS_SANDBOX_PREFIX"
@@ -638,8 +646,10 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     as if it were a server of its own; here its containers share two cores with every other
     test group's hosts. Each host container's CPU weight (cgroup ``cpu.shares``) is raised to
     :data:`MEASURED_CPU_SHARES` (8 times Docker's default) for the block: an idle host costs the
-    others nothing, a busy one is served first. Inside a host nothing changes (the release build
-    still runs behind the serving processes by its own ``nice``). Example::
+    others nothing, a busy one is served first. This machine's engine starts no image build or
+    push of the test groups meanwhile (its layer compression runs outside every container's
+    weight; :func:`~rsdeploy_dev.engine.measuring`). Inside a host nothing changes (the release
+    build still runs behind the serving processes by its own ``nice``). Example::
 
         with sandbox.precedence(site.sandbox), load.steady(url, name, ca) as run:
             subprocess.run(["rsdeploy", "deploy", ...])
@@ -648,7 +658,8 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     for container in containers:
         container.update(cpu_shares=MEASURED_CPU_SHARES)
     try:
-        yield sandbox
+        with measuring():
+            yield sandbox
     finally:
         for container in containers:
             with contextlib.suppress(Exception):  # a host removed inside the block
@@ -730,9 +741,10 @@ def push_images(prefix: str, names: list[str] | None = None, versions: list[str]
         remote = f"{local}/{images.registry_path(spec)}"
         image.tag(remote)
         images.log(f"push {spec.ref} -> {remote}")
-        for line in client.images.push(remote, stream=True, decode=True):
-            if "error" in line:
-                raise UserError(f"push {remote}: {line['error']}")
+        with engine_work():
+            for line in client.images.push(remote, stream=True, decode=True):
+                if "error" in line:
+                    raise UserError(f"push {remote}: {line['error']}")
         pushed.append(remote)
     return pushed
 
