@@ -40,28 +40,29 @@ def machine_lock(name: str):
         yield
 
 
-#: The lock that keeps this machine's Docker engine from heavy work of its own (image builds
-#: and pushes: layer export and compression run in dockerd, outside any container's CPU weight)
-#: while a sandbox host is measured under load.
+#: The lock held by a sandbox site measured under load, and by this machine's engine's heavy work
+#: of ours (image builds and pushes: layer export and compression run in dockerd, outside every
+#: container's CPU weight). One of them at a time.
 MEASURING = "measuring"
 
 
 @contextlib.contextmanager
 def measuring():
-    """While the block runs, this machine's engine starts no build or push of ours (see
-    :func:`engine_work`); several measurements may run at once. Entered once a build or push in
-    flight is done.
+    """While the block runs, no other site is measured and this machine's engine starts no
+    build or push of ours (see :func:`engine_work`); entered once those in flight are done. Two
+    sites measured at once each get half the precedence a measurement asks for: a cold run saw
+    both fail in the same second.
 
     Example: ``with measuring(): run_the_load_against_the_site()``
     """
-    with _flocked(MEASURING, fcntl.LOCK_SH):
+    with _flocked(MEASURING, fcntl.LOCK_EX):
         yield
 
 
 @contextlib.contextmanager
 def engine_work():
     """Heavy work of this machine's engine (one image build or push): waits until no sandbox
-    host is measured (see :func:`measuring`).
+    site is measured (see :func:`measuring`).
 
     Example: ``with engine_work(): client.images.push(ref)``
     """

@@ -646,9 +646,9 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     as if it were a server of its own; here its containers share two cores with every other
     test group's hosts. Each host container's CPU weight (cgroup ``cpu.shares``) is raised to
     :data:`MEASURED_CPU_SHARES` (8 times Docker's default) for the block: an idle host costs the
-    others nothing, a busy one is served first. This machine's engine starts no image build or
-    push of the test groups meanwhile (its layer compression runs outside every container's
-    weight; :func:`~rsdeploy_dev.engine.measuring`). Inside a host nothing changes (the release
+    others nothing, a busy one is served first. No other site is measured meanwhile, and this
+    machine's engine starts no image build or push of the test groups (its layer compression
+    runs outside every container's weight; :func:`~rsdeploy_dev.engine.measuring`). Inside a host nothing changes (the release
     build still runs behind the serving processes by its own ``nice``). Example::
 
         with sandbox.precedence(site.sandbox), load.steady(url, name, ca) as run:
