@@ -16,6 +16,7 @@ import docker
 import pytest
 import yaml
 
+from roles import internal_tls
 from rsdeploy import REPO_ROOT
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import sandbox as sandbox_module
@@ -111,7 +112,9 @@ def test_testinfra_connects_with_the_ssh_config(sandbox):
 def test_sandbox_inventory_validates_with_its_secrets(sandbox):
     secrets = sandbox.paths.secrets
     assert secrets.stat().st_mode & 0o777 == 0o600
-    assert set(yaml.safe_load(secrets.read_text())) == set(sandbox_module.SECRET_BYTES)
+    # The random secrets and the stack CA (TLS between hosts), made once.
+    assert set(yaml.safe_load(secrets.read_text())) == \
+        set(sandbox_module.SECRET_BYTES) | {internal_tls.KEY_SECRET, internal_tls.CERT_SECRET}
     os.environ["RS_SANDBOX_PREFIX"] = sandbox.prefix
     try:
         hosts = load_inventory(str(REPO_ROOT / "inventories" / "sandbox.py"), str(secrets), env={})
