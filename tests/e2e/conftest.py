@@ -83,14 +83,15 @@ class Site:
                     RS_SANDBOX_LAYOUT=self.layout, RS_SANDBOX_TOPOLOGY=self.topology,
                     RS_SANDBOX_STACK_HOSTS=str(SPLIT_WEB_HOST + 1 if self.topology == "split" else ""))
 
-    def settings(self):
-        """The host's settings as the sandbox inventory gives them to this site's commands
-        (the inventory reads its variations from the environment when it is loaded)."""
+    def settings(self, host_name: str | None = None):
+        """A host's settings (the web host's by default) as the sandbox inventory gives them to
+        this site's commands (the inventory reads its variations from the environment when it
+        is loaded)."""
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
             return load_inventory(str(SANDBOX_INVENTORY),
-                                  str(self.sandbox.paths.secrets))[self.host.name]
+                                  str(self.sandbox.paths.secrets))[host_name or self.host.name]
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -444,3 +445,109 @@ def under_load(site, ca_file, *args: str):
 def history(site) -> list[dict]:
     run = site.rsdeploy("releases", "--json").check()
     return json.loads(run.stdout)[site.host.name]
+
+
+# --- a stack over several hosts (RS_SANDBOX_TOPOLOGY=split) -----------------------------------
+
+
+def split_hosts(site) -> dict:
+    """The split sandbox's hosts by what they carry: db (+redis), app1, app2, web (+monitoring),
+    and an outsider that is no peer of the stack."""
+    return dict(zip(("db", "app1", "app2", "web", "outsider"), site.sandbox.hosts))
+
+
+def on(site, host, command: str) -> str:
+    """A shell command on one of the site's hosts (as root, through SSH); its output."""
+    return site.sandbox.ssh(host.name, command, timeout=120).stdout
+
+
+def serves_everywhere(site, version: str, heads: dict[str, str]) -> bool:
+    """Whether every answer through nginx (spread over the app hosts) is ``version`` on its
+    schema revision ``heads[version]``."""
+    found = [serving(site) for _ in range(6)]
+    return all((now["version"], now["schema_revision"]) == (version, heads[version])
+               for now in found)
+
+
+def releases_of(site) -> dict[str, list[dict]]:
+    """Every host's release attempts (``rsdeploy releases --json``)."""
+    return json.loads(site.rsdeploy("releases", "--json").check().stdout)
+
+
+def assert_only_app_hosts_reach_the_data_stores_over_tls(site, hosts: dict, psql: str) -> None:
+    """PostgreSQL (5432) and Redis' TLS port (6380) answer the app hosts only; Redis' plain port
+    (6379) no other host at all; every database session of the app is encrypted. ``psql`` runs
+    psql as the superuser on the db host."""
+    db = hosts["db"].address
+    probe = "timeout 4 bash -c '</dev/tcp/{}/{}' && echo open || echo closed"
+    for port in (5432, 6380, 6379):
+        expected = "closed" if port == 6379 else "open"
+        assert on(site, hosts["app2"], probe.format(db, port)).strip() == expected, port
+        for name in ("outsider", "web"):
+            assert on(site, hosts[name], probe.format(db, port)).strip() == "closed", (name, port)
+    sessions = on(site, hosts["db"], (
+        f"{psql} -Atc \"select ssl, count(*) from pg_stat_activity join pg_stat_ssl using (pid) "
+        "where usename = 'scheduler' group by ssl\""))
+    counts = dict(line.split("|") for line in sessions.split())
+    assert set(counts) == {"t"} and int(counts["t"]) > 0, sessions  # every app session over TLS
+
+
+def assert_prometheus_sees_every_host(site, hosts: dict) -> None:
+    """Prometheus on the monitoring host has every stack host's node-exporter and both app
+    hosts' backend among its targets, each up."""
+    targets = json.loads(on(site, hosts["web"], "curl -fsS http://127.0.0.1:9090/api/v1/targets"))
+    up: dict[tuple[str, str], bool] = {}
+    for t in targets["data"]["activeTargets"]:
+        key = (t["labels"]["job"], t["labels"]["instance"])
+        up[key] = up.get(key, False) or t["health"] == "up"
+    names = {h.name for key, h in hosts.items() if key != "outsider"}
+    assert {inst for job, inst in up if job == "node"} == names
+    app_hosts = {hosts["app1"].name, hosts["app2"].name}
+    assert {inst for job, inst in up if job == "backend"} == app_hosts
+    assert all(up.values()), {k: v for k, v in up.items() if not v}
+
+
+def assert_rolling_release_drops_no_request(site, hosts: dict, ca_file, written: list,
+                                            version: str, heads: dict[str, str]) -> None:
+    """``deploy --version VERSION`` under load: one app host after the other, in inventory
+    order, no request failed, every row kept."""
+    run, report = under_load(site, ca_file, "deploy", "--version", version)
+    run.check()
+    assert report.failed == 0, report.summary()
+    assert run.output.index(f"{hosts['app1'].name}: {version} serves") \
+        < run.output.index(f"{hosts['app2'].name}: {version} serves")
+    assert serves_everywhere(site, version, heads)
+    assert_rows_kept(site, written)
+
+
+def assert_a_failing_app_host_stops_the_rollout(site, hosts: dict, ca_file, written: list,
+                                                broken: str, serving_version: str,
+                                                heads: dict[str, str]) -> None:
+    """``deploy --version BROKEN`` under load: the first app host refuses it (exit 3), the
+    second does not switch to it, the site keeps serving ``serving_version`` without a failed
+    request."""
+    run, report = under_load(site, ca_file, "deploy", "--version", broken)
+    assert run.code == 3, run.output[-3000:]
+    assert report.failed == 0, report.summary()
+    assert f"not switched: the rollout stopped when {hosts['app1'].name} refused" in run.output
+    found = releases_of(site)
+    for name in ("app1", "app2"):  # recorded as failed (the second: not switched) or not at all
+        last = found[hosts[name].name][-1]
+        assert last["version"] != broken or last["result"] == "failed", last
+    assert serves_everywhere(site, serving_version, heads)
+    assert_rows_kept(site, written)
+
+
+def assert_rollback_in_one_wave(site, hosts: dict, ca_file, written: list, version: str,
+                                heads: dict[str, str]) -> None:
+    """``rollback --to VERSION --wave 2`` under load: both app hosts at once; the last one
+    downgrades the database only once the other serves the older release too."""
+    run, report = under_load(site, ca_file, "rollback", "--to", version, "--wave", "2")
+    run.check()
+    assert f"[{hosts['app2'].name}] downgrading the database to {heads[version]}" in run.output
+    assert report.failed == 0, report.summary()
+    assert serves_everywhere(site, version, heads)
+    assert_rows_kept(site, written)
+    found = releases_of(site)
+    for name in ("app1", "app2"):
+        assert found[hosts[name].name][-1]["version"] == version

@@ -1,10 +1,11 @@
 """The docker layout spread over four sandbox hosts (RS_SANDBOX_TOPOLOGY=split): db+redis, two
 app hosts behind nginx, web+monitoring; a fifth host outside the stack. Driven through the
 rsdeploy CLI: bootstrap -> v1.0.0 -> verify every host -> only the app hosts reach the data
-stores, over verified TLS only -> Prometheus sees every host -> a rolling v1.1.0 under load -> v1.2.0-broken stops at
-the first app host while the site keeps serving -> rollback of both app hosts at once under load -> the example GitLab
-pipeline deploys and verifies a tag (gitlab-ci-local) -> the example GitHub workflow's rollback
-steps roll it back. Rows written through the API before each step are all there after it.
+stores, over verified TLS only -> Prometheus sees every host -> a rolling v1.1.0 under load ->
+v1.2.0-broken stops at the first app host while the site keeps serving -> rollback of both app
+hosts at once under load -> the example GitLab pipeline deploys and verifies a tag
+(gitlab-ci-local) -> the example GitHub workflow's rollback steps roll it back. Rows written
+through the API before each step are all there after it.
 
 The steps run in file order, as an operator would run them.
 """
@@ -27,11 +28,17 @@ from tests.conftest import GITLAB_CI_LOCAL, ops_repository
 from tests.e2e.conftest import (
     FIRST_VERSION,
     SANDBOX_INVENTORY,
+    assert_a_failing_app_host_stops_the_rollout,
+    assert_only_app_hosts_reach_the_data_stores_over_tls,
+    assert_prometheus_sees_every_host,
+    assert_rollback_in_one_wave,
+    assert_rolling_release_drops_no_request,
     assert_rows_kept,
+    on,
     ready_site,
-    serving,
+    serves_everywhere,
     site_certificate,
-    under_load,
+    split_hosts,
     write_note,
 )
 
@@ -52,9 +59,7 @@ def site():
 
 @pytest.fixture(scope="module")
 def hosts(site):
-    """The sandbox hosts by what they carry (the split topology's order)."""
-    db, app1, app2, web, outsider = site.sandbox.hosts
-    return {"db": db, "app1": app1, "app2": app2, "web": web, "outsider": outsider}
+    return split_hosts(site)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +72,6 @@ def written():
     return []
 
 
-def on(site, host, command: str) -> str:
-    return site.sandbox.ssh(host.name, command, timeout=120).stdout
-
-
 def services_on(site, host) -> set[str]:
     """The Compose services running on a host."""
     out = on(site, host, "docker ps --filter label=com.docker.compose.project=residency-scheduler "
@@ -79,14 +80,7 @@ def services_on(site, host) -> set[str]:
 
 
 def serves(site, version: str) -> bool:
-    """Whether the site answers with ``version`` on its schema (through nginx, any app host)."""
-    found = [serving(site) for _ in range(6)]  # nginx spreads them over both app hosts
-    return all((now["version"], now["schema_revision"]) == (version, HEADS[version])
-               for now in found)
-
-
-def releases_of(site) -> dict[str, list[dict]]:
-    return json.loads(site.rsdeploy("releases", "--json").check().stdout)
+    return serves_everywhere(site, version, HEADS)
 
 
 def test_first_deploy_spreads_the_stack_over_its_hosts(site, hosts, written):
@@ -124,72 +118,28 @@ def test_nginx_balances_both_app_hosts(site, hosts):
 
 
 def test_only_app_hosts_reach_the_data_stores_and_only_over_tls(site, hosts):
-    """PostgreSQL (5432) and Redis' TLS port (6380) open to the app hosts only; Redis' plain port
-    (6379) to no other host; the app's own database sessions are encrypted."""
-    db = hosts["db"].address
-    probe = "timeout 4 bash -c '</dev/tcp/{}/{}' && echo open || echo closed"
-    for port in (5432, 6380, 6379):
-        expected = "closed" if port == 6379 else "open"
-        assert on(site, hosts["app2"], probe.format(db, port)).strip() == expected, port
-        assert on(site, hosts["outsider"], probe.format(db, port)).strip() == "closed", port
-        assert on(site, hosts["web"], probe.format(db, port)).strip() == "closed", port
-    sessions = on(site, hosts["db"], (
-        "docker exec $(docker ps -q --filter label=com.docker.compose.service=db) psql -U postgres "
-        "-Atc \"select ssl, count(*) from pg_stat_activity join pg_stat_ssl using (pid) "
-        "where usename = 'scheduler' group by ssl\""))
-    counts = dict(line.split("|") for line in sessions.split())
-    assert set(counts) == {"t"} and int(counts["t"]) > 0, sessions  # every app session over TLS
+    assert_only_app_hosts_reach_the_data_stores_over_tls(
+        site, hosts, "docker exec $(docker ps -q --filter label=com.docker.compose.service=db) "
+                     "psql -U postgres")
 
 
 def test_prometheus_on_the_monitoring_host_sees_every_host(site, hosts):
-    targets = json.loads(on(site, hosts["web"], "curl -fsS http://127.0.0.1:9090/api/v1/targets"))
-    up: dict[tuple[str, str], bool] = {}
-    for t in targets["data"]["activeTargets"]:
-        key = (t["labels"]["job"], t["labels"]["instance"])
-        up[key] = up.get(key, False) or t["health"] == "up"
-    names = {h.name for key, h in hosts.items() if key != "outsider"}
-    assert {inst for job, inst in up if job == "node"} == names
-    assert {inst for job, inst in up if job == "backend"} == {hosts["app1"].name, hosts["app2"].name}
-    assert all(up.values()), {k: v for k, v in up.items() if not v}
+    assert_prometheus_sees_every_host(site, hosts)
 
 
 def test_rolling_release_under_load_drops_no_request(site, hosts, ca_file, written):
-    run, report = under_load(site, ca_file, "deploy", "--version", NEXT)
-    run.check()
-    assert report.failed == 0, report.summary()
-    # One app host at a time, in inventory order.
-    assert run.output.index(f"{hosts['app1'].name}: {NEXT} serves") \
-        < run.output.index(f"{hosts['app2'].name}: {NEXT} serves")
-    assert serves(site, NEXT)
-    assert_rows_kept(site, written)
+    assert_rolling_release_drops_no_request(site, hosts, ca_file, written, NEXT, HEADS)
     write_note(site, written, "the broken release")
 
 
 def test_a_failing_app_host_stops_the_rollout(site, hosts, ca_file, written):
-    run, report = under_load(site, ca_file, "deploy", "--version", BROKEN)
-    assert run.code == 3, run.output[-3000:]
-    assert report.failed == 0, report.summary()
-    assert f"not switched: the rollout stopped when {hosts['app1'].name} refused" in run.output
-    found = releases_of(site)
-    for name in ("app1", "app2"):
-        assert found[hosts[name].name][-1]["version"] != BROKEN or \
-            found[hosts[name].name][-1]["result"] == "failed"
-    assert serves(site, NEXT)
-    assert_rows_kept(site, written)
+    assert_a_failing_app_host_stops_the_rollout(site, hosts, ca_file, written, BROKEN, NEXT,
+                                                HEADS)
 
 
 def test_rollback_in_one_wave_under_load(site, hosts, ca_file, written):
-    """Both app hosts at once (--wave 2); the last one downgrades the database only once the
-    other serves the older release too."""
-    run, report = under_load(site, ca_file, "rollback", "--to", FIRST_VERSION, "--wave", "2")
-    run.check()
-    assert f"[{hosts['app2'].name}] downgrading the database to {HEADS[FIRST_VERSION]}" in run.output
-    assert report.failed == 0, report.summary()
-    assert serves(site, FIRST_VERSION)
-    assert_rows_kept(site, written)
-    found = releases_of(site)
-    for name in ("app1", "app2"):
-        assert found[hosts[name].name][-1]["version"] == FIRST_VERSION
+    assert_rollback_in_one_wave(site, hosts, ca_file, written, FIRST_VERSION, HEADS)
+
 
 
 # --- the example CI pipelines, against these hosts --------------------------------------------
