@@ -28,14 +28,12 @@ TESTS = ROOT / "tests"
 SHARED = ("sandbox", "refapp")
 #: The longest groups start first (measured: minutes each).
 FIRST = ("e2e-test_systemd_layout", "e2e-test_docker_rollout", "e2e-test_docker_releases",
-         "e2e-test_split_hosts", "e2e-test_systemd_split", "e2e-test_docker_real_app",
-         "e2e-test_docker_certbot", "e2e-test_docker_build", "sandbox", "e2e-test_docker_bundle",
-         "e2e-test_demo", "refapp")
-#: Groups that start only once another is done. A split chain's start (five hosts booting and
+         "e2e-test_split_hosts", "e2e-test_docker_real_app", "e2e-test_docker_certbot",
+         "e2e-test_docker_build", "sandbox", "e2e-test_docker_bundle", "e2e-test_demo", "refapp")
+#: Groups that start only once another is done. The split chain's start (five hosts booting and
 #: bootstrapping) starved the systemd chain's host under load in all three runs that overlapped
 #: them (timeouts, p95 4-10 s); the systemd chain measures zero failed requests.
-AFTER = {"e2e-test_split_hosts": "e2e-test_systemd_layout",
-         "e2e-test_systemd_split": "e2e-test_systemd_layout"}
+AFTER = {"e2e-test_split_hosts": "e2e-test_systemd_layout"}
 
 
 @dataclass
