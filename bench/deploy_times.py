@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.apply import changed_operations
 from rsdeploy_dev import images, sandbox
 

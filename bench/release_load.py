@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from roles import tls
-from rsdeploy import REPO_ROOT
+from rsdeploy.roles import tls
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.stack import load_inventory
 from rsdeploy.stack.docker import delivery, project
 from rsdeploy_dev import images, load, refapp, sandbox

@@ -9,7 +9,7 @@ on hosts that run the app natively (systemd layout) Python with venv and build t
 user, Node.js and PM2.
 """
 
-from roles import backend, base, docker_engine, frontend
+from rsdeploy.roles import backend, base, docker_engine, frontend
 from rsdeploy import progress, stack
 
 progress.show_steps()

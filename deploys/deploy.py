@@ -15,7 +15,7 @@ then the traffic; refused and undone when it fails), enable timers, record the r
 clear the notes. A second run with nothing changed changes nothing.
 """
 
-from roles import base, exporters, nginx, tls
+from rsdeploy.roles import base, exporters, nginx, tls
 from rsdeploy import apply, lock, progress, release, stack
 from rsdeploy.layout import EnableTimer, Reload
 from rsdeploy.stack import release as releases

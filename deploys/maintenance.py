@@ -11,7 +11,7 @@ served again. nginx looks for the page per request, so nothing is reloaded or re
 second run with the same message changes nothing. Hosts without the web role are left alone.
 """
 
-from roles import nginx
+from rsdeploy.roles import nginx
 from rsdeploy import progress, stack
 
 progress.show_steps()

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
-from roles import base, internal_tls, redis
+from rsdeploy.roles import base, internal_tls, redis
 from rsdeploy.errors import SettingsError
 from rsdeploy.escape import Expanded, url_part
 from rsdeploy.layout import Recreate

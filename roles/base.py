@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
-from roles import redis
+from rsdeploy.roles import redis
 from rsdeploy import apply
 from rsdeploy.layout import HostCommand, UnitReload
 from rsdeploy.render import RenderedFile, static, template

@@ -23,7 +23,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from roles import backend, internal_tls
+from rsdeploy.roles import backend, internal_tls
 from rsdeploy.layout import Recreate
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Image, Name, Port, Resources, Section

@@ -18,8 +18,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server
 
-from roles.backend import APP_UID, APP_USER, listen_address, slot_dir, slot_port_keys, slot_ports
-from roles.base import ca_bundle
+from rsdeploy.roles.backend import APP_UID, APP_USER, listen_address, slot_dir, slot_port_keys, slot_ports
+from rsdeploy.roles.base import ca_bundle
 from rsdeploy.layout import Recreate
 from rsdeploy.release import SERVE, HttpProbe, ReleaseUnit
 from rsdeploy.render import RenderedFile, template

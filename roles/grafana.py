@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from pyinfra.api import deploy
 
-from roles.backend import serves_metrics
-from roles.log_shipper import APP_LOG_JOB
-from roles.loki import base_url
+from rsdeploy.roles.backend import serves_metrics
+from rsdeploy.roles.log_shipper import APP_LOG_JOB
+from rsdeploy.roles.loki import base_url
 from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyinfra.api import deploy
 
-from roles.loki import push_url
+from rsdeploy.roles.loki import push_url
 from rsdeploy import apply
 from rsdeploy.layout import Restart
 from rsdeploy.render import RenderedFile, template

@@ -25,8 +25,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from roles import flower
-from roles.tls import ACME_WEBROOT, certificate_paths
+from rsdeploy.roles import flower
+from rsdeploy.roles.tls import ACME_WEBROOT, certificate_paths
 from rsdeploy import apply
 from rsdeploy.escape import nginx_str
 from rsdeploy.layout import Reload

@@ -19,8 +19,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import server
 
-from roles import internal_tls
-from roles.exporters import exporter_applies
+from rsdeploy.roles import internal_tls
+from rsdeploy.roles.exporters import exporter_applies
 from rsdeploy import apply
 from rsdeploy.component_files import secret_file
 from rsdeploy.layout import Exec, Restart

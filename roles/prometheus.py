@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from pyinfra.api import deploy
 
-from roles import log_shipper, loki
+from rsdeploy.roles import log_shipper, loki
 from rsdeploy import apply
-from roles.backend import serves_metrics, slot_ports
-from roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
+from rsdeploy.roles.backend import serves_metrics, slot_ports
+from rsdeploy.roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
 from rsdeploy.component_files import debian_default
 from rsdeploy.layout import Reload
 from rsdeploy.render import RenderedFile, static, template

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyinfra.api import deploy
 
-from roles import internal_tls
+from rsdeploy.roles import internal_tls
 from rsdeploy import apply
 from rsdeploy.component_files import secret_file
 from rsdeploy.layout import Restart

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from roles import backend, backup, exporters, flower, frontend, log_shipper, nginx, postgres, redis, tls
+from rsdeploy.roles import backend, backup, exporters, flower, frontend, log_shipper, nginx, postgres, redis, tls
 from rsdeploy import lock
 from rsdeploy.layout import Control, LogSource
 from rsdeploy.release import version_file

@@ -37,9 +37,9 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, REPO_ROOT, diagnose, logs, release, remote, services, status
-from roles import backup, internal_tls
-from roles import status as host_status
+from rsdeploy import DEPLOYS_DIR, VERIFY_DIR, __version__, diagnose, logs, release, remote, services, status
+from rsdeploy.roles import backup, internal_tls
+from rsdeploy.roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
 from rsdeploy.lock import LOCK_HELD, TOKEN_ENV, HostLock
 from rsdeploy.render import write_tree
@@ -162,7 +162,7 @@ def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
         command.append("--dry")
     with tempfile.NamedTemporaryFile("r", prefix="rsdeploy-outcome-", suffix=".jsonl") as outcome:
         env[release.OUTCOME_ENV] = outcome.name
-        code = subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
+        code = subprocess.run(command, env=env).returncode
         refused = [json.loads(line) for line in outcome if line.strip()]
     refused = [o for o in refused if o["result"] == release.FAILED]
     if code and refused:
@@ -385,25 +385,27 @@ def ssh_config(hosts: dict) -> str:
 
 
 def cmd_verify(args) -> int:
-    """Check deployed hosts with the testinfra suite (tests/verify), from the same settings."""
+    """Check deployed hosts with the testinfra suite (rsdeploy/verify), from the same settings."""
     hosts = _selected(args, {"version": args.version} if args.version is not None else None)
     args.selected_hosts = list(hosts)  # for the summary line
     sudo = any(hs.connection.get("ssh_user", "root") != "root" for hs in hosts.values())
     with tempfile.NamedTemporaryFile("w", prefix="rsdeploy-ssh-", suffix=".conf") as config:
         config.write(ssh_config(hosts))
         config.flush()
-        command = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "verify"),
-                   "-p", "no:cacheprovider", "-q", f"--rs-inventory={Path(args.inventory).resolve()}",
+        # The suite's own pytest settings and root: whatever the caller's directory holds.
+        command = [sys.executable, "-m", "pytest", str(VERIFY_DIR), "-c", str(VERIFY_DIR / "pytest.ini"),
+                   f"--rootdir={VERIFY_DIR}", "-p", "no:cacheprovider", "-q",
+                   f"--rs-inventory={Path(args.inventory).resolve()}",
                    f"--ssh-config={config.name}", *(["--sudo"] if sudo else []),
                    *([f"--rs-version={args.version}"] if args.version is not None else [])]
         env = dict(os.environ)
         if args.secrets:
             env["RS_SECRETS_FILE"] = str(Path(args.secrets).resolve())
         if len(hosts) == 1:
-            return subprocess.run([*command, f"--hosts=ssh://{next(iter(hosts))}"], cwd=REPO_ROOT,
+            return subprocess.run([*command, f"--hosts=ssh://{next(iter(hosts))}"],
                                   env=env).returncode
         # Every host at once, one suite run each; their reports one after the other.
-        runs = {name: subprocess.Popen([*command, f"--hosts=ssh://{name}"], cwd=REPO_ROOT, env=env,
+        runs = {name: subprocess.Popen([*command, f"--hosts=ssh://{name}"], env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for name in hosts}
         codes = {}
@@ -606,6 +608,7 @@ def _lock_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rsdeploy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     render = sub.add_parser("render", help="render every config file, touching no host")
@@ -712,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     releases.add_argument("--json", action="store_true", help="as JSON, for scripts")
     releases.set_defaults(func=cmd_releases)
 
-    verify = sub.add_parser("verify", help="check deployed hosts (testinfra suite tests/verify)")
+    verify = sub.add_parser("verify", help="check deployed hosts (the testinfra suite rsdeploy/verify)")
     _inventory_args(verify)
     _summary_args(verify)
     verify.add_argument("--version", help="release tag the hosts must run (default: the inventory's)")

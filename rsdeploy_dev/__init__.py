@@ -19,4 +19,13 @@ can be run end to end on one machine with no network beyond the Debian mirror. P
 
 Imports run one way: cli -> sandbox -> images -> refapp, load -> sandbox, and each of sandbox
 and images -> engine (engine and refapp import nothing from this package).
+
+It is a distribution of its own, ``rsdeploy-dev`` (rsdeploy_dev/pyproject.toml), installed by
+this repository's development set-up (``.ci/setup``) and never by ``pip install rsdeploy``: it
+works on this checkout (the reference app, the sandbox's state, the offline images' files).
 """
+
+from pathlib import Path
+
+#: The rsdeploy checkout the dev tooling works in.
+REPO_ROOT = Path(__file__).resolve().parent.parent

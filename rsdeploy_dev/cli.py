@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.cli import build_parser
 from rsdeploy_dev import images, sandbox
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.errors import UserError
 
 DOCKERD_LOG = Path("/var/log/dockerd.log")

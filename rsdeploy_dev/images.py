@@ -5,9 +5,9 @@
     rsdeploy images push [NAMES...] [--prefix rs-sandbox]   (rsdeploy_dev.sandbox.push_images)
 
 No container registry is reachable where the sandbox and the end-to-end tests run, so every image
-is built here: ``rsdeploy/base:bookworm`` from ``debootstrap``, the infrastructure images from its
-Dockerfiles in ``templates/images/<name>/``, and the app images per release tag from the reference
-app's source (``rsdeploy_dev.refapp``). A build is skipped when an image with the same content hash
+is built here: ``rsdeploy/base:bookworm`` from ``debootstrap``, the infrastructure images from
+their Dockerfiles in ``rsdeploy_dev/dockerfiles/<name>/``, and the app images per release tag
+from the reference app's source (``rsdeploy_dev.refapp``). A build is skipped when an image with the same content hash
 (every file of its build context and the base image's id) already exists.
 """
 
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsdeploy.stack.docker.delivery import BUILD_CA_SECRET  # the same contract as builds on hosts
-from rsdeploy import TEMPLATES_DIR
 from rsdeploy.errors import UserError
 from rsdeploy_dev import refapp
 from rsdeploy_dev.engine import engine_work, ensure_engine, ensure_packages, find, machine_lock
@@ -37,7 +36,9 @@ BASE_IMAGE = "rsdeploy/base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 #: The machine's CA bundle (it trusts the TLS-intercepting proxy in front of PyPI and npm).
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-IMAGES_DIR = TEMPLATES_DIR / "images"
+#: Each offline image's Dockerfile and files, one folder per image (dev tooling: production
+#: pulls the upstream images these stand in for).
+IMAGES_DIR = Path(__file__).parent / "dockerfiles"
 HASH_LABEL = "rsdeploy.content-hash"
 #: Part of every content hash: images built another way are rebuilt once.
 BUILDER = "buildkit"

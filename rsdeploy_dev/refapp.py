@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 
 REFAPP_DIR = REPO_ROOT / "examples" / "refapp"
 OVERLAYS_DIR = REFAPP_DIR / "versions"

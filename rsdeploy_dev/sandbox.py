@@ -38,8 +38,8 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from roles import internal_tls
-from rsdeploy import REPO_ROOT
+from rsdeploy.roles import internal_tls
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy.secrets import update_file
 from rsdeploy_dev import images, refapp

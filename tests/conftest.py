@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.render import write_tree
 from rsdeploy.stack import render_host
 from rsdeploy.stack import load_inventory
@@ -80,23 +80,6 @@ def example(request, tmp_path_factory):
     """Each example inventory rendered once per session: (name, root, {host: (hs, files)})."""
     root = tmp_path_factory.mktemp(request.param)
     return request.param, root, render_example(request.param, root)
-
-
-# --- the verify suite (tests/verify) runs only against real hosts --------------------------------
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("rsdeploy verify")
-    group.addoption("--rs-inventory", help="inventory whose hosts tests/verify checks "
-                    "(rsdeploy verify -i INVENTORY sets it)")
-    group.addoption("--rs-version", help="release tag the hosts must run (default: the inventory's)")
-
-
-def pytest_ignore_collect(collection_path, config):
-    """tests/verify checks deployed hosts: collected only when an inventory is given."""
-    if collection_path.name == "verify" and collection_path.parent == Path(__file__).parent:
-        return not config.getoption("rs_inventory")
-    return None
 
 
 # --- the example CI pipelines (examples/ci) ---------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, render_example
-from roles import alertmanager
+from rsdeploy.roles import alertmanager
 from rsdeploy.component_files import MONITORING_SECRETS_DIR, secret_path, secret_read_path
 from rsdeploy.layout import Reload
 from rsdeploy.render import write_tree

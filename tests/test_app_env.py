@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from pydantic import ValidationError
 
-from roles import backend
+from rsdeploy.roles import backend
 from rsdeploy.stack.docker.project import compose_binary
 from rsdeploy.errors import SettingsError
 from rsdeploy.layout import Recreate

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from roles import backend, grafana, prometheus
+from rsdeploy.roles import backend, grafana, prometheus
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import MASK, masked
 from rsdeploy.stack import load_inventory, render_host

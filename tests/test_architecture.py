@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 
 
 def _lint_imports() -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from roles import tls
-from roles.tls import ACME_WEBROOT  # the test below has a parameter named tls
+from rsdeploy.roles import tls
+from rsdeploy.roles.tls import ACME_WEBROOT  # the test below has a parameter named tls
 from rsdeploy.stack.docker import project as compose
 from rsdeploy.render import write_tree
 from rsdeploy.stack import render_host

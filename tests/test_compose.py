@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roles.prometheus import GRAFANA_CONTAINER_PORT
+from rsdeploy.roles.prometheus import GRAFANA_CONTAINER_PORT
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory, render_host
 from rsdeploy.stack.docker import project as compose

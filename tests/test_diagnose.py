@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from roles import status as host_status
+from rsdeploy.roles import status as host_status
 from rsdeploy import diagnose, status
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 
 HOLD = """
 import sys, time

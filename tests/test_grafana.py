@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import yaml
 
-from roles import grafana, log_shipper
+from rsdeploy.roles import grafana, log_shipper
 from rsdeploy.layout import Restart
 from tests.conftest import EXAMPLES, load_example
 

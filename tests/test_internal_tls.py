@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roles import backend, flower, internal_tls, postgres, redis
+from rsdeploy.roles import backend, flower, internal_tls, postgres, redis
 from rsdeploy.cli import main
 from rsdeploy.layout import Recreate
 from rsdeploy.secrets import read_file

@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 
-from roles import log_shipper, loki
+from rsdeploy.roles import log_shipper, loki
 from rsdeploy.layout import Restart
 from rsdeploy.escape import alloy_str
 from tests.conftest import EXAMPLES, load_example

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from roles import status
+from rsdeploy.roles import status
 from rsdeploy import cli, logs
 from rsdeploy.errors import UserError
 from rsdeploy.render import write_tree

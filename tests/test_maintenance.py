@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyinfra_cli.util import parse_cli_arg
 
-from roles import nginx
+from rsdeploy.roles import nginx
 from rsdeploy import cli, escape
 from rsdeploy.stack import render_host
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
-from roles import nginx, tls
+from rsdeploy.roles import nginx, tls
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_BIN, as_postgres, free_port, render_example
-from roles import docker_engine, postgres, redis
+from rsdeploy.roles import docker_engine, postgres, redis
 
 PGVECTOR = Path("/usr/share/postgresql/15/extension/vector.control")
 

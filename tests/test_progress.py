@@ -11,7 +11,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from rsdeploy import REPO_ROOT, progress
+from rsdeploy import progress
+from rsdeploy_dev import REPO_ROOT
 
 DEPLOY = """
 from pyinfra.operations import server

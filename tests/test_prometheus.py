@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from tests.conftest import render_example
-from roles import exporters, prometheus
-from rsdeploy import REPO_ROOT, TEMPLATES_DIR
+from rsdeploy.roles import exporters, prometheus
+from rsdeploy import TEMPLATES_DIR
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.component_files import MONITORING_SECRETS_DIR, secret_path
 
 RULES_DIR = TEMPLATES_DIR / "prometheus" / "rules"

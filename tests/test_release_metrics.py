@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from roles import exporters, grafana
+from rsdeploy.roles import exporters, grafana
 from rsdeploy import TEMPLATES_DIR, release_metrics
 from rsdeploy.release_metrics import metrics_dir, render_metrics, stack_label
 from tests.conftest import load_example

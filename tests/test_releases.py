@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from roles import nginx
+from rsdeploy.roles import nginx
 from rsdeploy import cli, lock, release, remote
 from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked

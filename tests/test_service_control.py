@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from roles import status
+from rsdeploy.roles import status
 from rsdeploy import cli, services
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from roles import backend, postgres
+from rsdeploy.roles import backend, postgres
 from rsdeploy.cli import main
 from rsdeploy.stack import load_inventory
 from rsdeploy.secrets import load_secrets

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from roles import backup, status, tls
+from rsdeploy.roles import backup, status, tls
 from rsdeploy import status as rs_status
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory

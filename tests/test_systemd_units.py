@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from roles import backend, frontend
-from rsdeploy import REPO_ROOT
+from rsdeploy.roles import backend, frontend
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.render import write_tree
 from rsdeploy.stack import check_host, load_inventory, render_host
 from tests.conftest import EXAMPLE_SECRETS, EXAMPLES, INVENTORIES, load_example

@@ -47,7 +47,7 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 from pyinfra.operations.util import any_changed
 
-from roles import backend, backup, frontend, nginx
+from rsdeploy.roles import backend, backup, frontend, nginx
 from rsdeploy import apply, release, release_metrics, source
 from rsdeploy.errors import SettingsError
 from rsdeploy.layout import Recreate, ReleaseHost

@@ -8,24 +8,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import PositiveInt
 
-import roles.alertmanager
-import roles.backend
-import roles.backup
-import roles.base
-import roles.docker_engine
-import roles.exporters
-import roles.flower
-import roles.frontend
-import roles.grafana
-import roles.internal_tls
-import roles.log_shipper
-import roles.loki
-import roles.nginx
-import roles.postgres
-import roles.prometheus
-import roles.redis
-import roles.status
-import roles.tls
+from rsdeploy import roles
+from rsdeploy.roles import (  # noqa: F401  (loaded here, used as roles.<name> below)
+    alertmanager, backend, backup, base, docker_engine, exporters, flower, frontend, grafana,
+    internal_tls, log_shipper, loki, nginx, postgres, prometheus, redis, status, tls,
+)
 from rsdeploy.errors import SettingsError
 from rsdeploy.settings import ROLES, BaseStackSettings
 from rsdeploy.stack.docker import project

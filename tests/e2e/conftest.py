@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from roles import tls
-from rsdeploy import REPO_ROOT
+from rsdeploy.roles import tls
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.apply import changed_operations
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import images, load

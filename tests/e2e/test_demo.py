@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy_dev import sandbox
 
 pytestmark = pytest.mark.sandbox

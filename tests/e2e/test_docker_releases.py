@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from rsdeploy import REPO_ROOT
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.lock import HostLock
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import images

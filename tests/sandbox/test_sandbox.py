@@ -16,8 +16,8 @@ import docker
 import pytest
 import yaml
 
-from roles import internal_tls
-from rsdeploy import REPO_ROOT
+from rsdeploy.roles import internal_tls
+from rsdeploy_dev import REPO_ROOT
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import sandbox as sandbox_module
 

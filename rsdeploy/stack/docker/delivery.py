@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host
 from pyinfra.operations import files, server
 
-from roles.docker_engine import registry_host
+from rsdeploy.roles.docker_engine import registry_host
 from rsdeploy import apply, source
 from rsdeploy.errors import SettingsError, describe
 from rsdeploy.facts import DockerImageId, DockerImageRevision

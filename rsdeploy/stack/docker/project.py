@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import field_validator
 
-from roles import (
+from rsdeploy.roles import (
     alertmanager,
     backend,
     exporters,

@@ -14,7 +14,7 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdStatus
 
-from roles import backend, frontend, status
+from rsdeploy.roles import backend, frontend, status
 from rsdeploy.layout import Control, Layout, LogSource
 from rsdeploy.stack.systemd import delivery, release, rollout
 

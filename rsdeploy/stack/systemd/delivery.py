@@ -22,7 +22,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from roles import backend, frontend
+from rsdeploy.roles import backend, frontend
 from rsdeploy import source
 
 if TYPE_CHECKING:

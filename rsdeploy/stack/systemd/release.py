@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from roles import backend, frontend
+from rsdeploy.roles import backend, frontend
 from rsdeploy.release import CommandProbe, HttpProbe
 from rsdeploy.stack.systemd.delivery import (
     BUILT_MARKER,

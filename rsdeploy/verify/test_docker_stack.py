@@ -10,9 +10,9 @@ import shlex
 
 import pytest
 
-from roles import backend, nginx
+from rsdeploy.roles import backend, nginx
 from rsdeploy.stack import release as releases
-from tests.verify.conftest import settle
+from rsdeploy.verify.support import settle
 
 
 def test_docker_engine_runs(host, hs, docker_stack):

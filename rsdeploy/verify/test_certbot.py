@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from roles import tls
+from rsdeploy.roles import tls
 
 #: certbot renews 30 days before expiry (twice a day): less than this means renewals fail.
 MIN_DAYS_LEFT = 14

@@ -11,9 +11,9 @@ import shlex
 
 import pytest
 
-from roles import backend, frontend, nginx
+from rsdeploy.roles import backend, frontend, nginx
 from rsdeploy.stack.systemd.release import SLOTS
-from tests.verify.conftest import settle
+from rsdeploy.verify.support import settle
 
 
 def app_command(hs, slot: str, script: str) -> str:

@@ -14,10 +14,10 @@ import struct
 
 import pytest
 
-from roles import alertmanager, backend, flower, internal_tls, nginx, prometheus, redis
+from rsdeploy.roles import alertmanager, backend, flower, internal_tls, nginx, prometheus, redis
 from rsdeploy import apply, release
 from rsdeploy.stack import render_host
-from tests.verify.conftest import settle
+from rsdeploy.verify.support import settle
 
 #: Ports that must never be reachable from outside the host (service, port setting).
 INTERNAL = {

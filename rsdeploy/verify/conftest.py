@@ -2,19 +2,26 @@
 hosts' files (one source of truth), for the host testinfra is connected to.
 
 Run it with ``rsdeploy verify -i INVENTORY`` (which writes the SSH config), or directly:
-``pytest tests/verify --rs-inventory=INV --hosts=ssh://NAME --ssh-config=FILE``.
+``pytest -c rsdeploy/verify/pytest.ini rsdeploy/verify --rs-inventory=INV --hosts=ssh://NAME
+--ssh-config=FILE``.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import time
 
 import pytest
 
 from rsdeploy.stack.docker import project as compose
 from rsdeploy.stack import load_inventory
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("rsdeploy verify")
+    group.addoption("--rs-inventory", required=True,
+                    help="inventory whose hosts the suite checks (rsdeploy verify -i INVENTORY)")
+    group.addoption("--rs-version", help="release tag the hosts must run (default: the inventory's)")
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +87,3 @@ def docker_stack(host, hs):
     return Stack(host, hs)
 
 
-def settle(probe, done, seconds: float = 90, every: float = 3):
-    """Call ``probe`` until ``done(result)`` or ``seconds`` pass (a fresh rollout may still be
-    starting); return the last result."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = probe()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
