@@ -25,6 +25,9 @@ from rsdeploy_dev import sandbox as sandbox_module
 from rsdeploy_dev.engine import ensure_engine
 
 FIRST_VERSION = "v1.0.0"
+#: Appended to every end-to-end sandbox's prefix (default none): lets a second checkout run the
+#: same chains on this machine at once without their containers' names clashing.
+SUFFIX_ENV = "RS_E2E_SUFFIX"
 SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
 #: The images only monitoring uses (RS_SANDBOX_MONITORING=off runs none of them).
 #: RS_SANDBOX_TOPOLOGY=split: db+redis, app, app, web+monitoring, and a fifth host outside the
@@ -193,6 +196,7 @@ def ready_site(prefix: str, delivery: str, tls: str = "self-signed", monitoring:
     The systemd ``layout`` uses no image: hosts install from Debian, PyPI and npm. The split
     ``topology`` spreads the stack over four hosts and keeps a fifth outside it.
     """
+    prefix += os.environ.get(SUFFIX_ENV, "")  # two checkouts' runs side by side
     wanted = [] if layout == "systemd" else [
         name for name in images.sandbox_images(delivery)
         if monitoring or name not in MONITORING_IMAGES]
