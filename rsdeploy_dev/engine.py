@@ -13,15 +13,16 @@ import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from rsdeploy_dev import REPO_ROOT
 from rsdeploy.errors import UserError
 
 DOCKERD_LOG = Path("/var/log/dockerd.log")
-#: Where the machine-wide locks of this checkout live (beside the sandboxes' state).
-LOCK_DIR = REPO_ROOT / ".sandbox"
+#: Where the machine-wide locks live: one Docker engine per machine, whichever checkout (or
+#: fresh clone) runs its tests.
+LOCK_DIR = Path(tempfile.gettempdir()) / "rsdeploy-dev-locks"
 
 
 def log(message: str) -> None:
@@ -31,7 +32,7 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def machine_lock(name: str):
-    """One process of this checkout at a time in the block (test workers run side by side):
+    """One process of this machine at a time in the block (test workers run side by side):
     image builds, sandbox bring-up (free ports and subnets are picked, then taken).
 
     Example: ``with machine_lock("images"): build_image(...)``
