@@ -45,7 +45,10 @@ DebianPackage = Annotated[str, matching(
 
 class Settings(Section):
     deploy_user: Name = "deploy"  # login pyinfra uses after bootstrap (sudo, docker group)
-    deploy_user_keys: list[Line] = []  # SSH public keys allowed to log in as the deploy user
+    # SSH public keys allowed to log in as the deploy user; empty: bootstrap takes those of
+    # whoever runs it (the ssh-agent's, else ~/.ssh/id_*.pub)
+    deploy_user_keys: list[Line] = []
+    initial_user: Name = "root"  # bootstrap's first login on a bare host (root or passwordless sudo)
     timezone: TimeZone = "UTC"  # host time zone (Celery beat schedules are UTC either way)
     firewall_allow: list[Port] = [22, 80, 443]  # TCP ports open to the world; all else is dropped
     unattended_upgrades: bool = True  # install security updates automatically

@@ -37,7 +37,10 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rsdeploy import DEPLOYS_DIR, VERIFY_DIR, __version__, diagnose, logs, release, remote, services, status
+from rsdeploy import (
+    DEPLOYS_DIR, VERIFY_DIR, __version__, diagnose, logs, release, remote, scaffold, services, site,
+    status,
+)
 from rsdeploy.roles import backup, internal_tls
 from rsdeploy.roles import status as host_status
 from rsdeploy.errors import CommandFailed, UserError
@@ -55,9 +58,25 @@ def _summary_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _inventory_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-i", "--inventory", required=True, help="pyinfra inventory file")
-    parser.add_argument("--secrets", help="YAML secrets file (default: $RS_SECRETS_FILE, RS_* vars)")
+    parser.add_argument("-i", "--inventory",
+                        help="pyinfra inventory file (default: the site repository's, rsdeploy.yml)")
+    parser.add_argument("--env", help="the site repository's environment (default: $RSDEPLOY_ENV, "
+                                      "else rsdeploy.yml's default_env)")
+    parser.add_argument("--secrets", help="YAML secrets file (default: $RS_SECRETS_FILE, else the "
+                                          "environment's in rsdeploy.yml; RS_* vars win)")
     parser.add_argument("--host", action="append", help="only this inventory host (repeatable)")
+    parser.set_defaults(needs_target=True)
+
+
+def _resolve_target(args) -> None:
+    """Fill in ``args.inventory`` and ``args.secrets`` from -i/--secrets or the site repository
+    (:mod:`rsdeploy.site`), before anything else reads them."""
+    target = site.resolve(args.inventory, args.secrets, args.env)
+    args.inventory, args.secrets, args.env = target.inventory, target.secrets, target.environment
+
+
+#: Commands that read the inventory without contacting any host.
+OFFLINE = ("render", "check")
 
 
 def _selected(args, override_data: dict | None = None) -> dict:
@@ -67,6 +86,10 @@ def _selected(args, override_data: dict | None = None) -> dict:
         if unknown:
             raise UserError(f"{args.inventory}: no host {unknown[0]} (hosts: {', '.join(hosts)})")
         hosts = {name: hs for name, hs in hosts.items() if name in args.host}
+    placeholder = next((name for name in hosts if scaffold.is_placeholder(name)), None)
+    if placeholder and args.command not in OFFLINE:
+        raise UserError(f"{args.inventory}: host {placeholder} is a placeholder (rsdeploy init): "
+                        "put the environment's own host in its place")
     return hosts
 
 
@@ -467,6 +490,24 @@ def cmd_ca(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    """Make a site repository (:mod:`rsdeploy.scaffold`); every argument is checked first and
+    nothing is written when one is wrong."""
+    req = scaffold.request(args.directory, args.layout, args.domain, args.hosts, args.env,
+                           args.email, args.initial_user, args.runner_image)
+    written = scaffold.write(req)
+    other = next(name for name in scaffold.ENVIRONMENTS if name != req.environment)
+    print(f"{req.directory}: {len(written)} files, a site repository for rsdeploy {__version__} "
+          f"({req.layout} layout; {req.environment}: {', '.join(req.hosts)}; {other}: "
+          f"placeholders to fill in)")
+    print(f"secrets: {req.directory / 'secrets'} (mode 0600 files, kept out of git)")
+    if not req.deploy_user_keys:
+        print("no SSH public key found (ssh-agent, ~/.ssh/id_*.pub): add the deploy user's keys "
+              "to base.deploy_user_keys before bootstrap")
+    print(f"next: cd {req.directory} && rsdeploy check (README.md lists the steps after)")
+    return 0
+
+
 def _secrets_in(path: Path) -> dict[str, str]:
     """The secrets a file holds now (nothing when it is not there yet)."""
     return secrets_file(path) if path.exists() else {}
@@ -606,8 +647,17 @@ def _lock_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message", metavar="TEXT", help="why: shown to whoever finds the lock held")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as rsdeploy's own: one line naming what is wrong, exit code 2
+    (``rsdeploy deploy: error: argument --wave: invalid int value: 'x'``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rsdeploy", description=__doc__.splitlines()[0])
+    parser = Parser(prog="rsdeploy", description="Deploy and operate the Residency Scheduler "
+                    "(pyinfra over SSH): bootstrap, deploy, roll back, verify, operate.")
     parser.add_argument("--version", action="version", version=f"rsdeploy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -739,6 +789,25 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--secrets", metavar="FILE", help="the secrets file (default: $RS_SECRETS_FILE)")
     ca.set_defaults(func=cmd_ca)
 
+    init = sub.add_parser("init", help="make a site repository: inventories, secrets, CI pipelines")
+    init.add_argument("directory", help="where (a new or empty directory)")
+    init.add_argument("--layout", required=True, help="docker (Compose) or systemd (native + PM2)")
+    init.add_argument("--domain", required=True, help="the site's public name in that environment")
+    init.add_argument("--host", dest="hosts", action="append", required=True, metavar="ADDR",
+                      help="a host of that environment, its address or DNS name (repeatable: "
+                           "1 host carries everything; more split the roles)")
+    init.add_argument("--env", default="staging",
+                      help="the environment --host and --domain describe (default staging; the "
+                           "other gets placeholders to fill in)")
+    init.add_argument("--email", help="certbot's account e-mail: Let's Encrypt instead of a "
+                                      "self-signed certificate")
+    init.add_argument("--initial-user", default="root", metavar="USER",
+                      help="who bootstrap first logs in as (root, or a user with passwordless sudo)")
+    init.add_argument("--runner-image", metavar="IMAGE",
+                      help="the CI runner image the pipelines name (default: a placeholder to "
+                           "replace with your registry's)")
+    init.set_defaults(func=cmd_init)
+
     # Further command groups (the dev tooling's demo, sandbox and images: rsdeploy_dev.cli)
     # register themselves through the entry-point group rsdeploy.commands (pyproject.toml):
     # each entry is a function add_commands(subparsers). This package never imports them.
@@ -763,6 +832,8 @@ def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
     """
     return {
         "command": args.command, "inventory": args.inventory,
+        "environment": getattr(args, "env", None),  # the site repository's, when it chose
+        "rsdeploy_version": __version__,
         "state": getattr(args, "state", None),  # maintenance: on or off
         "version": getattr(args, "version", None),
         "hosts": getattr(args, "selected_hosts", args.host or []),
@@ -786,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started, reason = time.monotonic(), None
     try:
+        if getattr(args, "needs_target", False):
+            _resolve_target(args)
         code = args.func(args)
     except UserError as exc:
         reason = str(exc)

@@ -136,8 +136,23 @@ def html_text(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+def py_literal(value) -> str:
+    """A Python literal (text, number, bool, None, list, dict) for a generated Python file such
+    as a site's inventory, text double-quoted. Example: ``"domain": {{ domain | py_literal }},``
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON's escapes mean the same in Python
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(py_literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{py_literal(k)}: {py_literal(v)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
 FILTERS = {
     f.__name__: f
     for f in (yaml_str, compose_str, json_value, shell, url_part, compose_env, systemd_env,
-              systemd_arg, nginx_str, alloy_str, html_text)
+              systemd_arg, nginx_str, alloy_str, html_text, py_literal)
 }

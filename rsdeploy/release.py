@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from pyinfra.operations import files
 
+from rsdeploy import __version__
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -161,6 +163,7 @@ class Attempt:
     ended: str | None = None
     result: str | None = None  # OK or FAILED
     reason: str | None = None  # why it failed, one line
+    rsdeploy_version: str = __version__  # the rsdeploy that made the attempt
 
     def finish(self, result: str, reason: str | None = None) -> Attempt:
         self.result, self.reason, self.ended = result, reason, now()
