@@ -13,7 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from rsdeploy.roles import redis
-from rsdeploy import apply
+from rsdeploy import apply, remote
 from rsdeploy.layout import HostCommand, UnitReload
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import Line, Name, Port, Section, matching
@@ -32,6 +32,9 @@ CA_DIR = "/usr/local/share/ca-certificates/rsdeploy"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 FIREWALL_FILE = "/etc/rsdeploy/firewall.nft"
 FIREWALL_UNIT = "rsdeploy-firewall.service"
+#: sshd reads its drop-ins in name order and keeps the first value of each option: this one
+#: comes before any other (a cloud image's 50-cloud-init.conf allowing passwords, say).
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/00-rsdeploy.conf"
 
 
 #: A zone of /usr/share/zoneinfo: ``UTC``, ``Europe/Berlin`` (no ``..``: /etc/localtime links there).
@@ -95,6 +98,22 @@ def _ip(text: str):
         return None
 
 
+def hardens_ssh(hs: HostSettings) -> bool:
+    """Whether this run switches off root's and password logins: only when it logs in as the
+    deploy user, which proves that login works (an inventory that logs in as root keeps it;
+    bootstrap's first contact, as the initial user, leaves sshd as it is).
+
+    Example: ``hardens_ssh(hs)`` -> ``True`` (``ssh_user: deploy``, the deploy user)
+    """
+    return hs.login_user == hs.stack.base.deploy_user != "root"
+
+
+def deploy_user_keys(hs: HostSettings) -> list[str]:
+    """The public keys that may log in as the deploy user: the site's, else those of whoever
+    runs rsdeploy (its ssh-agent's, else ``~/.ssh/id_*.pub``)."""
+    return list(hs.stack.base.deploy_user_keys) or remote.local_public_keys()
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
     out = [
         RenderedFile(FIREWALL_FILE, template("base/firewall.nft.j2", hs, peers=firewall_peers(hs),
@@ -107,6 +126,9 @@ def render(hs: HostSettings) -> list[RenderedFile]:
         RenderedFile("/etc/sudoers.d/rsdeploy-deploy", template("base/sudoers-deploy.j2", hs),
                      "base", mode="440"),
     ]
+    if hardens_ssh(hs):
+        out.append(RenderedFile(SSHD_DROP_IN, static("base/sshd-rsdeploy.conf"), "base",
+                                reactions=(HostCommand("sshd -t && systemctl reload ssh"),)))
     if hs.stack.base.unattended_upgrades:
         out.append(RenderedFile("/etc/apt/apt.conf.d/20auto-upgrades", static("base/20auto-upgrades"),
                                 "base"))
@@ -180,7 +202,7 @@ def create_deploy_user(hs: HostSettings) -> None:
     server.user(
         name=f"Create deploy user {hs.stack.base.deploy_user}",
         user=hs.stack.base.deploy_user, shell="/bin/bash", create_home=True,
-        groups=["sudo"], append=True, public_keys=hs.stack.base.deploy_user_keys or None,
+        groups=["sudo"], append=True, public_keys=deploy_user_keys(hs) or None,
     )
 
 

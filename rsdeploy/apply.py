@@ -41,8 +41,9 @@ def connector_arguments(host: Host) -> dict:
 
 
 def login_user() -> str:
-    """The user pyinfra logs in as on the current host (owner of the staging directory)."""
-    return host.get_fact(User)
+    """The user pyinfra logs in as on the current host (owner of the staging directory), also
+    when its operations run as root through sudo."""
+    return host.get_fact(User, _sudo=False)
 
 
 def staging_dir(hs: HostSettings) -> str:

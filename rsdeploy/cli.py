@@ -35,11 +35,10 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
 
 from rsdeploy import (
-    DEPLOYS_DIR, VERIFY_DIR, __version__, diagnose, logs, release, remote, scaffold, services, site,
-    status,
+    DEPLOYS_DIR, VERIFY_DIR, __version__, diagnose, first_contact, logs, release, remote, scaffold,
+    services, site, status,
 )
 from rsdeploy.roles import backup, internal_tls
 from rsdeploy.roles import status as host_status
@@ -48,8 +47,8 @@ from rsdeploy.lock import LOCK_HELD, TOKEN_ENV, HostLock
 from rsdeploy.render import write_tree
 from rsdeploy.secrets import FILE_ENV, read_file as secrets_file, update_file
 from rsdeploy.stack import INVENTORY_ENV, check_host, load_inventory, preflight, render_host
-from rsdeploy.settings import ROLES
-from rsdeploy.types import Line
+from rsdeploy.settings import ROLES, argument
+from rsdeploy.types import Line, Name
 
 
 def _summary_args(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +195,33 @@ def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
 
 
 def cmd_bootstrap(args) -> int:
-    """Prepare bare hosts: packages, CA trust, firewall, deploy user, Docker engine."""
+    """Prepare bare hosts: packages, CA trust, firewall, deploy user, Docker engine.
+
+    First contact (:mod:`rsdeploy.first_contact`): each host's SSH key is pinned when unknown;
+    hosts the inventory's login cannot reach yet get a first pass as the initial user, which
+    makes the deploy user; once that login is proven, every host gets the pass as the inventory
+    logs in, which also switches root's and password logins off (logged in as the deploy user).
+    """
+    if args.initial_user is not None:
+        argument(Name, args.initial_user, "--initial-user")
+    if args.dry:
+        return run_pyinfra(args, "bootstrap.py", {})
+    hosts = _selected(args)
+    for hs in hosts.values():
+        if (pinned := first_contact.pin_host_key(hs)) is not None:
+            print(f"rsdeploy: {pinned}", flush=True)
+    bare = {name: hs for name, hs in hosts.items() if not first_contact.logs_in(hs)}
+    if bare:
+        user = args.initial_user or next(iter(bare.values())).stack.base.initial_user
+        for hs in bare.values():
+            first_contact.check_initial_user(hs, user)
+        print(f"rsdeploy: first contact with {', '.join(bare)} as {user}", flush=True)
+        first = argparse.Namespace(**{**vars(args), "host": list(bare)})
+        code = run_pyinfra(first, "bootstrap.py", {"ssh_user": user})
+        if code:
+            return code
+        for hs in bare.values():
+            first_contact.prove_login(hs)
     return run_pyinfra(args, "bootstrap.py", {})
 
 
@@ -380,30 +405,13 @@ def cmd_releases(args) -> int:
 #: first call natively starts a Python that imports the app), plus any ``--wait``.
 INSPECT_SECONDS = 120
 
-#: The private keys SSH clients look for in ~/.ssh when none is named.
-SSH_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
-
-
 def ssh_config(hosts: dict) -> str:
     """An OpenSSH client config reaching each inventory host as pyinfra does (for testinfra)."""
     lines = []
     for name, hs in hosts.items():
-        c = hs.connection
-        lines += [f"Host {name}", f"  HostName {c.get('ssh_hostname', name)}"]
-        for key, option in (("ssh_port", "Port"), ("ssh_user", "User"), ("ssh_key", "IdentityFile"),
-                            ("ssh_known_hosts_file", "UserKnownHostsFile")):
-            if c.get(key):
-                lines.append(f"  {option} {c[key]}")
-        # pyinfra's defaults are under $HOME/.ssh; OpenSSH's under the passwd entry's home: the
-        # same files for both (a CI job puts its key and pinned host keys in a home of its own).
-        home_ssh = Path(os.path.expanduser("~/.ssh"))
-        if not c.get("ssh_key"):
-            lines += [f"  IdentityFile {home_ssh / name}" for name in SSH_KEY_NAMES
-                      if (home_ssh / name).exists()]
-        if not c.get("ssh_known_hosts_file"):
-            lines.append(f"  UserKnownHostsFile {home_ssh / 'known_hosts'}")
-        strict = c.get("ssh_strict_host_key_checking", "yes")
-        lines += [f"  StrictHostKeyChecking {strict}", "  BatchMode yes", ""]
+        lines += [f"Host {name}", f"  HostName {hs.connection.get('ssh_hostname', name)}"]
+        lines += [f"  {option} {value}" for option, value in remote.connection_options(hs.connection)]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -411,7 +419,7 @@ def cmd_verify(args) -> int:
     """Check deployed hosts with the testinfra suite (rsdeploy/verify), from the same settings."""
     hosts = _selected(args, {"version": args.version} if args.version is not None else None)
     args.selected_hosts = list(hosts)  # for the summary line
-    sudo = any(hs.connection.get("ssh_user", "root") != "root" for hs in hosts.values())
+    sudo = any(hs.login_user != "root" for hs in hosts.values())
     with tempfile.NamedTemporaryFile("w", prefix="rsdeploy-ssh-", suffix=".conf") as config:
         config.write(ssh_config(hosts))
         config.flush()
@@ -449,11 +457,7 @@ def cmd_maintenance(args) -> int:
     """
     data = {"maintenance": args.state}
     if args.message is not None:  # one line of text, refused before any host otherwise
-        try:
-            data["maintenance_message"] = TypeAdapter(Line).validate_python(args.message)
-        except ValidationError as exc:
-            why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise UserError(f"--message: {why}") from None
+        data["maintenance_message"] = argument(Line, args.message, "--message")
     return run_pyinfra(args, "maintenance.py", data)
 
 
@@ -674,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory_args(bootstrap)
     _summary_args(bootstrap)
     bootstrap.add_argument("--dry", action="store_true", help="show what would change, change nothing")
+    bootstrap.add_argument("--initial-user", metavar="USER",
+                           help="a bare host's first login: root, or a user with passwordless "
+                                "sudo (default: base.initial_user)")
     bootstrap.set_defaults(func=cmd_bootstrap)
 
     deploy = sub.add_parser("deploy", help="roll out the stack (pyinfra over SSH)")

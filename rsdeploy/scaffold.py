@@ -18,18 +18,15 @@ import ipaddress
 import os
 import re
 import secrets as random
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
-from rsdeploy import TEMPLATES_DIR, __version__
+from rsdeploy import TEMPLATES_DIR, __version__, remote
 from rsdeploy.errors import UserError
 from rsdeploy.render import environment as jinja
 from rsdeploy.roles import internal_tls
 from rsdeploy.secrets import update_file
-from rsdeploy.settings import HOST_NAME, ROLES
+from rsdeploy.settings import HOST_NAME, ROLES, argument
 from rsdeploy.site import SITE_FILE
 from rsdeploy.types import Domain, Email, Name
 
@@ -41,8 +38,6 @@ PLACEHOLDER_SUFFIX = ".invalid"
 #: minimum lengths are met with room: token_urlsafe gives 4 characters per 3 bytes).
 RANDOM_SECRETS = {"db_password": 24, "redis_password": 24, "secret_key": 48,
                   "db_monitor_password": 24, "grafana_admin_password": 24, "flower_password": 24}
-#: The SSH public keys init offers as the deploy user's when the site names none.
-PUBLIC_KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ def request(directory: str, layout: str, domain: str, hosts: list[str], environm
         raise UserError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if environment not in ENVIRONMENTS:
         raise UserError(f"--env {environment!r}: expected one of {', '.join(ENVIRONMENTS)}")
-    _check(Domain, domain, "--domain")
+    argument(Domain, domain, "--domain")
     if not hosts:
         raise UserError("--host: give at least one host (its address or DNS name)")
     for host in hosts:
@@ -91,12 +86,12 @@ def request(directory: str, layout: str, domain: str, hosts: list[str], environm
         raise UserError(f"--host {twice}: given twice (each host once; its roles follow from "
                         "how many hosts there are)")
     if email is not None:
-        _check(Email, email, "--email")
-    _check(Name, initial_user, "--initial-user")
+        argument(Email, email, "--email")
+    argument(Name, initial_user, "--initial-user")
     if runner_image is not None and not re.fullmatch(r"[a-z0-9][a-z0-9./:_-]*", runner_image):
         raise UserError(f"--runner-image {runner_image!r}: not an image reference")
     return Request(path, layout, domain, tuple(hosts), environment, email, initial_user,
-                   runner_image or Request.runner_image, tuple(local_public_keys()))
+                   runner_image or Request.runner_image, tuple(remote.local_public_keys()))
 
 
 def _is_ip(text: str) -> bool:
@@ -105,29 +100,6 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _check(kind, value: str, option: str) -> None:
-    try:
-        TypeAdapter(kind).validate_python(value)
-    except ValidationError as exc:
-        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UserError(f"{option} {value!r}: {why}") from None
-
-
-def local_public_keys(agent_socket: str | None = None, home: Path | None = None) -> list[str]:
-    """The SSH public keys of whoever runs rsdeploy: the running ssh-agent's, else
-    ``~/.ssh/id_*.pub``. Example: ``local_public_keys()`` -> ``["ssh-ed25519 AAAA... ana@laptop"]``
-    """
-    socket = agent_socket if agent_socket is not None else os.environ.get("SSH_AUTH_SOCK")
-    if socket:
-        listed = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True,
-                                env={**os.environ, "SSH_AUTH_SOCK": socket})
-        keys = [line.strip() for line in listed.stdout.splitlines() if line.startswith(("ssh-", "ecdsa-"))]
-        if listed.returncode == 0 and keys:
-            return keys
-    ssh = (home or Path.home()) / ".ssh"
-    return [(ssh / name).read_text().strip() for name in PUBLIC_KEY_FILES if (ssh / name).is_file()]
 
 
 def roles_for(count: int) -> list[list[str]]:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory as pyinfra_make_inventory
 
-from rsdeploy.errors import SettingsError, describe
+from rsdeploy.errors import SettingsError, UserError, describe
 from rsdeploy.layout import Layout
 from rsdeploy.secrets import SecretSources, Secrets, env_name, load_secrets
 from rsdeploy.types import (
@@ -194,6 +194,11 @@ class HostSettings:
     @property
     def address(self) -> str:
         return self.stack.address or self.name
+
+    @property
+    def login_user(self) -> str:
+        """Who rsdeploy logs in as over SSH (root unless the inventory names a user)."""
+        return str(self.connection.get("ssh_user") or "root")
 
     def trusted_ca_certificates(self) -> dict[str, str]:
         """Extra CA certificates by name (file stem), read from files beside the inventory."""
@@ -517,3 +522,15 @@ def check_app_delivery(hosts: dict[str, HostSettings], rules: SecretRules) -> No
                 "registry_password", "app.registry_username").endswith(("\n", "\r")):
             raise rules.fail("registry_password", "ends in a line break, which docker login "
                              "--password-stdin drops: the registry would get another password")
+
+
+def argument(kind, value, option: str):
+    """A command-line argument checked like the setting of the same type, before any host is
+    contacted; a wrong one is a UserError of one line. Example: ``argument(Name, "admin",
+    "--initial-user")`` -> ``"admin"``
+    """
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UserError(f"{option}: {why}") from None

@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -82,28 +83,30 @@ def example(request, tmp_path_factory):
     return request.param, root, render_example(request.param, root)
 
 
-# --- the example CI pipelines (examples/ci) ---------------------------------------------------
+# --- site repositories (rsdeploy init) and their CI pipelines -----------------------------------
 
-CI_EXAMPLES = REPO_ROOT / "examples" / "ci"
 #: The pipeline tools .ci/setup installs from .ci/npm/package-lock.json.
 CI_TOOLS = REPO_ROOT / ".ci" / "npm" / "node_modules"
 GITLAB_CI_LOCAL = CI_TOOLS / ".bin" / "gitlab-ci-local"
 
 
-def ops_repository(path: Path, inventories: dict[str, str] | None = None) -> Path:
-    """A git repository laid out as the examples' README says a user's is: the GitLab pipeline as
-    .gitlab-ci.yml, the GitHub workflow, ci/rsdeploy-ci.sh, ``inventories`` (name -> text)."""
-    (path / "ci").mkdir(parents=True)
-    (path / ".github" / "workflows").mkdir(parents=True)
-    (path / "inventories").mkdir()
-    shutil.copy(CI_EXAMPLES / "gitlab-ci.yml", path / ".gitlab-ci.yml")
-    shutil.copy(CI_EXAMPLES / "github-deploy.yml", path / ".github" / "workflows" / "deploy.yml")
-    shutil.copy(CI_EXAMPLES / "rsdeploy-ci.sh", path / "ci" / "rsdeploy-ci.sh")
-    for name, text in (inventories or {}).items():
-        (path / "inventories" / name).write_text(text)
+def site_repository(path: Path, *init_args: str, layout: str = "docker",
+                    domain: str = "staging.example.org", hosts: tuple[str, ...] = ("10.0.0.5",)
+                    ) -> Path:
+    """A site repository as a team makes it: ``rsdeploy init`` (this checkout's rsdeploy), then
+    committed to git (the secrets stay out: its .gitignore).
+
+    Example: ``site_repository(tmp_path / "ops", "--email", "ops@example.org")``
+    """
+    argv = ["init", str(path), "--layout", layout, "--domain", domain, *init_args]
+    for host in hosts:
+        argv += ["--host", host]
+    proc = subprocess.run([sys.executable, "-m", "rsdeploy.cli", *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     git = ["git", "-C", str(path), "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
     for command in (["init", "-q", "-b", "main"], ["remote", "add", "origin",
                                                     "https://git.example.org/ops/residency.git"],
-                    ["add", "-A"], ["commit", "-qm", "inventories and pipelines"]):
+                    ["add", "-A"], ["commit", "-qm", "our site"]):
         subprocess.run(git + command, check=True, capture_output=True)
     return path

@@ -83,7 +83,10 @@ def current() -> HostSettings:
                 STACK, inventory, os.environ.get(INVENTORY_ENV, "inventory"), secrets, sources)
         except SettingsError as exc:
             raise PyinfraError(f"rsdeploy: {exc}") from None
-    return _loaded[key][host.name]
+    hs = _loaded[key][host.name]
+    if hs.login_user != "root":  # the deploy user (or bootstrap's initial user): as root by sudo
+        host.data._sudo = True
+    return hs
 
 
 def preflight(hs: HostSettings) -> None:
