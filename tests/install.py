@@ -30,12 +30,14 @@ def build_distributions(out: Path) -> tuple[Path, Path]:
     return (out / f"rsdeploy-{VERSION}-py3-none-any.whl", out / f"rsdeploy-{VERSION}.tar.gz")
 
 
-def install(venv: Path, requirement: str) -> Path:
+def install(venv: Path, requirement: str, dependencies: bool = True) -> Path:
     """A fresh virtualenv at ``venv`` with ``requirement`` (a wheel, an sdist, a git URL)
     installed by pip as a user would; returns its bin directory. Dependencies come from the
-    package index (pip's cache keeps a second install quick)."""
+    package index (pip's cache keeps a second install quick); ``dependencies=False`` installs
+    the package alone (to compare what two sources install)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", requirement],
+    options = [] if dependencies else ["--no-deps"]
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *options, requirement],
                           capture_output=True, text=True, timeout=900, cwd=venv.parent)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return venv / "bin"
