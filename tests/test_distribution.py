@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rsdeploy_dev import REPO_ROOT
-from tests.install import VERSION, build_distributions, install, user_env
+from rsdeploy_dev.distribution import VERSION, build_distributions, install, user_env
 
 #: What the package must carry besides its modules: a sample of each kind.
 CARRIED = ("rsdeploy/templates/nginx/site.conf.j2", "rsdeploy/templates/site/inventory.py.j2",

@@ -1,6 +1,6 @@
 """rsdeploy as a user installs it: the wheel (and sdist) built from this commit, installed into
-a clean virtualenv outside the checkout. Tests that claim a user's path (the distribution, the
-walkthrough, the CI runner image) use this, never the checkout's .venv.
+a clean virtualenv outside the checkout. Tests and benches that claim a user's path (the
+distribution, the walkthrough, the CI runner image) use this, never the checkout's .venv.
 
     wheel, sdist = build_distributions(tmp / "dist")
     bin_dir = install(tmp / "venv", str(wheel))
