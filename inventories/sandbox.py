@@ -40,7 +40,8 @@ import os
 
 from rsdeploy.errors import UserError
 from rsdeploy_dev.images import BASE, INFRA, registry_path
-from rsdeploy_dev.sandbox import LAYOUT_ENV, REGISTRY_PORT, REGISTRY_USER, Sandbox
+from rsdeploy_dev import registry as dev_registry
+from rsdeploy_dev.sandbox import LAYOUT_ENV, Sandbox
 
 sandbox = Sandbox.load(os.environ.get("RS_SANDBOX_PREFIX"))
 layout = os.environ.get(LAYOUT_ENV, "docker")
@@ -49,7 +50,8 @@ if layout not in ("docker", "systemd"):
 delivery = os.environ.get("RS_SANDBOX_DELIVERY", "pull")
 tls_mode = os.environ.get("RS_SANDBOX_TLS", "self-signed")
 monitoring = os.environ.get("RS_SANDBOX_MONITORING", "on") != "off"
-registry = f"{sandbox.prefix}-registry:{REGISTRY_PORT}"
+#: The machine's registry, on the sandbox's network (rsdeploy_dev.registry).
+registry = f"{dev_registry.NAME}:{dev_registry.PORT}"
 domain = f"{sandbox.prefix}.test"
 
 
@@ -61,11 +63,11 @@ def image(name: str) -> str:
 
 APP_DELIVERY = {
     "pull": {"delivery": "pull", "registry": f"{registry}/residency",
-             "registry_username": REGISTRY_USER},
+             "registry_username": dev_registry.USER},
     # Written by: rsdeploy images bundle --out .sandbox/<prefix>/bundles
     "bundle": {"delivery": "bundle", "bundle_dir": str(sandbox.paths.root / "bundles")},
     "build": {"delivery": "build", "source_repo": str(sandbox.paths.app_source),
-              "registry": f"{registry}/residency", "registry_username": REGISTRY_USER,
+              "registry": f"{registry}/residency", "registry_username": dev_registry.USER,
               # The app's Dockerfiles start FROM this; hosts reach no other registry.
               "build_args": {"BASE_IMAGE": f"{registry}/{registry_path(BASE)}"}},
 }
@@ -94,9 +96,10 @@ stack = {
     "app": APP_DELIVERY[delivery] if layout == "docker" else {"source_repo": str(sandbox.paths.app_source)},
     # Debian's docker.io: Docker's own apt repository is not reachable from the sandbox.
     "docker": {"source": "distro"},
-    # The sandbox CA (signs the registry's certificate) and this machine's bundle, which trusts
-    # the TLS-intercepting proxy in front of PyPI and npm here.
-    "trusted_ca_certs": [str(sandbox.paths.ca_cert), "/etc/ssl/certs/ca-certificates.crt"],
+    # The sandbox CA (the ACME server's certificate), the registry's CA, and this machine's
+    # bundle, which trusts the TLS-intercepting proxy in front of PyPI and npm here.
+    "trusted_ca_certs": [str(sandbox.paths.ca_cert), str(dev_registry.ca_cert()),
+                         "/etc/ssl/certs/ca-certificates.crt"],
     "postgres": {"image": image("postgres")},
     "redis": {"image": image("redis")},
     "nginx": {"image": image("nginx")},

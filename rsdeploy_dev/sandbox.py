@@ -35,14 +35,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import yaml
 
 from rsdeploy.roles import internal_tls
 from rsdeploy_dev import REPO_ROOT
 from rsdeploy.errors import UserError
 from rsdeploy.secrets import update_file
-from rsdeploy_dev import images, refapp
+from rsdeploy_dev import images, refapp, registry
 from rsdeploy_dev.engine import (
     engine_work,
     ensure_engine,
@@ -63,15 +62,12 @@ LABEL = "rsdeploy.sandbox"
 #: Container ports every host publishes on 127.0.0.1, and what listens there.
 HOST_PORTS = {22: "ssh", 80: "http", 443: "https", 9090: "prometheus", 9093: "alertmanager",
               3001: "grafana"}
-REGISTRY_PORT = 5000
-REGISTRY_USER = "rsdeploy"
 #: The test ACME server's ports: the ACME API (directory at /dir) and the management API.
 ACME_PORT = 14000
 ACME_MANAGEMENT_PORT = 15000
 #: Secrets of the sandbox stack (random, made once per sandbox), by name and length in bytes.
 SECRET_BYTES = {"db_password": 24, "redis_password": 24, "secret_key": 48, "webhook_secret": 48,
-                "db_monitor_password": 24, "grafana_admin_password": 24, "registry_password": 24,
-                "flower_password": 24}
+                "db_monitor_password": 24, "grafana_admin_password": 24, "flower_password": 24}
 PORT_RANGE = (20000, 40000)
 #: How long the registry and the ACME server may take to answer after they start: seconds on an
 #: idle machine, but the test suite starts them while other groups build and deploy (one CI run
@@ -133,10 +129,6 @@ class SandboxPaths:
     @property
     def ca_key(self) -> Path:
         return self.root / "ca" / "ca.key"
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry"
 
     @property
     def app_source(self) -> Path:
@@ -258,6 +250,7 @@ def _ensure_secrets(paths: SandboxPaths) -> None:
     if paths.secrets.exists():
         return
     values = {name: random_secrets.token_urlsafe(size) for name, size in SECRET_BYTES.items()}
+    values["registry_password"] = registry.password()  # the machine's one registry
     fd = os.open(paths.secrets, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write("# Sandbox secrets, made by rsdeploy sandbox up (random; removed by down).\n")
@@ -267,7 +260,7 @@ def _ensure_secrets(paths: SandboxPaths) -> None:
 
 
 def registry_password(prefix: str) -> str:
-    """The sandbox registry's password (the secret ``registry_password``)."""
+    """The registry's password as the sandbox's secrets file holds it (``registry_password``)."""
     data = yaml.safe_load(SandboxPaths.of(prefix).secrets.read_text())
     return data["registry_password"]
 
@@ -505,7 +498,6 @@ def _ensure_host(client, prefix: str, index: int, image: str, paths: SandboxPath
         if container is not None:  # ours but unrecorded (state lost): make it anew
             container.remove(force=True)
         taken = {p for h in state.get("hosts", []) for p in h["ports"].values()}
-        taken |= {state["registry"]["port"]} if state.get("registry") else set()
         ports = {str(k): v for k, v in _allocate_ports(
             name, [str(p) for p in HOST_PORTS], taken).items()}
         log(f"{name}: creating (ssh on 127.0.0.1:{ports['22']}) ...")
@@ -547,14 +539,13 @@ REMOVE_TIMEOUT = 600
 
 
 def down(prefix: str | None = None) -> list[str]:
-    """Remove every container, volume and network labelled for the sandbox, its registry trust
-    and push tags, and ``.sandbox/<prefix>/``; returns what was removed.
+    """Remove every container, volume and network labelled for the sandbox and
+    ``.sandbox/<prefix>/``; returns what was removed (the machine's registry stays).
     """
     prefix = prefix or default_prefix()
     # Removing a host with its Docker volume took over a minute on a loaded CI machine.
     client = ensure_engine(api_timeout=REMOVE_TIMEOUT)
     paths = SandboxPaths.of(prefix)
-    state = _read_state(paths)
     removed = []
     selector = {"label": f"{LABEL}={prefix}"}
     for container in client.containers.list(all=True, filters=selector):
@@ -564,10 +555,9 @@ def down(prefix: str | None = None) -> list[str]:
         volume.remove(force=True)
         removed.append(f"volume {volume.name}")
     for network in client.networks.list(filters=selector):
+        registry.leave(client, network.name)  # the machine's registry stays, off this network
         network.remove()
         removed.append(f"network {network.name}")
-    if state.get("registry"):
-        removed += _forget_registry(client, state["registry"])
     if paths.root.exists():
         shutil.rmtree(paths.root)
         removed.append(f"directory {paths.root}")
@@ -593,8 +583,8 @@ def status(prefix: str | None = None) -> list[dict]:
               f"address={host.address:14} {ports}")
     if sandbox.registry:
         reg = sandbox.registry
-        print(f"{reg['name']:24} registry {reg['name']}:{REGISTRY_PORT} "
-              f"(127.0.0.1:{reg['port']}, user {reg['username']})")
+        print(f"{reg['name']:24} registry {reg['name']}:{registry.PORT} "
+              f"(127.0.0.1:{reg['port']}, user {reg['username']}; the machine's)")
     if sandbox.acme:
         print(f"{sandbox.acme['name']:24} acme     {sandbox.acme['directory']} "
               f"(names: {', '.join(sandbox.acme['names'])})")
@@ -671,67 +661,36 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
 
 
 def ensure_registry(prefix: str, client) -> dict:
-    """Run ``<prefix>-registry`` (TLS from the sandbox CA, htpasswd auth) on the sandbox network.
+    """The machine's registry (:mod:`rsdeploy_dev.registry`) running and on the sandbox's
+    network, where its hosts reach it as ``rsdeploy-registry:5000``; returns its record (also
+    in the state file: ``Sandbox.registry``).
 
-    Docker on this machine trusts it through /etc/docker/certs.d/127.0.0.1:<port>/ca.crt; hosts
-    reach it as ``<prefix>-registry:5000`` (their docker needs /etc/docker/certs.d/<that>/ca.crt).
-    One at a time on this machine (its loopback port is picked, then taken).
+    Example: ``ensure_registry("rs-sandbox", ensure_engine())["port"]``
     """
-    with machine_lock("sandbox"):
-        return _ensure_registry(prefix, client)
-
-
-def _ensure_registry(prefix: str, client) -> dict:
     sandbox = Sandbox.load(prefix)
-    paths, state = sandbox.paths, _read_state(sandbox.paths)
-    name = f"{prefix}-registry"
-    address = _address(sandbox.subnet, 5)
-    registry = state.get("registry") or {
-        "name": name, "address": address, "username": REGISTRY_USER,
-        "port": _allocate_ports(name, ["registry"], {p for h in sandbox.hosts
-                                                     for p in h.ports.values()})["registry"]}
-    _registry_files(paths, registry)
-    container = _get_container(client, name, prefix)
-    if container is None:
-        image = images.INFRA["registry"]
-        images.build_image(client, image, images.ensure_base(client))
-        log(f"{name}: starting (127.0.0.1:{registry['port']}) ...")
-        _ensure_volume(client, f"{name}-data", prefix)
-        container = _run_service(
-            client, sandbox, name, registry["address"], image.ref, "registry",
-            ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", registry["port"])},
-            volumes={str(paths.registry / "certs"): {"bind": "/certs", "mode": "ro"},
-                     str(paths.registry / "auth"): {"bind": "/auth", "mode": "ro"},
-                     f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"}},
-            environment={
-                "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/server.crt",
-                "REGISTRY_HTTP_TLS_KEY": "/certs/server.key",
-                "REGISTRY_AUTH": "htpasswd",
-                "REGISTRY_AUTH_HTPASSWD_REALM": f"rsdeploy sandbox {prefix}",
-                "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
-            },
-        )
-    elif container.status != "running":
-        container.start()
-    registry["docker_trust"] = str(_trust_locally(paths, registry["port"]))
-    state["registry"] = registry
-    _write_state(paths, state)
-    _wait_for_registry(paths, registry["port"])
-    return registry
+    record = registry.ensure(client)
+    registry.join(client, sandbox.network)
+    with machine_lock("sandbox"):
+        state = _read_state(sandbox.paths)
+        state["registry"] = record
+        _write_state(sandbox.paths, state)
+    return record
 
 
 def push_images(prefix: str, names: list[str] | None = None, versions: list[str] | None = None,
                 client=None) -> list[str]:
-    """Push the selected images (that exist) to the sandbox registry; returns the pushed refs.
+    """Push the selected images (that exist) to the machine's registry, which the sandbox's
+    hosts reach; returns the pushed refs. An image pushed before goes quickly: dockerd finds
+    its layers there.
 
     Infra images keep their repository (``rsdeploy/postgres:15``), app images go under
     ``residency/`` (the inventory's ``app.registry``). Starts the registry when it is not running.
     Example: ``push_images("rs-sandbox", images.SANDBOX_STACK, ["v1.0.0"])``
     """
     client = client or ensure_engine()
-    registry = ensure_registry(prefix, client)
-    local = f"127.0.0.1:{registry['port']}"
-    client.login(username=registry["username"], password=registry_password(prefix),
+    record = ensure_registry(prefix, client)
+    local = f"127.0.0.1:{record['port']}"
+    client.login(username=record["username"], password=registry_password(prefix),
                  registry=local, reauth=True)
     pushed = []
     for spec in images.select(names, versions):
@@ -764,61 +723,6 @@ def _run_service(client, sandbox: Sandbox, name: str, address: str, image: str, 
         restart_policy={"Name": "unless-stopped"},
         **options,
     )
-
-
-def _registry_files(paths: SandboxPaths, registry: dict) -> None:
-    """Server certificate (for its name, address and loopback) and a bcrypt htpasswd file."""
-    certs, auth = paths.registry / "certs", paths.registry / "auth"
-    certs.mkdir(parents=True, exist_ok=True)
-    auth.mkdir(parents=True, exist_ok=True)
-    if not (certs / "server.crt").exists():
-        sans = [f"DNS:{registry['name']}", "DNS:localhost", "IP:127.0.0.1",
-                f"IP:{registry['address']}"]
-        _issue_cert(paths, registry["name"], certs / "server", sans)
-    password = registry_password(paths.root.name).encode()
-    hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=10)).decode()
-    (auth / "htpasswd").write_text(f"{registry['username']}:{hashed}\n")
-
-
-def _trust_locally(paths: SandboxPaths, port: int) -> Path:
-    """Let docker on this machine trust the registry's CA (read per request: no restart)."""
-    trust = Path(f"/etc/docker/certs.d/127.0.0.1:{port}")
-    trust.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths.ca_cert, trust / "ca.crt")
-    return trust
-
-
-def _wait_for_registry(paths: SandboxPaths, port: int, timeout: float = START_TIMEOUT) -> None:
-    """Until ``/v2/`` answers over TLS (401 without credentials is the ready answer)."""
-    context = ssl.create_default_context(cafile=str(paths.ca_cert))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", context=context, timeout=3)
-            return
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise UserError(f"the sandbox registry did not answer on 127.0.0.1:{port}")
-
-
-def _forget_registry(client, registry: dict) -> list[str]:
-    """Undo what pushing left on this machine: the CA trust directory and the push tags."""
-    removed = []
-    trust = Path(registry.get("docker_trust", ""))
-    if registry.get("docker_trust") and trust.is_dir():
-        shutil.rmtree(trust)
-        removed.append(f"docker trust {trust}")
-    local = f"127.0.0.1:{registry['port']}/"
-    for image in client.images.list():
-        for tag in image.tags:
-            if tag.startswith(local):
-                client.images.remove(tag, noprune=True)
-                removed.append(f"tag {tag}")
-    return removed
 
 
 # --- the test ACME server (tls.mode certbot) ---------------------------------------------------

@@ -107,7 +107,7 @@ def fill_in(site: Path, settings: dict, secrets: dict[str, str], files: dict[str
     (``certs/<name>``, referred to relative to the inventory), ``secrets`` added to
     secrets/staging.yml, as an operator's editor would.
 
-    Example: ``fill_in(site, {"app": {...}}, {"registry_password": pw}, {"sandbox-ca.pem": ca})``
+    Example: ``fill_in(site, {"app": {...}}, {"registry_password": pw}, {"registry-ca.pem": ca})``
     """
     for name, path in files.items():
         (site / "certs").mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ import pytest
 from rsdeploy_dev import REPO_ROOT
 from rsdeploy.lock import HostLock
 from rsdeploy.stack import load_inventory
-from rsdeploy_dev import images
+from rsdeploy_dev import images, registry
 from rsdeploy_dev import sandbox as sandbox_module
 from rsdeploy_dev.engine import ensure_engine
 from tests.e2e.conftest import (
@@ -236,12 +236,13 @@ def live_scrape_interval(site) -> str:
 def test_a_deploy_cut_off_after_its_files_changed_leaves_their_reactions_to_the_next(
         site, written, tmp_path):
     changed = changed_inventory(tmp_path, "prometheus", {"scrape_interval": "25s"})
-    registry = ensure_engine().containers.get(f"{site.sandbox.prefix}-registry")
-    registry.stop(timeout=5)  # the new release's images cannot be pulled: the run stops there
+    # The registry off this sandbox's network (it serves the machine's other sandboxes on): the
+    # new release's images cannot be pulled, and the run stops there.
+    registry.leave(ensure_engine(), site.sandbox.network)
     try:
         run = site.rsdeploy("deploy", "--version", IRREVERSIBLE, inventory=changed)
     finally:
-        registry.start()
+        registry.join(ensure_engine(), site.sandbox.network)
     assert run.code == 1 and "Pull 2 image(s)" in run.output, run.output[-3000:]
     assert serving(site)["version"] == NEXT
     # Prometheus' new config was uploaded before the pull; its reload was never carried out,

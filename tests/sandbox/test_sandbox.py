@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import docker
 import pytest
@@ -19,6 +20,7 @@ import yaml
 from rsdeploy.roles import internal_tls
 from rsdeploy_dev import REPO_ROOT
 from rsdeploy.stack import load_inventory
+from rsdeploy_dev import registry
 from rsdeploy_dev import sandbox as sandbox_module
 
 pytestmark = pytest.mark.sandbox
@@ -123,7 +125,7 @@ def test_sandbox_inventory_validates_with_its_secrets(sandbox):
     assert sorted(hosts) == [h.name for h in sandbox.hosts]
     for name, hs in hosts.items():
         assert hs.address == sandbox.host(name).address
-        assert hs.stack.app.registry == f"{sandbox.prefix}-registry:5000/residency"
+        assert hs.stack.app.registry == "rsdeploy-registry:5000/residency"  # the machine's
         assert not hs.stack.grafana.enabled and not hs.stack.loki.enabled
 
 
@@ -140,12 +142,14 @@ def _get(url: str, context, basic_auth: tuple[str, str] | None = None) -> int:
 
 
 def test_registry_serves_pushes_over_tls_with_auth_only(sandbox, docker_client, infra_images):
+    """The machine's registry: pushed to from here, pulled from by the sandbox's hosts by its
+    one name, TLS from its own CA, a login for every request."""
     pushed = sandbox_module.push_images(sandbox.prefix, ["redis-exporter"], client=docker_client)
     registry = sandbox_module.Sandbox.load(sandbox.prefix).registry
     assert pushed == [f"127.0.0.1:{registry['port']}/rsdeploy/redis-exporter:1.45"]
     password = sandbox_module.registry_password(sandbox.prefix)
-    # The API answers 401 without credentials, 200 with them (TLS from the sandbox CA).
-    trusted = ssl.create_default_context(cafile=str(sandbox.paths.ca_cert))
+    # The API answers 401 without credentials, 200 with them (TLS from the registry's CA).
+    trusted = ssl.create_default_context(cafile=registry["ca"])
     catalog = f"https://127.0.0.1:{registry['port']}/v2/_catalog"
     assert _get(catalog, trusted) == 401
     assert _get(catalog, trusted, (registry["username"], password)) == 200
@@ -158,9 +162,9 @@ def test_registry_serves_pushes_over_tls_with_auth_only(sandbox, docker_client, 
                                                       "password": password})
     assert docker_client.images.get(pushed[0]).id == docker_client.images.get(
         "rsdeploy/redis-exporter:1.45").id
-    # Hosts reach it by name on the sandbox network, trusting the sandbox CA.
+    # Hosts reach it by name on the sandbox network, trusting its CA.
     host = sandbox.hosts[0].name
-    ca = sandbox.paths.ca_cert.read_text()
+    ca = Path(registry["ca"]).read_text()
     subprocess.run(["ssh", "-F", str(sandbox.paths.ssh_config), host, "cat > /tmp/sandbox-ca.crt"],
                    input=ca, text=True, check=True, timeout=30)
     url = f"https://{registry['name']}:5000/v2/_catalog"
@@ -176,6 +180,7 @@ def test_registry_serves_pushes_over_tls_with_auth_only(sandbox, docker_client, 
 def test_down_removes_what_it_made_and_nothing_else(docker_client):
     prefix = "rs-test-down"
     made = sandbox_module.up(prefix, 1)
+    sandbox_module.ensure_registry(prefix, docker_client)  # the machine's joins its network
     bystander = docker_client.containers.run("rsdeploy/base:bookworm", ["sleep", "300"],
                                              detach=True, name=f"{prefix}-bystander")
     bystander_volume = docker_client.volumes.create(f"{prefix}-bystander")
@@ -188,6 +193,9 @@ def test_down_removes_what_it_made_and_nothing_else(docker_client):
         assert not made.paths.root.exists()  # key, known_hosts, secrets, state
         bystander.reload()
         assert bystander.status == "running"
+        shared = docker_client.containers.get(registry.CONTAINER)  # serves other sandboxes
+        assert shared.status == "running"
+        assert f"{prefix}-net" not in shared.attrs["NetworkSettings"]["Networks"]
         assert docker_client.volumes.get(bystander_volume.name)
     finally:
         bystander.remove(force=True)
