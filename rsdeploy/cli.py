@@ -4,6 +4,7 @@
     rsdeploy check     -i INVENTORY [--host NAME]
     rsdeploy bootstrap -i INVENTORY [--host NAME] [--dry]
     rsdeploy deploy    -i INVENTORY [--host NAME] [--version TAG] [--dry] [--wave N] [--lock-wait S]
+    rsdeploy deliver   -i INVENTORY [--host NAME] [--version TAG] [--lock-wait S]
     rsdeploy rollback  -i INVENTORY [--host NAME] [--to TAG] [--wave N] [--lock-wait S]
     rsdeploy status    -i INVENTORY [--host NAME] [--role ROLE] [--json]
     rsdeploy diagnose  -i INVENTORY [--host NAME] [--role ROLE] [--json]
@@ -230,6 +231,13 @@ def cmd_deploy(args) -> int:
     data = _release_data(args, {"version": args.version} if args.version is not None else {})
     # A tag missing from the app's repository, a bundle manifest missing: stopped here.
     return run_pyinfra(args, "deploy.py", data, check=preflight, locked="deploying")
+
+
+def cmd_deliver(args) -> int:
+    """Bring a release to the hosts ahead of its deploy (images; natively the built release),
+    switching nothing: its deploy then only switches."""
+    data = {"version": args.version} if args.version is not None else {}
+    return run_pyinfra(args, "deliver.py", data, check=preflight, locked="delivering")
 
 
 def host_history(hosts: dict) -> dict[str, list[dict]]:
@@ -692,6 +700,14 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_args(deploy)
     deploy.set_defaults(func=cmd_deploy)
 
+    deliver = sub.add_parser("deliver", help="bring a release to the hosts ahead of its deploy "
+                             "(pull, load or build), switching nothing")
+    _inventory_args(deliver)
+    _summary_args(deliver)
+    deliver.add_argument("--version", help="release tag to deliver (default: the inventory's)")
+    _lock_args(deliver)
+    deliver.set_defaults(func=cmd_deliver, dry=False)
+
     rollback = sub.add_parser("rollback", help="switch back to an earlier release, zero-downtime")
     _inventory_args(rollback)
     _summary_args(rollback)
@@ -824,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands that act on hosts: they end with one summary line (and ``--summary-json FILE``).
-SUMMARIZED = ("bootstrap", "deploy", "rollback", "verify", "maintenance")
+SUMMARIZED = ("bootstrap", "deploy", "deliver", "rollback", "verify", "maintenance")
 #: A release failed its checks or migration on a host and was undone: the old one serves.
 RELEASE_REFUSED = 3
 #: Exit codes of those commands (README, "Commands").

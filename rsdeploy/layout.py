@@ -331,9 +331,11 @@ class Layout(ABC):
         contacted; raise SettingsError. Nothing by default."""
 
     @abstractmethod
-    def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
+    def deliver(self, hs: HostSettings, rendered: list[RenderedFile], ahead: bool = False) -> list:
         """Put what the release needs on the host (images, built code) unless it is there;
-        returns the operations, so the rollout knows something new arrived."""
+        returns the operations, so the rollout knows something new arrived. ``ahead``: for a
+        later deploy only (``rsdeploy deliver``): nothing the serving release or the next deploy
+        reads is changed."""
 
     @abstractmethod
     def release_host(self, hs: HostSettings,

@@ -73,6 +73,10 @@ PORT_RANGE = (20000, 40000)
 #: idle machine, but the test suite starts them while other groups build and deploy (one CI run
 #: saw the registry take more than 30 s).
 START_TIMEOUT = 120
+#: The app hosts' download caches (pip's and npm's: ``roles.backend.PIP_CACHE_DIR``,
+#: ``roles.frontend.NPM_CACHE_DIR``) in one volume of the machine's, shared by every sandbox
+#: host: each release's packages are fetched once per machine, not once per host and chain.
+DOWNLOAD_CACHE, DOWNLOAD_CACHE_DIR = "rsdeploy-dev-download-cache", "/var/cache/residency-scheduler"
 #: Docker's default CPU weight of a container (cgroup cpu.shares), and a measured host's.
 CPU_SHARES, MEASURED_CPU_SHARES = 1024, 8192
 #: The CPU weight of the cgroup every container is in, against each busy process of this
@@ -377,6 +381,8 @@ def _create_host(client, prefix: str, name: str, address: str, ports: dict[int, 
     """Create and start one systemd host container, exactly as ENVIRONMENT.md describes."""
     network = f"{prefix}-net"
     volume = _ensure_volume(client, f"{name}-docker", prefix)
+    if find(client.volumes, DOWNLOAD_CACHE) is None:  # the machine's, kept by down
+        client.volumes.create(DOWNLOAD_CACHE, labels={"rsdeploy.dev": "download-cache"})
     container = client.containers.create(
         image, command="/sbin/init", name=name, hostname=name, detach=True,
         ports={f"{inner}/tcp": ("127.0.0.1", outer) for inner, outer in ports.items()},
@@ -385,7 +391,8 @@ def _create_host(client, prefix: str, name: str, address: str, ports: dict[int, 
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         cgroupns="host",
         volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                 volume: {"bind": "/var/lib/docker", "mode": "rw"}},
+                 volume: {"bind": "/var/lib/docker", "mode": "rw"},
+                 DOWNLOAD_CACHE: {"bind": DOWNLOAD_CACHE_DIR, "mode": "rw"}},
         tmpfs={"/run": "", "/run/lock": ""},
         labels={LABEL: prefix, "rsdeploy.sandbox.role": "host"},
         network=network,

@@ -111,8 +111,8 @@ class DockerLayout(Layout):
         if hs.stack.app.delivery == "bundle":  # its manifest, read where rsdeploy runs
             delivery.bundle_manifest(hs)
 
-    def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
-        return delivery.deliver_images(hs, project.project_images(rendered))
+    def deliver(self, hs: HostSettings, rendered: list[RenderedFile], ahead: bool = False) -> list:
+        return delivery.deliver_images(hs, project.project_images(rendered))  # touches no container
 
     def release_host(self, hs: HostSettings, shell) -> release.DockerReleaseHost:
         return release.DockerReleaseHost(hs, shell)

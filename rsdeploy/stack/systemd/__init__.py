@@ -116,8 +116,8 @@ class SystemdLayout(Layout):
     def validate(self, tree: Path, hs: HostSettings) -> list[Verdict]:
         return []
 
-    def deliver(self, hs: HostSettings, rendered: list[RenderedFile]) -> list:
-        return delivery.build_release(hs) if hs.has_role("app") else []
+    def deliver(self, hs: HostSettings, rendered: list[RenderedFile], ahead: bool = False) -> list:
+        return delivery.build_release(hs, point_next=not ahead) if hs.has_role("app") else []
 
     def release_host(self, hs: HostSettings, shell) -> release.SystemdReleaseHost:
         return release.SystemdReleaseHost(hs, shell)

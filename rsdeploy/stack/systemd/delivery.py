@@ -81,9 +81,10 @@ def build_commands(hs: HostSettings, path: str, staged: dict[str, str]) -> list[
 
 
 @deploy("Build the release on the host")
-def build_release(hs: HostSettings) -> list:
+def build_release(hs: HostSettings, point_next: bool = True) -> list:
     """Build ``hs.stack.version`` into its release directory unless it is built, and point
-    ``next`` at it. Returns the operations, to tell the release procedure something changed.
+    ``next`` at it (not when ``point_next`` is false: built ahead of its deploy). Returns the
+    operations, to tell the release procedure something changed.
 
     Example: ``changed = delivery.build_release(hs)``
     """
@@ -98,6 +99,7 @@ def build_release(hs: HostSettings) -> list:
             commands=build_commands(hs, path, staged)))
     else:
         host.noop(f"{path} is built")
-    operations.append(files.link(name=f"Point {next_link(hs)} at {path}", path=next_link(hs),
-                                 target=path))
+    if point_next:
+        operations.append(files.link(name=f"Point {next_link(hs)} at {path}", path=next_link(hs),
+                                     target=path))
     return operations
