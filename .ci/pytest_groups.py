@@ -3,8 +3,10 @@ host most of the time, so several run at once on two cores.
 
 A group is one pytest process: the tests that need no Docker, each directory whose modules
 share Docker fixtures (tests/sandbox, tests/refapp), each end-to-end module (a sandbox of its
-own), and the other Docker tests. Longest first, ``--jobs`` at a time (a group in :data:`AFTER`
-waits for its predecessor). Each group's output goes to
+own), and the other Docker tests; and one command, ``images``: every offline image built and
+pushed to the machine's registry once, before the groups that use them start (the systemd
+chains and the unit tests need none, and run beside it). Longest first, ``--jobs`` at a time (a
+group in :data:`AFTER` waits for its predecessors). Each group's output goes to
 ``--logs DIR/<group>.log``; a failed group's log is printed whole. The last line sums them up.
 
     python .ci/pytest_groups.py --jobs 3 --logs /tmp/rsdeploy-tests
@@ -27,19 +29,31 @@ TESTS = ROOT / "tests"
 #: Directories whose modules share Docker fixtures: one group each.
 SHARED = ("sandbox", "refapp")
 #: The longest groups start first (measured: minutes each).
-FIRST = ("e2e-test_systemd_layout", "e2e-test_docker_rollout", "e2e-test_docker_releases",
-         "e2e-test_split_hosts", "e2e-test_docker_real_app", "e2e-test_docker_certbot",
-         "e2e-test_docker_build", "sandbox", "e2e-test_docker_bundle", "e2e-test_demo", "refapp")
-#: Groups that start only once another is done. The split chain's start (five hosts booting and
-#: bootstrapping) starved the systemd chain's host under load in all three runs that overlapped
-#: them (timeouts, p95 4-10 s); the systemd chain measures zero failed requests.
-AFTER = {"e2e-test_split_hosts": "e2e-test_systemd_layout"}
+FIRST = ("images", "e2e-test_systemd_layout", "unit", "e2e-test_docker_releases",
+         "e2e-test_docker_rollout", "e2e-test_split_hosts", "e2e-test_systemd_split",
+         "e2e-test_docker_real_app", "e2e-test_walkthrough", "e2e-test_docker_build",
+         "e2e-test_docker_certbot", "e2e-test_docker_bundle", "e2e-test_demo", "sandbox", "refapp")
+#: The groups that need no image of this machine's (they start beside the image build).
+NO_IMAGES = ("unit", "e2e-test_systemd_layout", "e2e-test_systemd_split")
+#: Groups that start only once others are done (besides the image build, see :func:`after`).
+#: The split chain's start (five hosts booting and bootstrapping) starved the systemd chain's
+#: host under load in all three runs that overlapped them (timeouts, p95 4-10 s).
+AFTER = {"e2e-test_split_hosts": ("e2e-test_systemd_layout",)}
+#: The command of the ``images`` group: build, then push, every image (each skipped when done).
+IMAGES = [sys.executable, "-c", "import sys; from rsdeploy.cli import main; "
+          "sys.exit(main(['images', 'build']) or main(['images', 'push']))"]
+
+
+def after(name: str) -> tuple[str, ...]:
+    """The groups ``name`` waits for: the image build (unless it needs none), and AFTER's."""
+    return (*(() if name in (*NO_IMAGES, "images") else ("images",)), *AFTER.get(name, ()))
 
 
 @dataclass
 class Group:
     name: str
-    args: list[str]
+    args: list[str]  # pytest's arguments (or, with ``command``, unused)
+    command: list[str] | None = None
     code: int | None = None
     seconds: float = 0.0
     counts: tuple[int, int, int] = (0, 0, 0)  # passed, failed (errors too), skipped
@@ -47,7 +61,7 @@ class Group:
 
 def groups() -> list[Group]:
     """Every group, longest first."""
-    found = [Group("unit", ["-m", "not sandbox"])]
+    found = [Group("images", [], IMAGES), Group("unit", ["-m", "not sandbox"])]
     found += [Group(name, [f"tests/{name}", "-m", "sandbox"]) for name in SHARED]
     found += [Group(f"e2e-{path.stem}", [str(path.relative_to(ROOT)), "-m", "sandbox"])
               for path in sorted((TESTS / "e2e").glob("test_*.py"))]
@@ -72,13 +86,16 @@ def run(group: Group, logs: Path, extra: list[str]) -> Group:
     """One group as its own pytest process; exit 5 (nothing selected) counts as passed."""
     report = logs / f"{group.name}.xml"
     started = time.monotonic()
+    command = group.command or [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                *group.args, f"--junitxml={report}", *extra]
     with open(logs / f"{group.name}.log", "w") as log:
-        group.code = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *group.args,
-             f"--junitxml={report}", *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        ).returncode
+        group.code = subprocess.run(command, cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT).returncode
     group.seconds = time.monotonic() - started
-    group.counts = counts(report) if group.code != 5 else (0, 0, 0)
+    if group.command:  # no tests of its own: it counts as one that passed or failed
+        group.counts = (0, 0, 0) if group.code == 0 else (0, 1, 0)
+    else:
+        group.counts = counts(report) if group.code != 5 else (0, 0, 0)
     if group.code == 5:
         group.code = 0
     print(f"[{time.strftime('%H:%M:%S')}] {group.name}: exit {group.code} in "
@@ -88,8 +105,8 @@ def run(group: Group, logs: Path, extra: list[str]) -> Group:
 
 
 class Queue:
-    """The groups in order; each worker takes the first one whose :data:`AFTER` group is done
-    (or not in this run)."""
+    """The groups in order; each worker takes the first one whose predecessors (:func:`after`)
+    are done (or not in this run)."""
 
     def __init__(self, pending: list[Group]):
         self.pending, self.done = list(pending), []
@@ -97,9 +114,8 @@ class Queue:
         self.changed = threading.Condition()
 
     def _runnable(self, group: Group) -> bool:
-        needed = AFTER.get(group.name)
-        return needed is None or needed not in self.names or \
-            needed in {g.name for g in self.done}
+        done = {g.name for g in self.done}
+        return all(needed not in self.names or needed in done for needed in after(group.name))
 
     def _next(self) -> Group | None:
         with self.changed:

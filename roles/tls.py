@@ -22,7 +22,7 @@ from rsdeploy.escape import nginx_representable
 from rsdeploy.layout import EnableTimer
 from rsdeploy.render import RenderedFile, static, template
 from rsdeploy.types import AbsolutePath, Email, HttpsUrl, Image, Section
-from rsdeploy.validate import run_tool
+from rsdeploy.validate import run_tool, systemd_verify
 
 if TYPE_CHECKING:
     from rsdeploy.settings import HostSettings
@@ -209,8 +209,7 @@ def validate(tree: Path, hs: HostSettings) -> list[Verdict]:
     for f in _renewal_files(hs):
         local = str(tree / f.path.lstrip("/"))
         if f.path.endswith((".service", ".timer")):
-            verdicts.append(run_tool(["systemd-analyze", "verify", "--man=no", local], f.path,
-                                     "systemd-analyze verify"))
+            verdicts.append(systemd_verify(Path(local), f.path, "--man=no"))
         else:
             verdicts.append(run_tool(["sh", "-n", local], f.path, "sh -n"))
     return verdicts

@@ -116,18 +116,21 @@ def _write_out(files: list, root: Path, out: Path) -> list[Path]:
 
 def cmd_check(args) -> int:
     """Validate settings, render, and run the real validators; exit 0 only if all pass."""
-    failed = 0
+    failed, skipped = 0, []
     with tempfile.TemporaryDirectory(prefix="rsdeploy-check-") as tmp:
         for name, hs in _selected(args).items():
             files = render_host(hs)
             write_tree(files, Path(tmp) / name)
             for v in check_host(hs, files, Path(tmp) / name):
-                print(f"{'PASS' if v.ok else 'FAIL'}  {name}  {v.path}  [{v.tool}]")
-                if not v.ok:
-                    failed += 1
+                verdict = "SKIP" if v.skipped else "PASS" if v.ok else "FAIL"
+                print(f"{verdict}  {name}  {v.path}  [{v.tool}]")
+                if not v.ok or v.skipped:
+                    failed += not v.ok
+                    skipped += [f"{v.tool} on {name}"] if v.skipped else []
                     for line in v.detail.splitlines()[:20]:
                         print(f"      {line}")
-    print(f"{'all files pass' if not failed else f'{failed} check(s) failed'}")
+    print(f"{'all files pass' if not failed else f'{failed} check(s) failed'}"
+          + (f"; skipped here: {', '.join(skipped)}" if skipped else ""))
     return 1 if failed else 0
 
 

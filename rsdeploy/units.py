@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rsdeploy.validate import Verdict, run_tool
+from rsdeploy.validate import Verdict, systemd_verify
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,8 +85,7 @@ def verify_units(tree: Path, paths: list[str], installed_later: tuple[str, ...])
     """
     verdicts = []
     for path in paths:
-        verdict = run_tool(["systemd-analyze", "verify", str(tree / path.lstrip("/"))], path,
-                           "systemd-analyze verify")
+        verdict = systemd_verify(tree / path.lstrip("/"), path)
         problems = [line for line in verdict.detail.splitlines()
                     if not _installed_later(line, installed_later)]
         tolerated = "" if verdict.ok or problems else "binaries installed by the deploy: " + \

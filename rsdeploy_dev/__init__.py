@@ -10,15 +10,19 @@ can be run end to end on one machine with no network beyond the Debian mirror. P
   in five releases: git tags, checkouts, docker build contexts.
 - :mod:`rsdeploy_dev.images`: the offline container images (debootstrap base, infra images,
   app images per release): build, ``docker save`` bundles.
-- :mod:`rsdeploy_dev.sandbox`: sandbox hosts (Debian 12 systemd containers over SSH), their
-  private registry (and pushing images to it) and a test ACME server.
+- :mod:`rsdeploy_dev.registry`: the machine's one image registry: images pushed once, pulled by
+  every sandbox's hosts as ``rsdeploy-registry:5000``.
+- :mod:`rsdeploy_dev.sandbox`: sandbox hosts (Debian 12 systemd containers over SSH) on a
+  network of their own, the registry joined to it, and a test ACME server.
+- :mod:`rsdeploy_dev.distribution` and :mod:`rsdeploy_dev.walkthrough`: rsdeploy as a user
+  installs it (the wheel in a clean virtualenv) and the README's walkthrough as they follow it.
 - :mod:`rsdeploy_dev.load`: a steady, bounded load through a sandbox site's nginx while a
   release runs, and what its users saw (failures, longest failure run, latency).
 - :mod:`rsdeploy_dev.cli`: ``rsdeploy demo``, ``rsdeploy sandbox ...`` and ``rsdeploy images
   ...``, registered through the entry-point group ``rsdeploy.commands``.
 
-Imports run one way: cli -> sandbox -> images -> refapp, load -> sandbox, and each of sandbox
-and images -> engine (engine and refapp import nothing from this package).
+Imports run one way: cli -> sandbox -> registry -> images -> refapp, load -> sandbox, and each
+of sandbox, registry and images -> engine (engine and refapp import nothing from this package).
 
 It is a distribution of its own, ``rsdeploy-dev`` (rsdeploy_dev/pyproject.toml), installed by
 this repository's development set-up (``.ci/setup``) and never by ``pip install rsdeploy``: it

@@ -16,7 +16,8 @@ import subprocess
 
 from rsdeploy_dev import REPO_ROOT
 from rsdeploy.cli import build_parser
-from rsdeploy_dev import images, sandbox
+from rsdeploy_dev import images, registry, sandbox
+from rsdeploy_dev.engine import ensure_engine
 
 
 def cmd_demo(args) -> int:
@@ -50,7 +51,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_push(args) -> int:
-    for ref in sandbox.push_images(args.prefix, args.names, args.versions):
+    if args.prefix:
+        pushed = sandbox.push_images(args.prefix, args.names, args.versions)
+    else:
+        pushed = registry.push(ensure_engine(), args.names, args.versions)
+    for ref in pushed:
         print(ref)
     return 0
 
@@ -70,7 +75,7 @@ def add_commands(sub) -> None:
     image_actions = images.add_commands(sub)
     # images push lives here, not in rsdeploy_dev.images: it needs the sandbox's registry, and
     # the images module does not import the sandbox (imports run sandbox -> images only).
-    push = image_actions.add_parser("push", help="push images to the sandbox registry")
+    push = image_actions.add_parser("push", help="push images to the machine's registry")
     images.names_args(push)
-    push.add_argument("--prefix", default=sandbox.DEFAULT_PREFIX, help="sandbox name prefix")
+    push.add_argument("--prefix", help="and put the registry on this sandbox's network")
     push.set_defaults(func=cmd_push)

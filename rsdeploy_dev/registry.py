@@ -30,7 +30,7 @@ import bcrypt
 
 from rsdeploy.errors import UserError
 from rsdeploy_dev import images
-from rsdeploy_dev.engine import find, machine_lock
+from rsdeploy_dev.engine import engine_work, find, machine_lock
 
 #: The container, its volume, the name and port hosts reach it at, the login.
 CONTAINER, VOLUME = "rsdeploy-dev-registry", "rsdeploy-dev-registry-data"
@@ -117,6 +117,31 @@ def ensure(client) -> dict:
         shutil.copyfile(ca_cert(), _trust_dir() / "ca.crt")
         _wait()
     return record()
+
+
+def push(client, names: list[str] | None = None, versions: list[str] | None = None) -> list[str]:
+    """Push the selected images (which must exist here) to the registry, starting it when it
+    does not run; returns the pushed refs. Infra images keep their repository
+    (``rsdeploy/postgres:15``), app images go under ``residency/`` (the sandbox inventory's
+    ``app.registry``). An image pushed before goes quickly: dockerd finds its layers there.
+
+    Example: ``push(ensure_engine(), images.SANDBOX_STACK, ["v1.0.0"])``
+    """
+    local = f"127.0.0.1:{ensure(client)['port']}"
+    client.login(username=USER, password=password(), registry=local, reauth=True)
+    pushed = []
+    for spec in images.select(names, versions):
+        if spec.name == images.HOST.name:
+            continue
+        remote = f"{local}/{images.registry_path(spec)}"
+        images.local_image(client, spec.ref).tag(remote)
+        images.log(f"push {spec.ref} -> {remote}")
+        with engine_work():
+            for line in client.images.push(remote, stream=True, decode=True):
+                if "error" in line:
+                    raise UserError(f"push {remote}: {line['error']}")
+        pushed.append(remote)
+    return pushed
 
 
 def join(client, network: str) -> None:

@@ -43,7 +43,6 @@ from rsdeploy.errors import UserError
 from rsdeploy.secrets import update_file
 from rsdeploy_dev import images, refapp, registry
 from rsdeploy_dev.engine import (
-    engine_work,
     ensure_engine,
     ensure_packages,
     find,
@@ -686,33 +685,14 @@ def ensure_registry(prefix: str, client) -> dict:
 
 def push_images(prefix: str, names: list[str] | None = None, versions: list[str] | None = None,
                 client=None) -> list[str]:
-    """Push the selected images (that exist) to the machine's registry, which the sandbox's
-    hosts reach; returns the pushed refs. An image pushed before goes quickly: dockerd finds
-    its layers there.
+    """Push the selected images to the machine's registry (:func:`rsdeploy_dev.registry.push`)
+    and put it on the sandbox's network, where its hosts pull them; returns the pushed refs.
 
-    Infra images keep their repository (``rsdeploy/postgres:15``), app images go under
-    ``residency/`` (the inventory's ``app.registry``). Starts the registry when it is not running.
     Example: ``push_images("rs-sandbox", images.SANDBOX_STACK, ["v1.0.0"])``
     """
     client = client or ensure_engine()
-    record = ensure_registry(prefix, client)
-    local = f"127.0.0.1:{record['port']}"
-    client.login(username=record["username"], password=registry_password(prefix),
-                 registry=local, reauth=True)
-    pushed = []
-    for spec in images.select(names, versions):
-        if spec.name == images.HOST.name:
-            continue
-        image = images.local_image(client, spec.ref)
-        remote = f"{local}/{images.registry_path(spec)}"
-        image.tag(remote)
-        images.log(f"push {spec.ref} -> {remote}")
-        with engine_work():
-            for line in client.images.push(remote, stream=True, decode=True):
-                if "error" in line:
-                    raise UserError(f"push {remote}: {line['error']}")
-        pushed.append(remote)
-    return pushed
+    ensure_registry(prefix, client)
+    return registry.push(client, names, versions)
 
 
 def _run_service(client, sandbox: Sandbox, name: str, address: str, image: str, role: str,

@@ -137,7 +137,7 @@ def test_step4_bootstraps_the_bare_host_and_closes_root_login(walk):
     out = ok(run)
     assert f"first contact with {site.host.address} as root" in out
     assert "pinned" not in out and (operator.site / "known_hosts").read_text() == known
-    effective = site.on_host("sshd -T")
+    effective = on_console(site, "sshd -T")
     assert "permitrootlogin no" in effective and "passwordauthentication no" in effective
     login = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={operator.site}/known_hosts",
              "-i", str(operator.home / ".ssh/id_ed25519")]
@@ -147,6 +147,13 @@ def test_step4_bootstraps_the_bare_host_and_closes_root_login(walk):
     as_deploy = subprocess.run([*login, f"deploy@{site.host.address}", "sudo -n id -u"],
                                capture_output=True, text=True, timeout=60)
     assert as_deploy.stdout.strip() == "0", as_deploy.stderr
+
+
+def on_console(site, command: str) -> str:
+    """A command on the host as root through its console (docker exec): root's SSH login is
+    off once bootstrap is done."""
+    return subprocess.run(["docker", "exec", site.host.name, "sh", "-c", command],
+                          capture_output=True, text=True, check=True, timeout=120).stdout
 
 
 def test_a_second_bootstrap_changes_nothing(walk):
@@ -204,12 +211,12 @@ def test_step7_commits_and_builds_the_runner_image_with_the_wheel(walk):
         f"BASE_IMAGE={images.BASE_IMAGE} --secret id=ca-certificates,src={CA_BUNDLE}")
     images.ensure_base(images.docker_client())
     ok(operator.run(build, timeout=1800))
+    tools = "promtool amtool nginx systemd-analyze nft visudo redis-server docker-compose ssh node"
     inside = subprocess.run(["docker", "run", "--rm", RUNNER, "sh", "-c",
-                             "rsdeploy --version && command -v promtool amtool nginx "
-                             "systemd-analyze nft visudo redis-server docker-compose ssh"],
+                             f"rsdeploy --version && for t in {tools}; do command -v $t "
+                             ">/dev/null || echo missing $t; done"],
                             capture_output=True, text=True, timeout=120)
-    assert inside.returncode == 0, inside.stdout + inside.stderr
-    assert inside.stdout.splitlines()[0] == f"rsdeploy {VERSION}"
+    assert inside.stdout.splitlines() == [f"rsdeploy {VERSION}"], inside.stdout + inside.stderr
     size = images.docker_client().images.get(RUNNER).attrs["Size"]
     print(f"runner image {RUNNER}: {size / 2**20:.0f} MiB")
 
@@ -233,7 +240,8 @@ def test_the_gitlab_pipeline_checks_and_deploys_a_tag_in_the_runner_image(walk):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-8000:]
     assert f"starting {RUNNER}" in output  # each job in the runner image
-    assert re.search(r"check .*all files pass", output), output[-3000:]
+    # No CAP_NET_ADMIN in a job's container: nft may not check the firewall, and says so.
+    assert re.search(r"check .*all files pass; skipped here: nft -c on ", output), output[-3000:]
     assert re.search(rf"rsdeploy: deploy {NEXT} on .*: ok in", output), output[-3000:]
     assert re.search(rf"rsdeploy: verify {NEXT} on .*: ok in", output), output[-3000:]
     assert _curl(site, "/api/v1/version")["version"] == NEXT
