@@ -161,7 +161,8 @@ def check_firewall(local: Path) -> Verdict:
     says so, and the host checks the ruleset before it loads it (the unit's ExecStartPre), a
     failed load leaving the rules it had."""
     verdict = run_tool(["nft", "-c", "-f", str(local)], FIREWALL_FILE, "nft -c")
-    if not verdict.ok and _NO_NETLINK in verdict.detail:
+    lines = [line for line in verdict.detail.splitlines() if line.strip()]
+    if not verdict.ok and lines and all(_NO_NETLINK in line for line in lines):  # parsed fine
         return Verdict(FIREWALL_FILE, "nft -c", True, "skipped: nft may not use netlink here "
                        "(no CAP_NET_ADMIN); the host checks the rules before loading them",
                        skipped=True)
