@@ -134,9 +134,9 @@ def test_break_lock_stops_a_hung_holder(local_lock):
 
 
 def test_the_lock_runs_as_root_through_sudo_for_another_login():
-    hs = next(iter(load_example("example_docker").values()))
-    argv = remote.ssh_argv(type("Host", (), {"connection": {"ssh_user": "deploy"},
-                                             "name": hs.name})(), "flock -n 9")
+    hs = next(iter(load_example("example_docker").values()))  # logs in as deploy
+    assert hs.login_user == "deploy"
+    argv = remote.ssh_argv(hs, "flock -n 9")
     assert argv[0] == "ssh" and argv[-1].startswith("sudo -n sh -c ")
     assert "BatchMode=yes" in argv
 
