@@ -38,7 +38,9 @@ NO_IMAGES = ("unit", "e2e-test_systemd_layout", "e2e-test_systemd_split")
 #: Groups that start only once others are done (besides the image build, see :func:`after`).
 #: The split chain's start (five hosts booting and bootstrapping) starved the systemd chain's
 #: host under load in all three runs that overlapped them (timeouts, p95 4-10 s).
-AFTER = {"e2e-test_split_hosts": ("e2e-test_systemd_layout",)}
+AFTER = {"e2e-test_split_hosts": ("e2e-test_systemd_layout",),
+         # and its app hosts get the systemd chain's builds of each release (the release cache)
+         "e2e-test_systemd_split": ("e2e-test_systemd_layout",)}
 #: The command of the ``images`` group: build, then push, every image (each skipped when done).
 IMAGES = [sys.executable, "-c", "import sys; from rsdeploy.cli import main; "
           "sys.exit(main(['images', 'build']) or main(['images', 'push']))"]

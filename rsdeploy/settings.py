@@ -81,6 +81,9 @@ class AppSettings(Section):
     # app images of the last N successful releases kept on each host (a rollback to them needs
     # no delivery); older ones are removed after a release, never the serving one
     keep_releases: int = Field(default=3, ge=1, le=50)
+    # systemd layout: keep each release built on an app host where rsdeploy runs, and give it
+    # to other app hosts of the same platform instead of building it again
+    release_cache: bool = True
 
     @field_validator("source_repo")
     @classmethod

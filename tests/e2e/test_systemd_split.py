@@ -5,8 +5,9 @@ stores, over verified TLS only -> Prometheus sees every host -> a rolling v1.1.0
 v1.2.0-broken stops at the first app host while the site keeps serving -> rollback of both app
 hosts at once under load. Rows written through the API before each step are all there after it.
 
-The steps run in file order, as an operator would run them. Each release is built on the app
-hosts ahead of its deploy (``rsdeploy deliver``, which switches nothing: checked), so the steps
+The steps run in file order, as an operator would run them. Each release is brought to the app
+hosts ahead of its deploy (``rsdeploy deliver``, which switches nothing: checked): the first app
+host builds it, the second gets that build from the deploying machine's cache. So the steps
 measured under load measure the switch: beside the other chains on two cores, builds while
 measured timed out requests (p50 1.2-2 s). The single-host systemd chain measures a deploy that
 builds as it goes.
@@ -114,10 +115,15 @@ def test_prometheus_on_the_monitoring_host_sees_every_host(site, hosts):
 
 
 def deliver_ahead(site, hosts, version: str) -> None:
-    """``rsdeploy deliver --version VERSION``: each app host builds it, and nothing serves it
-    yet (the site still answers with the release it served)."""
+    """``rsdeploy deliver --version VERSION`` to the first app host, then to both: the first
+    builds it (or unpacks this machine's build of it), the second gets the first's build from
+    this machine instead of building, and nothing serves it yet (the site still answers with
+    the release it served)."""
     before = serving(site)
+    site.rsdeploy("deliver", "--version", version, "--host", hosts["app1"].name).check()
     run = site.rsdeploy("deliver", "--version", version).check()
+    assert f"Unpack the build of {version}-" in run.output and f"Build {version} (" not in run.output, \
+        run.output[-3000:]
     for key in ("app1", "app2"):
         built = on(site, hosts[key], "ls -d /opt/residency-scheduler/releases/"
                                      f"{version}-*/.rsdeploy-built 2>/dev/null | wc -l").strip()
