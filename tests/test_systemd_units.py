@@ -63,7 +63,8 @@ MAX_EXPOSURE = 4.0
 def require(tool: str, package: str) -> None:
     """Fail, never skip, without ``tool``: .ci/setup installs ``package`` for these tests, and a
     skip would hide from CI that they did not run."""
-    assert shutil.which(tool), f"{tool} is not installed: install Debian's {package} (.ci/setup does)"
+    assert shutil.which(tool), \
+        f"{tool} is not installed: install Debian's {package} (.ci/setup does)"
 
 
 def test_units_are_rated_ok_by_systemd_analyze_security(tmp_path):
