@@ -35,6 +35,22 @@ SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
 SPLIT_HOSTS, SPLIT_WEB_HOST = 5, 3
 MONITORING_IMAGES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter",
                      "redis-exporter")
+#: The checks ``rsdeploy verify`` passes on each kind of host (layout, what the host carries:
+#: "single" all of the stack, or its part of the split topology); the others skip, rightly (the
+#: other layout's checks, another role's). Asserted on every verify run: a check that starts
+#: skipping everywhere (a fixture's condition gone wrong) passes unseen otherwise. Measured; a
+#: new verify check raises the count of the hosts it runs on: update it here.
+VERIFY_PASSED = {
+    ("docker", "single"): 18, ("systemd", "single"): 22,
+    ("docker", "db"): 9, ("docker", "app"): 12, ("docker", "web"): 14,
+    ("systemd", "db"): 9, ("systemd", "app"): 14, ("systemd", "web"): 15,
+}
+#: What the split topology's hosts carry, in the sandbox's order (the fifth is no stack host).
+SPLIT_KINDS = ("db", "app", "app", "web")
+#: rsdeploy/verify/test_certbot.py's checks: they run on a web host with tls.mode certbot only.
+CERTBOT_CHECKS = 3
+#: The checks of Prometheus' targets and Alertmanager: they run where monitoring does.
+MONITORING_CHECKS = 2
 
 
 @dataclass
@@ -60,6 +76,18 @@ class Run:
     def check(self) -> Run:
         assert self.code == 0, f"rsdeploy failed ({self.code}):\n{self.output[-6000:]}"
         return self
+
+    def passed_per_host(self, hosts: list[str]) -> dict[str, int]:
+        """A verify run's passed checks on each host: its pytest summary line (several hosts:
+        each report follows its ``--- NAME ---`` line; one host: the whole output)."""
+        parts = re.split(r"^--- (\S+) ---$", self.stdout, flags=re.MULTILINE)
+        reports = dict(zip(parts[1::2], parts[2::2])) if len(parts) > 1 else {hosts[0]: parts[0]}
+        found = {}
+        for name in hosts:
+            summary = re.findall(r"^=*\s*(\d+ passed.*) in [\d.]+s", reports.get(name, ""),
+                                 re.MULTILINE)
+            found[name] = int(summary[-1].split()[0]) if summary else 0
+        return found
 
 
 class Site:
@@ -170,6 +198,27 @@ class Site:
                 {"id": c["Id"], "running": c["State"]["Running"],
                  "started": c["State"]["StartedAt"], "env": c["Config"]["Env"]}
                 for c in json.loads(out or "[]")}
+
+
+def expected_verify_passes(site: Site, index: int) -> int:
+    """The checks verify passes on the site's ``index``-th host (see :data:`VERIFY_PASSED`)."""
+    kind = SPLIT_KINDS[index] if site.topology == "split" else "single"
+    web = kind in ("single", "web")  # split: the web host runs the monitoring too
+    return (VERIFY_PASSED[(site.layout, kind)]
+            + (CERTBOT_CHECKS if web and site.tls == "certbot" else 0)
+            - (MONITORING_CHECKS if web and not site.monitoring else 0))
+
+
+def assert_verified(site: Site, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
+    """``rsdeploy verify ARGS``: exit 0, and on every stack host exactly the checks its kind
+    passes (:data:`VERIFY_PASSED`): a check skipped where it should run fails here."""
+    run = site.rsdeploy("verify", *args, inventory=inventory).check()
+    hosts = site.sandbox.hosts[:len(SPLIT_KINDS) if site.topology == "split" else 1]
+    expected = {host.name: expected_verify_passes(site, i) for i, host in enumerate(hosts)}
+    found = run.passed_per_host(list(expected))
+    assert found == expected, (f"verify's passed checks per host: expected {expected} "
+                               f"(VERIFY_PASSED), found {found}:\n{run.stdout[-6000:]}")
+    return run
 
 
 def changed_inventory(tmp_path: Path, section: str, values: dict) -> Path:
