@@ -514,12 +514,51 @@ def on(site, host, command: str) -> str:
     return site.sandbox.ssh(host.name, command, timeout=120).stdout
 
 
-def serves_everywhere(site, version: str, heads: dict[str, str]) -> bool:
-    """Whether every answer through nginx (spread over the app hosts) is ``version`` on its
-    schema revision ``heads[version]``."""
-    found = [serving(site) for _ in range(6)]
-    return all((now["version"], now["schema_revision"]) == (version, heads[version])
-               for now in found)
+def app_host_names(site) -> set[str]:
+    """The split sandbox's app hosts."""
+    return {host.name for key, host in split_hosts(site).items() if key.startswith("app")}
+
+
+def logged_by(site, marker: str, count: int, seconds: float = 60) -> dict[str, str]:
+    """Which host's backend logged each request marked ``{marker}-{i}`` (i < ``count``), as
+    ``rsdeploy logs backend --grep`` shows it: {mark: host name}. Waits until every one is
+    logged, ``seconds`` at most."""
+    mark = re.compile(rf"{marker}-\d+\b")
+    deadline = time.monotonic() + seconds
+    while True:
+        run = site.rsdeploy("logs", "backend", "--since", "15m", "--grep", marker)
+        found = {m.group(0): line.split()[0] for line in run.stdout.splitlines()
+                 if (m := mark.search(line))}
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def through_nginx(site, path: str, count: int,
+                  every: float = 0) -> list[tuple[str | None, int, str]]:
+    """``count`` requests for ``path`` through nginx, ``every`` seconds apart, each marked with a
+    query parameter of its own; for each: the app host whose backend logged it (None: no
+    backend did), the status and the body."""
+    marker = f"rs-probe-{uuid.uuid4().hex[:10]}"
+    answers = []
+    for i in range(count):
+        answers.append(site.curl(f"{path}?probe={marker}-{i}"))
+        time.sleep(every)
+    hosts = logged_by(site, marker, count)
+    return [(hosts.get(f"{marker}-{i}"), code, body) for i, (code, body) in enumerate(answers)]
+
+
+def assert_serves_everywhere(site, version: str, heads: dict[str, str]) -> None:
+    """Every app host answers through nginx, each with ``version`` on its schema revision
+    ``heads[version]``: which host answered a request is read from the backend log that has
+    it. The requests span 6 s (nginx leaves an app host out for 5 s after a failed attempt)."""
+    found: dict[str | None, set] = {}
+    for host, code, body in through_nginx(site, "/api/v1/version", 10, every=0.6):
+        answer = json.loads(body) if code == 200 else {"status": code, "body": body[:200]}
+        found.setdefault(host, set()).add((answer.get("version"), answer.get("schema_revision")))
+    expected = {name: {(version, heads[version])} for name in app_host_names(site)}
+    assert found == expected, f"(version, schema) answered by each app host: expected " \
+                              f"{expected}, found {found}"
 
 
 def releases_of(site) -> dict[str, list[dict]]:
@@ -569,7 +608,7 @@ def assert_rolling_release_drops_no_request(site, hosts: dict, ca_file, written:
     assert report.failed == 0, report.summary()
     assert run.output.index(f"{hosts['app1'].name}: {version} serves") \
         < run.output.index(f"{hosts['app2'].name}: {version} serves")
-    assert serves_everywhere(site, version, heads)
+    assert_serves_everywhere(site, version, heads)
     assert_rows_kept(site, written)
 
 
@@ -587,20 +626,28 @@ def assert_a_failing_app_host_stops_the_rollout(site, hosts: dict, ca_file, writ
     for name in ("app1", "app2"):  # recorded as failed (the second: not switched) or not at all
         last = found[hosts[name].name][-1]
         assert last["version"] != broken or last["result"] == "failed", last
-    assert serves_everywhere(site, serving_version, heads)
+    assert_serves_everywhere(site, serving_version, heads)
     assert_rows_kept(site, written)
 
 
 def assert_rollback_in_one_wave(site, hosts: dict, ca_file, written: list, version: str,
                                 heads: dict[str, str]) -> None:
-    """``rollback --to VERSION --wave 2`` under load: both app hosts at once; the last one
-    downgrades the database only once the other serves the older release too."""
+    """``rollback --to VERSION --wave 2`` under load: both app hosts at once (each one's
+    rollback began before the other's ended); the last one downgrades the database only once
+    the other serves the older release."""
     run, report = under_load(site, ca_file, "rollback", "--to", version, "--wave", "2")
     run.check()
-    assert f"[{hosts['app2'].name}] downgrading the database to {heads[version]}" in run.output
+    first, last = hosts["app1"].name, hosts["app2"].name
+    downgrade = f"[{last}] downgrading the database to {heads[version]}"
+    assert downgrade in run.output, run.output[-3000:]
+    assert run.output.index(f"{first}: {version} serves") < run.output.index(downgrade), \
+        f"{last} downgraded the database before {first} served {version}:\n{run.output[-6000:]}"
     assert report.failed == 0, report.summary()
-    assert serves_everywhere(site, version, heads)
+    assert_serves_everywhere(site, version, heads)
     assert_rows_kept(site, written)
-    found = releases_of(site)
-    for name in ("app1", "app2"):
-        assert found[hosts[name].name][-1]["version"] == version
+    records = releases_of(site)
+    found = {name: records[name][-1] for name in (first, last)}
+    assert all((a["version"], a["kind"]) == (version, "rollback") for a in found.values()), found
+    # One wave: each began before the other ended (times to the second; a switch takes longer).
+    assert found[last]["started"] < found[first]["ended"] and \
+        found[first]["started"] < found[last]["ended"], f"rolled back one after the other: {found}"
