@@ -235,16 +235,20 @@ def test_a_host_failing_a_step_stops_every_host_after_it(capsys, monkeypatch, tm
     code, _, _, (command,) = run_cli(capsys, monkeypatch, "on")
     monkeypatch.undo()  # subprocess.run is itself again
     assert code == 0
-    for name in ("root1", "root2"):
-        (tmp_path / name).symlink_to("/")
+    roots = [tmp_path / name for name in ("root1", "root2")]
     inventory, deploy = tmp_path / "hosts.py", tmp_path / "two_steps.py"
-    hosts = [f"@chroot/{tmp_path / name}" for name in ("root1", "root2")]
-    inventory.write_text(f"hosts = {hosts!r}\n")
+    inventory.write_text(f"hosts = {[f'@chroot/{root}' for root in roots]!r}\n")
     deploy.write_text(TWO_STEPS)
     at = command.index("-y") + 1  # the inventory, then the deploy file
     command[at:at + 2] = [str(inventory), str(deploy)]
-    run = subprocess.run([*command, "--data", f"out={tmp_path}"], capture_output=True, text=True,
-                         timeout=120)
+    for root in roots:
+        root.symlink_to("/")
+    try:
+        run = subprocess.run([*command, "--data", f"out={tmp_path}"], capture_output=True,
+                             text=True, timeout=120)
+    finally:  # no link to / left behind in the temporary directory
+        for root in roots:
+            root.unlink()
     assert run.returncode != 0, run.stderr[-2000:]
     ran = sorted(path.name for path in tmp_path.glob("root*-*"))
     assert ran == ["root1-first", "root2-first"], (ran, run.stderr[-2000:])
