@@ -118,6 +118,23 @@ def facts(output: str) -> dict[str, list[list[str]]]:
     return found
 
 
+def wait_until_running_for(pg_dir: Path, pg_port: int, marker: str, seconds: float,
+                           timeout: float = 30) -> None:
+    """Wait until PostgreSQL reports a query holding ``marker`` active for ``seconds`` or more
+    (a fixed sleep raced the sleeper's start on a loaded machine)."""
+    sql = ("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = "
+           f"'active' AND query LIKE '%{marker}%' AND now() - query_start >= interval "
+           f"'{seconds} seconds'")
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = as_postgres(["psql", "-h", str(pg_dir), "-p", str(pg_port), "-d", "postgres",
+                             "-Atc", sql])
+        if probe.stdout.strip() == "1":
+            return
+        assert time.monotonic() < deadline, f"no query with {marker} ran {seconds} s: {probe}"
+        time.sleep(0.1)
+
+
 def test_rs_diagnose_reports_a_real_database_and_redis_and_the_units(rs_diagnose):
     hs, redis_port, run = rs_diagnose
     with scratch_postgres() as (pg_dir, pg_port), scratch_redis(redis_port, "1mb"):
@@ -132,7 +149,7 @@ def test_rs_diagnose_reports_a_real_database_and_redis_and_the_units(rs_diagnose
                                     "SELECT pg_sleep(20) AS slow_marker"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(2.5)
+            wait_until_running_for(pg_dir, pg_port, "slow_marker", seconds=2)
             found = facts(run(pg_dir, pg_port))
         finally:
             sleeper.kill()

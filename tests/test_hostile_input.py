@@ -1,12 +1,16 @@
 """Hostile input, generated with Hypothesis: every text setting and every secret either reaches
 each file that carries it exactly, read back by that file's real reader, or is refused with exit
-code 2 and one line on stderr; generated inventories never end in a traceback, and a refused one
+code 2 and one line on stderr; a well-formed value is never refused (each property draws
+well-formed values beside hostile ones, so a validator refusing everything fails). Settings that
+no rendered file carries (they go to the deploy's operations) are read back from the validated
+settings the deploy reads. Generated inventories never end in a traceback, and a refused one
 never starts pyinfra.
 
 The CLI runs in-process (``rsdeploy.cli.main``): ``render`` writes the files and the test reads
 them back. Readers: PyYAML for Compose, Prometheus and Alertmanager files; Docker Compose v2
 (``docker compose config``) for env files; redis-server for redis.conf; json for the
-redis-exporter's password map; bash for shell words; the files themselves for secret files.
+redis-exporter's password map; bash for shell words; the files themselves for secret files;
+the unit file's own key=value lines for systemd timers.
 Slow readers get fewer examples; RS_HYPOTHESIS_SCALE=4 runs four times as many (a deeper
 search, minutes instead of seconds). Each family's cases are counted and printed at the end of
 the module (``pytest -s``); examples that once broke the code are kept as ``@example``.
@@ -18,6 +22,7 @@ import atexit
 import json
 import os
 import pickle
+import re
 import shutil
 import shlex
 import subprocess
@@ -35,7 +40,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rsdeploy import cli, escape
+from rsdeploy.roles.backend import MANAGED_ENV
 from rsdeploy.secrets import load_secrets
+from rsdeploy.stack import load_inventory
 from rsdeploy.stack.docker.project import compose_binary
 from tests.conftest import EXAMPLE_SECRETS
 from tests.test_app_env import compose_environment
@@ -133,6 +140,16 @@ def assert_refused(result: Run, key: str) -> None:
     assert result.err[0].startswith("rsdeploy: error: ") and key in result.err[0], result.err
 
 
+def kept(result: Run, key: str, well_formed: bool) -> bool:
+    """Whether ``result`` kept the value (the caller then reads it back): a refusal is exit code 2
+    and one line naming ``key``, and a ``well_formed`` value is never refused."""
+    if result.code != 0 and not well_formed:
+        assert_refused(result, key)
+        return False
+    assert result.code == 0 and result.err == [], result.err
+    return True
+
+
 def assert_no_output(result: Run) -> None:
     assert result.err == [], result.err
 
@@ -221,6 +238,9 @@ TEXT = st.lists(st.one_of(st.characters(blacklist_categories=("Cs",)), st.sample
                max_size=30).map("".join)
 #: Passwords: TEXT (often too short or blank: refused), or TEXT amid ordinary characters.
 PASSWORDS = st.one_of(TEXT, TEXT.map(lambda text: f"Pw-0123456789abc{text}-end"))
+#: Passwords every reader takes: 16 to 40 printable ASCII characters, no space or quote.
+GOOD_PASSWORD = re.compile(r"[A-Za-z0-9!#%*+,./:;=?@^_~-]{16,40}")
+GOOD_PASSWORDS = regex(GOOD_PASSWORD.pattern)
 #: TEXT that UTF-8 can hold (no lone surrogate), for the escaping filters themselves.
 UTF8_TEXT = TEXT.map(lambda text: text.replace("\ud800", "\U0001d800"))
 
@@ -257,15 +277,36 @@ def backend_image(tree: Path) -> str:
     return service(tree, "backend")["image"]
 
 
+def unit_setting(tree: Path, path: str, key: str) -> str:
+    """A systemd unit file's setting as systemd reads it: the value of its ``key=`` line, with
+    the whitespace around it dropped."""
+    lines = (tree / path.lstrip("/")).read_text().splitlines()
+    [value] = [line.partition("=")[2].strip() for line in lines
+               if line.partition("=")[0].strip() == key]
+    return value
+
+
+def setting(dotted: str) -> Callable[[Path], Any]:
+    """A reader for a setting that no rendered file carries: its value in the validated host
+    settings that the deploy's operations read (the inventory ``render`` read, beside the
+    rendered tree). Example: ``setting("base.timezone")(tree)`` -> ``"UTC"``"""
+    def read(tree: Path) -> Any:
+        node: Any = load_inventory(str(tree.parents[1] / "site.py"), EXAMPLE_SECRETS,
+                                   env={})["rs1"].stack
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+    return read
+
+
 @dataclass(frozen=True)
 class Field:
     """One text setting: its key, its well-formed values, and where it lands (``read``: the
-    value as the file's reader sees it, from the rendered tree; None: it is in no rendered
-    file, only the refusal is checked)."""
+    value as its reader sees it, from the rendered tree)."""
 
     key: str
     valid: st.SearchStrategy
-    read: Callable[[Path], Any] | None = None
+    read: Callable[[Path], Any]
     many: bool = False  # a list setting
 
     def values(self, bad: bool) -> st.SearchStrategy:
@@ -282,7 +323,7 @@ class Field:
         return self.key
 
 
-#: Settings whose files PyYAML reads (fast) and those that no rendered file carries.
+#: Settings in files that PyYAML or a line split reads (fast).
 FAST_FIELDS = [
     Field("version", TAGS, lambda t: backend_image(t).rpartition(":")[2]),
     Field("environment", NAMES, lambda t: yaml_file(
@@ -315,17 +356,21 @@ FAST_FIELDS = [
     Field("compose.subnet", SUBNETS,
           lambda t: compose_file(t, "compose.yml")["networks"]["backend"]["ipam"]["config"][0][
               "subnet"]),
-    Field("tls.email", EMAILS),
-    Field("tls.acme_server", URLS),
-    Field("address", HOSTS),
-    Field("nginx.resolver", HOSTS),
-    Field("base.timezone", TIME_ZONES),
-    Field("base.extra_packages", PACKAGES, many=True),
-    Field("base.deploy_user_keys", st.just("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops@x"),
-          many=True),
-    Field("backup.on_calendar", CALENDARS),
-    Field("app.source_repo", st.just("../residency-scheduler")),
+    Field("backup.on_calendar", CALENDARS,
+          lambda t: unit_setting(t, "/etc/systemd/system/rs-backup.timer", "OnCalendar")),
 ]
+#: Settings that no rendered file of this host carries: the deploy's operations read them (the
+#: time zone, packages, keys, certbot's account) or rsdeploy on this machine (the source).
+SETTINGS_ONLY_FIELDS = [Field(key, valid, setting(key), many) for key, valid, many in (
+    ("tls.email", EMAILS, False),
+    ("tls.acme_server", URLS, False),
+    ("address", HOSTS, False),
+    ("nginx.resolver", HOSTS, False),
+    ("base.timezone", TIME_ZONES, False),
+    ("base.extra_packages", PACKAGES, True),
+    ("base.deploy_user_keys", st.just("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA ops@x"), True),
+    ("app.source_repo", st.just("../residency-scheduler"), False),
+)]
 #: Settings in app.env, read by Docker Compose (a process per example: fewer examples).
 ENV_FIELDS = [
     Field("domain", DOMAINS, lambda t: json.loads(app_env(t)["CORS_ORIGINS"])[0][8:]),
@@ -357,19 +402,25 @@ def check_field(capsys, field: Field, value: Any, well_formed: bool = False) -> 
     with case() as where:
         result, tree = render(capsys, stack, where)
         tally(field.key, result.code == 0)
-        if result.code != 0 and not well_formed:
-            return assert_refused(result, field.key)
-        assert result.code == 0 and result.err == [], result.err
+        if not kept(result, field.key, well_formed):
+            return
         items = value if field.many else [value]
         assert all("\n" not in item and "\0" not in item for item in items)
-        if field.read is not None:
-            assert field.read(tree) == value
+        assert field.read(tree) == value
 
 
 @pytest.mark.parametrize("field", FAST_FIELDS, ids=str)
 @settings(max_examples=examples(25), **HYPOTHESIS)
 @given(data=st.data())
-def test_text_setting_reaches_its_yaml_file_exactly_or_is_refused(capsys, field, data):
+def test_text_setting_reaches_its_file_exactly_or_is_refused(capsys, field, data):
+    bad = data.draw(st.booleans(), label="mutated")
+    check_field(capsys, field, data.draw(field.values(bad), label=field.key), not bad)
+
+
+@pytest.mark.parametrize("field", SETTINGS_ONLY_FIELDS, ids=str)
+@settings(max_examples=examples(25), **HYPOTHESIS)
+@given(data=st.data())
+def test_text_setting_in_no_file_is_kept_in_the_settings_exactly_or_refused(capsys, field, data):
     bad = data.draw(st.booleans(), label="mutated")
     check_field(capsys, field, data.draw(field.values(bad), label=field.key), not bad)
 
@@ -396,16 +447,29 @@ def test_text_setting_reaches_app_env_exactly_or_is_refused(capsys, field, data)
     check_field(capsys, field, data.draw(field.values(bad), label=field.key), not bad)
 
 
+ENV_NAME_PATTERN = re.compile(r"[A-Z_][A-Z0-9_]{0,10}")
+ENV_NAMES = regex(ENV_NAME_PATTERN.pattern)
+
+
+def _env_value_carried(value: str) -> bool:
+    """Whether an env file can carry ``value``: no NUL, no lone surrogate (no UTF-8)."""
+    return "\0" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
+
+
 @settings(max_examples=examples(25), **HYPOTHESIS)
-@given(name=hostile(regex(r"[A-Z_][A-Z0-9_]{0,10}")), value=TEXT)
+@given(name=hostile(ENV_NAMES), value=TEXT)
+@example(name="NIGHT_SHIFT", value="line one\nline two\t'$HOME' \"#x\" \\ \U0001f608")
+@example(name="NIGHT_SHIFT", value="a\0b")  # no env file carries NUL
 def test_extra_env_reaches_app_env_exactly_or_is_refused(capsys, name, value):
-    """Free text: every character Compose's env file can carry arrives, read by Compose."""
+    """Free text: every character Compose's env file can carry arrives, read by Compose; a
+    well-formed name that rsdeploy does not set itself is never refused with such a value."""
+    well_formed = (ENV_NAME_PATTERN.fullmatch(name) is not None and name not in MANAGED_ENV
+                   and _env_value_carried(value))
     with case() as where:
         result, tree = render(capsys, with_key(STACK, "backend.extra_env", {name: value}), where)
         tally("backend.extra_env", result.code == 0)
-        if result.code != 0:
-            return assert_refused(result, "backend.extra_env")
-        assert app_env(tree)[name] == value
+        if kept(result, "backend.extra_env", well_formed):
+            assert app_env(tree)[name] == value
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -439,29 +503,33 @@ def assert_passwords_arrive(tree: Path, db: str, redis: str) -> None:
 
 
 @settings(max_examples=examples(25), **HYPOTHESIS)
-@given(db=PASSWORDS, redis=PASSWORDS)
+@given(db=st.one_of(GOOD_PASSWORDS, PASSWORDS), redis=st.one_of(GOOD_PASSWORDS, PASSWORDS))
 @example(db="  ", redis="x" * 16)  # blank in effect
 @example(db="pw-with-\0-inside", redis="x" * 16)  # no file or environment carries NUL
 @example(db="Pw-0123456789abc", redis="Pw-0123456789abc\r")  # trimmed by readers: refused
+@example(db="Pw:0123@456/789%ab", redis="Rd#0123456789,abc=")  # URL syntax, escaped
 def test_passwords_reach_every_reader_exactly_or_are_refused(capsys, db, redis):
+    """Refused or read back exactly; two well-formed passwords are always kept."""
+    well_formed = all(GOOD_PASSWORD.fullmatch(value) for value in (db, redis))
     with case() as where:
         secrets = secrets_file({"db_password": db, "redis_password": redis}, where)
         result, tree = render(capsys, STACK, where, secrets)
         tally("secrets (db_password, redis_password)", result.code == 0)
-        if result.code != 0:
-            return assert_refused(result, "password")
-        assert_passwords_arrive(tree, db, redis)
+        if kept(result, "password", well_formed):
+            assert_passwords_arrive(tree, db, redis)
 
 
 @settings(max_examples=examples(10), **HYPOTHESIS)
-@given(password=TEXT.map(lambda text: "Pw-0123456789abc" + text))
+@given(password=st.one_of(GOOD_PASSWORDS, TEXT.map(lambda text: "Pw-0123456789abc" + text)))
+@example(password="Rd#0123456789;abc\"'\\")  # redis.conf's quotes and escapes
 def test_redis_server_requires_exactly_the_rendered_password(capsys, password):
+    """Refused, or redis-server takes exactly it; a well-formed password is always kept."""
     with case() as where:
         result, tree = render(capsys, STACK, where, secrets_file({"redis_password": password},
                                                                  where))
         tally("redis.conf requirepass (redis-server)", result.code == 0)
-        if result.code != 0:
-            return assert_refused(result, "redis_password")
+        if not kept(result, "redis_password", GOOD_PASSWORD.fullmatch(password) is not None):
+            return
         config = (tree / f"{BASE.lstrip('/')}/config/redis/redis.conf").read_text()
         (where / "redis").mkdir()
         with running_redis(config, where / "redis") as sock:
@@ -479,14 +547,21 @@ AMBIGUOUS = st.one_of(
 )
 
 
+#: Unquoted scalars that YAML reads as the very text written (letters and digits, a letter
+#: first, long enough for any password rule).
+PLAIN_SCALAR = re.compile(r"[A-Za-z][A-Za-z0-9]{15,24}")
+PLAIN_SCALARS = regex(PLAIN_SCALAR.pattern)
+
+
 @settings(max_examples=examples(100), **HYPOTHESIS)
-@given(raw=AMBIGUOUS)
+@given(raw=st.one_of(AMBIGUOUS, PLAIN_SCALARS))
 @example(raw="0123456701234567")  # octal: another number
 @example(raw="1234_5678_9012_345")  # YAML 1.1 drops the underscores
 @example(raw="yes")  # True
+@example(raw="NightShift2026Swap")  # plain text: kept
 def test_secret_in_yaml_is_the_text_written_or_refused(capsys, raw):
     """A secret is text exactly as written: an unquoted scalar is the text of its line, or the
-    file is refused naming the key (quote it)."""
+    file is refused naming the key (quote it); a plain word of letters and digits is kept."""
     with case() as where:
         path = where / "secrets.yml"
         others = [line for line in Path(EXAMPLE_SECRETS).read_text().splitlines()
@@ -495,8 +570,8 @@ def test_secret_in_yaml_is_the_text_written_or_refused(capsys, raw):
         path.chmod(0o600)
         result, tree = render(capsys, STACK, where, str(path))
         tally("secrets file scalars (YAML)", result.code == 0)
-        if result.code != 0:
-            return assert_refused(result, str(path))
+        if not kept(result, str(path), PLAIN_SCALAR.fullmatch(raw) is not None):
+            return
         written = yaml.safe_load(f"db_password: {raw}")["db_password"]
         assert isinstance(written, str) and written.strip()
         assert load_secrets(str(path), env={})[0].db_password == written

@@ -197,8 +197,7 @@ def test_rs_logs_follows_line_by_line_and_stops_its_readers_when_its_input_ends(
             os.killpg(following.pid, signal.SIGKILL)
     followers = Path(f"{calls}.followers").read_text().split()
     assert len(followers) == 2
-    time.sleep(0.5)
-    alive = [pid for pid in followers if _running(pid)]
+    alive = still_running(followers)
     assert not alive, f"readers left running: {alive}"
 
 
@@ -206,6 +205,15 @@ def _running(pid: str) -> bool:
     """Whether the process runs (a zombie waiting for its reaper has ended)."""
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+def still_running(pids: list[str], timeout: float = 10) -> list[str]:
+    """Those of ``pids`` still running once all have ended or ``timeout`` s have passed (a
+    signalled process ends a moment after the signal: wait for that, not a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
 
 
 def test_rsdeploy_logs_refuses_bad_input_before_contacting_a_host(capsys):

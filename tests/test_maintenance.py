@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from html.parser import HTMLParser
 
 import pytest
@@ -213,8 +214,41 @@ def test_plain_pyinfra_data_is_checked_like_any_setting():
         web_host("example_docker", maintenance="on", maintenance_message="a\nb")
 
 
-def test_a_host_failing_a_step_stops_every_host_after_it(capsys, monkeypatch):
-    """pyinfra runs with --fail-percent 0: one failed host ends the run after that operation,
-    so later stages (the app after its database, the web host after the app) never start."""
+#: A deploy of two steps; the first fails on the first host (``root1``). Each step leaves a
+#: file saying which host ran it, in the directory given as data ``out``.
+TWO_STEPS = """\
+from pyinfra import host
+from pyinfra.operations import server
+
+where = f"{host.data.out}/{host.name.rsplit('/', 1)[-1]}"
+server.shell(name="first step",
+             commands=[f"touch {where}-first; [ {where} != {host.data.out}/root1 ]"])
+server.shell(name="second step", commands=[f"touch {where}-second"])
+"""
+
+
+def test_a_host_failing_a_step_stops_every_host_after_it(capsys, monkeypatch, tmp_path):
+    """rsdeploy's own pyinfra command line (maintenance on's) run for real on two hosts, chroot
+    connections to this machine's / (no host is touched but these files): the first host fails
+    the first step, and neither host runs the second (later stages, the app after its database
+    or the web host after the app, never start)."""
     code, _, _, (command,) = run_cli(capsys, monkeypatch, "on")
-    assert code == 0 and command[command.index("--fail-percent") + 1] == "0"
+    monkeypatch.undo()  # subprocess.run is itself again
+    assert code == 0
+    roots = [tmp_path / name for name in ("root1", "root2")]
+    inventory, deploy = tmp_path / "hosts.py", tmp_path / "two_steps.py"
+    inventory.write_text(f"hosts = {[f'@chroot/{root}' for root in roots]!r}\n")
+    deploy.write_text(TWO_STEPS)
+    at = command.index("-y") + 1  # the inventory, then the deploy file
+    command[at:at + 2] = [str(inventory), str(deploy)]
+    for root in roots:
+        root.symlink_to("/")
+    try:
+        run = subprocess.run([*command, "--data", f"out={tmp_path}"], capture_output=True,
+                             text=True, timeout=120)
+    finally:  # no link to / left behind in the temporary directory
+        for root in roots:
+            root.unlink()
+    assert run.returncode != 0, run.stderr[-2000:]
+    ran = sorted(path.name for path in tmp_path.glob("root*-*"))
+    assert ran == ["root1-first", "root2-first"], (ran, run.stderr[-2000:])

@@ -60,9 +60,15 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 MAX_EXPOSURE = 4.0
 
 
+def require(tool: str, package: str) -> None:
+    """Fail, never skip, without ``tool``: .ci/setup installs ``package`` for these tests, and a
+    skip would hide from CI that they did not run."""
+    assert shutil.which(tool), \
+        f"{tool} is not installed: install Debian's {package} (.ci/setup does)"
+
+
 def test_units_are_rated_ok_by_systemd_analyze_security(tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+    require("systemd-analyze", "systemd")
     hs, files = systemd_files()
     for name in [*APP_UNITS, frontend.PM2_UNIT]:
         # A template is judged as one of its instances (the green release slot).
@@ -141,8 +147,7 @@ def test_backend_listens_on_the_private_address_when_nginx_is_elsewhere():
 
 
 def test_pm2_ecosystem_loads_in_node_with_settings(tmp_path):
-    if not shutil.which("node"):
-        pytest.skip("node is not installed")
+    require("node", "nodejs")
     hs, files = systemd_files()
     write_tree(files, tmp_path)
     script = "console.log(JSON.stringify(require(process.argv[1])))"

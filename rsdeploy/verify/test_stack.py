@@ -11,6 +11,7 @@ import json
 import shlex
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -40,15 +41,49 @@ def test_only_nginx_listens_on_every_interface(host, hs):
             f"{hs.name}: {service}: expected not on 0.0.0.0:{port}, found it listening there"
 
 
-def test_internal_ports_are_not_reachable_from_outside(hs):
-    """Probed from the machine running the suite, at the host's address."""
-    reachable = []
-    for service, port_of in INTERNAL.items():
-        try:
-            with socket.create_connection((hs.address, port_of(hs.stack)), timeout=2):
-                reachable.append(f"{service}:{port_of(hs.stack)}")
-        except OSError:
-            pass
+def knock(address: str, port: int, seconds: float = 3) -> bool:
+    """Whether a TCP connection from this machine to ``address:port`` opens: False when it is
+    refused or unanswered (a firewall dropping it); any other error fails the test, since it
+    says nothing about the port (no route to the host)."""
+    try:
+        with socket.create_connection((address, port), timeout=seconds):
+            return True
+    except (ConnectionRefusedError, TimeoutError):
+        return False
+    except OSError as exc:
+        pytest.fail(f"{address}:{port}: cannot tell whether the port is open from here: {exc}")
+
+
+def knock_all(address: str, ports: dict[str, int]) -> dict[str, bool]:
+    """:func:`knock` on every port at once (each unanswered one waits out its timeout), by name."""
+    with ThreadPoolExecutor(max_workers=len(ports) or 1) as pool:
+        return dict(zip(ports, pool.map(lambda port: knock(address, port), ports.values())))
+
+
+def listening_to_the_world(host, hs) -> list[int]:
+    """The ports of ``base.firewall_allow`` that something on the host listens on for every
+    address (or the host's own): those must answer from anywhere."""
+    sockets = host.socket.get_listening_sockets()
+    bound = {f"tcp://{address}:{{}}" for address in ("0.0.0.0", ":::", hs.address)}
+    return [port for port in hs.stack.base.firewall_allow
+            if any(spec.format(port) in sockets for spec in bound)]
+
+
+def test_internal_ports_are_not_reachable_from_outside(host, hs):
+    """Probed from the machine running the suite, at the host's address: the ports open to the
+    world that something listens on (SSH at least) answer from here, so the address is reached
+    and a port that does not answer is closed there; and no internal port answers."""
+    controls = {f"port {port}": port for port in listening_to_the_world(host, hs)}
+    assert controls, (f"{hs.name}: nothing listens on a port of base.firewall_allow "
+                      f"{hs.stack.base.firewall_allow}: no open port to compare with")
+    internal = {f"{service}:{port_of(hs.stack)}": port_of(hs.stack)
+                for service, port_of in INTERNAL.items()}
+    answers = knock_all(hs.address, {**controls, **internal})
+    silent = [name for name in controls if not answers[name]]
+    assert not silent, (f"{hs.name}: expected {hs.address} {silent} (open to the world, "
+                        "listening) to answer from here, found no answer: closed ports would "
+                        "prove nothing")
+    reachable = [name for name in internal if answers[name]]
     assert not reachable, f"{hs.name}: expected closed from outside, found open: {reachable}"
 
 
@@ -102,17 +137,40 @@ def test_flower_answers_only_with_its_login(host, hs):
     assert code == "401", f"{hs.name}: nginx -> flower /flower/ without a login: expected 401, found {code}"
 
 
+#: TLS versions nginx must refuse, as openssl s_client's switches.
+OLD_TLS = ("-tls1", "-tls1_1")
+#: What OpenSSL prints when the server refuses the version offered (alert 70, protocol_version).
+SERVER_REFUSED_VERSION = "alert protocol version"
+
+
+def tls_handshake(host, hs, version: str):
+    """openssl s_client offering only ``version`` (``-tls1_2``) to nginx, by the site's name. The
+    old versions at OpenSSL's security level 0: at its default level OpenSSL 3's client refuses
+    them itself ("legacy sigalg disallowed"), and the server would never be asked."""
+    s = hs.stack
+    level = "-cipher 'DEFAULT:@SECLEVEL=0'" if version in OLD_TLS else ""
+    return host.run(f"openssl s_client -connect 127.0.0.1:{s.nginx.https_port} "
+                    f"-servername {shlex.quote(s.domain)} {version} {level} </dev/null")
+
+
 def test_tls_offers_only_tls12_and_tls13_for_the_domain(host, hs):
+    """TLS 1.2 and 1.3 complete a handshake; TLS 1.0 and 1.1, offered by a client that would
+    take them, are refused by nginx itself (its protocol_version alert)."""
     if not hs.has_role("web"):
         pytest.skip(f"{hs.name} carries no web role")
     s = hs.stack
     connect = f"127.0.0.1:{s.nginx.https_port}"
-    for version, expect in (("-tls1_2", 0), ("-tls1_3", 0), ("-tls1_1", 1), ("-tls1", 1)):
-        result = host.run("openssl s_client -connect %s -servername %s %s </dev/null",
-                          connect, s.domain, version)
-        ok = result.rc == 0 and "Cipher is (NONE)" not in result.stdout
-        assert ok == (expect == 0), \
-            f"{hs.name}: nginx TLS {version}: expected {'accepted' if not expect else 'refused'}"
+    for version in ("-tls1_2", "-tls1_3", *OLD_TLS):
+        result = tls_handshake(host, hs, version)
+        said = (result.stdout + result.stderr).strip().splitlines()
+        errors = [line for line in said if ":error:" in line] or said[-1:]
+        accepted = result.rc == 0 and "Cipher is (NONE)" not in result.stdout
+        if version in OLD_TLS:
+            assert not accepted and SERVER_REFUSED_VERSION in "\n".join(said), \
+                f"{hs.name}: nginx TLS {version}: expected refused by nginx " \
+                f"({SERVER_REFUSED_VERSION}), found {'accepted' if accepted else errors}"
+        else:
+            assert accepted, f"{hs.name}: nginx TLS {version}: expected accepted, found {errors}"
     names = host.check_output(
         "openssl s_client -connect %s -servername %s </dev/null 2>/dev/null | "
         "openssl x509 -noout -ext subjectAltName", connect, s.domain)

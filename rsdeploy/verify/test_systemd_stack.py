@@ -131,13 +131,43 @@ def test_celery_worker_answers_and_beat_runs_once_per_stack(host, hs, serving):
         assert not beats, f"{hs.name}: celery beat: expected none on this app host, found {beats}"
 
 
-def test_internal_services_listen_only_on_loopback(host, hs, systemd_host):
-    """Natively each service binds where its settings say: the host's own ones on loopback."""
+#: Loopback, as ``ss`` shows the addresses a socket listens on.
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def listening_addresses(host, port: int) -> set[str]:
+    """The addresses something on the host listens on for TCP ``port`` (``ss``; ``*``: all)."""
+    lines = host.check_output("ss -Htln sport = :%s", str(port)).splitlines()
+    return {line.split()[3].rsplit(":", 1)[0].strip("[]") for line in lines if line.strip()}
+
+
+def own_internal_services(hs) -> dict[str, tuple[int, set[str]]]:
+    """The host's own internal services: name -> (port, where beside loopback it may listen).
+    PostgreSQL and Redis also on the private address when an app host is elsewhere (it
+    connects over TLS; Redis binds its plain port there too, which the firewall keeps to this
+    host); Prometheus and Alertmanager never."""
     s = hs.stack
-    local = {"postgres": s.postgres.port if hs.has_role("db") else None,
-             "redis": s.redis.port if hs.has_role("redis") else None,
-             "prometheus": s.prometheus.port if hs.has_role("monitoring") and s.prometheus.enabled else None,
-             "alertmanager": s.alertmanager.port if hs.has_role("monitoring") and s.alertmanager.enabled else None}
-    wrong = [f"{name}:{port}" for name, port in local.items() if port is not None
-             and host.socket(f"tcp://0.0.0.0:{port}").is_listening]
-    assert not wrong, f"{hs.name}: expected on loopback only, found on every interface: {wrong}"
+    shared = {hs.address} if any(app.name != hs.name for app in hs.peers("app")) else set()
+    found = {}
+    if hs.has_role("db"):
+        found["postgres"] = (s.postgres.port, shared)
+    if hs.has_role("redis"):
+        found["redis"] = (s.redis.port, shared)
+    if hs.has_role("monitoring"):
+        found.update({name: (getattr(s, name).port, set())
+                      for name in ("prometheus", "alertmanager") if getattr(s, name).enabled})
+    return found
+
+
+def test_internal_services_listen_on_loopback_and_only_where_other_hosts_reach_them(
+        host, hs, systemd_host):
+    """Natively each of the host's own services listens on loopback, and beside it only where
+    another host must reach it (see :func:`own_internal_services`): a bind to a private
+    address, not only to every interface, fails."""
+    wrong = {}
+    for name, (port, shared) in own_internal_services(hs).items():
+        found = listening_addresses(host, port)
+        if "127.0.0.1" not in found or not found <= LOOPBACK | shared:
+            wrong[f"{name}:{port}"] = sorted(found)
+    assert not wrong, (f"{hs.name}: expected loopback (PostgreSQL and Redis also {hs.address} "
+                       f"when an app host is elsewhere), found: {wrong}")

@@ -35,6 +35,23 @@ SANDBOX_INVENTORY = REPO_ROOT / "inventories" / "sandbox.py"
 SPLIT_HOSTS, SPLIT_WEB_HOST = 5, 3
 MONITORING_IMAGES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter",
                      "redis-exporter")
+#: The checks ``rsdeploy verify`` passes on each kind of host (layout, what the host carries:
+#: "single" all of the stack, or its part of the split topology); the others skip, rightly (the
+#: other layout's checks, another role's). Asserted on every verify run: a check that starts
+#: skipping everywhere (a fixture's condition gone wrong) passes unseen otherwise. A new verify
+#: check raises the count of the hosts it runs on: update it here. Measured: docker single and
+#: split, systemd single; systemd split counted from the checks' skip conditions (measure it).
+VERIFY_PASSED = {
+    ("docker", "single"): 18, ("systemd", "single"): 22,
+    ("docker", "db"): 9, ("docker", "app"): 12, ("docker", "web"): 14,
+    ("systemd", "db"): 9, ("systemd", "app"): 14, ("systemd", "web"): 15,
+}
+#: What the split topology's hosts carry, in the sandbox's order (the fifth is no stack host).
+SPLIT_KINDS = ("db", "app", "app", "web")
+#: rsdeploy/verify/test_certbot.py's checks: they run on a web host with tls.mode certbot only.
+CERTBOT_CHECKS = 3
+#: The checks of Prometheus' targets and Alertmanager: they run where monitoring does.
+MONITORING_CHECKS = 2
 
 
 @dataclass
@@ -60,6 +77,18 @@ class Run:
     def check(self) -> Run:
         assert self.code == 0, f"rsdeploy failed ({self.code}):\n{self.output[-6000:]}"
         return self
+
+    def passed_per_host(self, hosts: list[str]) -> dict[str, int]:
+        """A verify run's passed checks on each host: its pytest summary line (several hosts:
+        each report follows its ``--- NAME ---`` line; one host: the whole output)."""
+        parts = re.split(r"^--- (\S+) ---$", self.stdout, flags=re.MULTILINE)
+        reports = dict(zip(parts[1::2], parts[2::2])) if len(parts) > 1 else {hosts[0]: parts[0]}
+        found = {}
+        for name in hosts:
+            summary = re.findall(r"^=*\s*(\d+ passed.*) in [\d.]+s", reports.get(name, ""),
+                                 re.MULTILINE)
+            found[name] = int(summary[-1].split()[0]) if summary else 0
+        return found
 
 
 class Site:
@@ -170,6 +199,27 @@ class Site:
                 {"id": c["Id"], "running": c["State"]["Running"],
                  "started": c["State"]["StartedAt"], "env": c["Config"]["Env"]}
                 for c in json.loads(out or "[]")}
+
+
+def expected_verify_passes(site: Site, index: int) -> int:
+    """The checks verify passes on the site's ``index``-th host (see :data:`VERIFY_PASSED`)."""
+    kind = SPLIT_KINDS[index] if site.topology == "split" else "single"
+    web = kind in ("single", "web")  # split: the web host runs the monitoring too
+    return (VERIFY_PASSED[(site.layout, kind)]
+            + (CERTBOT_CHECKS if web and site.tls == "certbot" else 0)
+            - (MONITORING_CHECKS if web and not site.monitoring else 0))
+
+
+def assert_verified(site: Site, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
+    """``rsdeploy verify ARGS``: exit 0, and on every stack host exactly the checks its kind
+    passes (:data:`VERIFY_PASSED`): a check skipped where it should run fails here."""
+    run = site.rsdeploy("verify", *args, inventory=inventory).check()
+    hosts = site.sandbox.hosts[:len(SPLIT_KINDS) if site.topology == "split" else 1]
+    expected = {host.name: expected_verify_passes(site, i) for i, host in enumerate(hosts)}
+    found = run.passed_per_host(list(expected))
+    assert found == expected, (f"verify's passed checks per host: expected {expected} "
+                               f"(VERIFY_PASSED), found {found}:\n{run.stdout[-6000:]}")
+    return run
 
 
 def changed_inventory(tmp_path: Path, section: str, values: dict) -> Path:
@@ -465,12 +515,51 @@ def on(site, host, command: str) -> str:
     return site.sandbox.ssh(host.name, command, timeout=120).stdout
 
 
-def serves_everywhere(site, version: str, heads: dict[str, str]) -> bool:
-    """Whether every answer through nginx (spread over the app hosts) is ``version`` on its
-    schema revision ``heads[version]``."""
-    found = [serving(site) for _ in range(6)]
-    return all((now["version"], now["schema_revision"]) == (version, heads[version])
-               for now in found)
+def app_host_names(site) -> set[str]:
+    """The split sandbox's app hosts."""
+    return {host.name for key, host in split_hosts(site).items() if key.startswith("app")}
+
+
+def logged_by(site, marker: str, count: int, seconds: float = 60) -> dict[str, str]:
+    """Which host's backend logged each request marked ``{marker}-{i}`` (i < ``count``), as
+    ``rsdeploy logs backend --grep`` shows it: {mark: host name}. Waits until every one is
+    logged, ``seconds`` at most."""
+    mark = re.compile(rf"{marker}-\d+\b")
+    deadline = time.monotonic() + seconds
+    while True:
+        run = site.rsdeploy("logs", "backend", "--since", "15m", "--grep", marker)
+        found = {m.group(0): line.split()[0] for line in run.stdout.splitlines()
+                 if (m := mark.search(line))}
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def through_nginx(site, path: str, count: int,
+                  every: float = 0) -> list[tuple[str | None, int, str]]:
+    """``count`` requests for ``path`` through nginx, ``every`` seconds apart, each marked with a
+    query parameter of its own; for each: the app host whose backend logged it (None: no
+    backend did), the status and the body."""
+    marker = f"rs-probe-{uuid.uuid4().hex[:10]}"
+    answers = []
+    for i in range(count):
+        answers.append(site.curl(f"{path}?probe={marker}-{i}"))
+        time.sleep(every)
+    hosts = logged_by(site, marker, count)
+    return [(hosts.get(f"{marker}-{i}"), code, body) for i, (code, body) in enumerate(answers)]
+
+
+def assert_serves_everywhere(site, version: str, heads: dict[str, str]) -> None:
+    """Every app host answers through nginx, each with ``version`` on its schema revision
+    ``heads[version]``: which host answered a request is read from the backend log that has
+    it. The requests span 6 s (nginx leaves an app host out for 5 s after a failed attempt)."""
+    found: dict[str | None, set] = {}
+    for host, code, body in through_nginx(site, "/api/v1/version", 10, every=0.6):
+        answer = json.loads(body) if code == 200 else {"status": code, "body": body[:200]}
+        found.setdefault(host, set()).add((answer.get("version"), answer.get("schema_revision")))
+    expected = {name: {(version, heads[version])} for name in app_host_names(site)}
+    assert found == expected, f"(version, schema) answered by each app host: expected " \
+                              f"{expected}, found {found}"
 
 
 def releases_of(site) -> dict[str, list[dict]]:
@@ -520,7 +609,7 @@ def assert_rolling_release_drops_no_request(site, hosts: dict, ca_file, written:
     assert report.failed == 0, report.summary()
     assert run.output.index(f"{hosts['app1'].name}: {version} serves") \
         < run.output.index(f"{hosts['app2'].name}: {version} serves")
-    assert serves_everywhere(site, version, heads)
+    assert_serves_everywhere(site, version, heads)
     assert_rows_kept(site, written)
 
 
@@ -538,20 +627,28 @@ def assert_a_failing_app_host_stops_the_rollout(site, hosts: dict, ca_file, writ
     for name in ("app1", "app2"):  # recorded as failed (the second: not switched) or not at all
         last = found[hosts[name].name][-1]
         assert last["version"] != broken or last["result"] == "failed", last
-    assert serves_everywhere(site, serving_version, heads)
+    assert_serves_everywhere(site, serving_version, heads)
     assert_rows_kept(site, written)
 
 
 def assert_rollback_in_one_wave(site, hosts: dict, ca_file, written: list, version: str,
                                 heads: dict[str, str]) -> None:
-    """``rollback --to VERSION --wave 2`` under load: both app hosts at once; the last one
-    downgrades the database only once the other serves the older release too."""
+    """``rollback --to VERSION --wave 2`` under load: both app hosts at once (each one's
+    rollback began before the other's ended); the last one downgrades the database only once
+    the other serves the older release."""
     run, report = under_load(site, ca_file, "rollback", "--to", version, "--wave", "2")
     run.check()
-    assert f"[{hosts['app2'].name}] downgrading the database to {heads[version]}" in run.output
+    first, last = hosts["app1"].name, hosts["app2"].name
+    downgrade = f"[{last}] downgrading the database to {heads[version]}"
+    assert downgrade in run.output, run.output[-3000:]
+    assert run.output.index(f"{first}: {version} serves") < run.output.index(downgrade), \
+        f"{last} downgraded the database before {first} served {version}:\n{run.output[-6000:]}"
     assert report.failed == 0, report.summary()
-    assert serves_everywhere(site, version, heads)
+    assert_serves_everywhere(site, version, heads)
     assert_rows_kept(site, written)
-    found = releases_of(site)
-    for name in ("app1", "app2"):
-        assert found[hosts[name].name][-1]["version"] == version
+    records = releases_of(site)
+    found = {name: records[name][-1] for name in (first, last)}
+    assert all((a["version"], a["kind"]) == (version, "rollback") for a in found.values()), found
+    # One wave: each began before the other ended (times to the second; a switch takes longer).
+    assert found[last]["started"] < found[first]["ended"] and \
+        found[first]["started"] < found[last]["ended"], f"rolled back one after the other: {found}"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import FIRST_VERSION, ready_site
+from tests.e2e.conftest import FIRST_VERSION, assert_verified, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -50,7 +50,7 @@ def test_build_delivery_builds_the_tagged_source_on_the_host(site):
     assert clones.strip() == "", clones
     staged = site.on_host("ls -A /var/lib/residency-scheduler/.staging").split()
     assert not [name for name in staged if name.endswith(".tar")], f"sources left: {staged}"
-    site.rsdeploy("verify").check()
+    assert_verified(site)
 
 
 def test_rerun_builds_nothing(site):
@@ -66,7 +66,7 @@ def test_a_new_tag_is_built_from_its_own_source(site):
     assert code == 200 and json.loads(body)["release"] == NEXT_VERSION, body
     code, page = site.curl("/")
     assert code == 200 and NEXT_VERSION in page
-    site.rsdeploy("verify", "--version", NEXT_VERSION).check()
+    assert_verified(site, "--version", NEXT_VERSION)
 
 
 def test_an_unknown_tag_stops_before_any_host_is_contacted(site):

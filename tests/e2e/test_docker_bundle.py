@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import FIRST_VERSION, ready_site
+from tests.e2e.conftest import FIRST_VERSION, assert_verified, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -27,5 +27,5 @@ def test_bundle_delivery_deploys_verifies_and_reruns_clean(site, tmp_path):
     assert "residency-scheduler-backend:v1.0.0" in images, images
     assert not any("registry" in image for image in images), images
     assert site.on_host("ls /var/lib/residency-scheduler/images 2>/dev/null | wc -l").strip() == "0"
-    site.rsdeploy("verify").check()
+    assert_verified(site)
     assert site.rsdeploy("deploy").check().changed == 0

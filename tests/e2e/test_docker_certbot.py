@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from rsdeploy_dev import sandbox as sandbox_module
-from tests.e2e.conftest import FIRST_VERSION, ready_site
+from tests.e2e.conftest import FIRST_VERSION, assert_verified, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -80,7 +80,7 @@ def test_a_self_signed_site_switches_to_certbot_through_its_running_nginx(site, 
 
 
 def test_verify_suite_passes_with_certbot(site):
-    site.rsdeploy("verify").check()
+    assert_verified(site)
 
 
 def test_second_run_changes_nothing_and_asks_for_no_certificate(site):

@@ -17,7 +17,7 @@ import yaml
 
 from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
-from tests.e2e.conftest import FIRST_VERSION, changed_inventory, ready_site
+from tests.e2e.conftest import FIRST_VERSION, assert_verified, changed_inventory, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -52,13 +52,13 @@ def test_a_slow_start_within_the_health_gate_deploys(site, tmp_path):
     assert time.monotonic() - started > REAL_START, "the deploy did not wait for the slow start"
     assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
     # Metrics on (the default): the verify suite finds the backend's scrape target up.
-    site.rsdeploy("verify", inventory=inventory).check()
+    assert_verified(site, inventory=inventory)
 
 
 def test_metrics_off_deploys_and_verifies_with_no_backend_target(site, tmp_path):
     inventory = changed_inventory(tmp_path, "backend", {"extra_env": QUICK_START, "metrics": False})
     site.rsdeploy("deploy", inventory=inventory).check()
-    site.rsdeploy("verify", inventory=inventory).check()
+    assert_verified(site, inventory=inventory)
     targets = json.loads(site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/targets"))
     jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
     assert "backend" not in jobs and "node" in jobs, jobs

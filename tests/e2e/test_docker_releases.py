@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -104,21 +105,43 @@ def test_an_upgrade_with_a_migration_drops_no_request(site, written, ca_file):
     assert len(app_containers(site)) == 4, app_containers(site)
 
 
+#: Seconds the waiting deploy may wait for the lock (``--lock-wait``).
+LOCK_WAIT = 300
+
+
+def wait_until_it_waits_for_the_lock(site, run: Future, seconds: float = 120) -> None:
+    """Until ``run`` (an rsdeploy command under way) waits for the host's deploy lock there:
+    its ``flock -w`` runs on the host."""
+    deadline = time.monotonic() + seconds
+    while site.on_host(f"pgrep -fc '[f]lock -w {LOCK_WAIT} ' || true").strip() in ("", "0"):
+        assert not run.done(), f"it ended instead of waiting: {run.result().output[-2000:]}"
+        assert time.monotonic() < deadline, f"no run waits for the lock after {seconds} s"
+        time.sleep(1)
+
+
 def test_a_second_deploy_waits_for_the_lock_or_is_refused_at_once(site, monkeypatch):
+    """While another run holds the host's deploy lock: a deploy is refused at once naming the
+    holder (exit 4); one with ``--lock-wait`` waits on the host until the holder lets go, then
+    deploys."""
     for name, value in site.env.items():  # the sandbox inventory reads its prefix from there
         monkeypatch.setenv(name, value)
     hs = load_inventory(str(SANDBOX_INVENTORY), str(site.sandbox.paths.secrets))[site.host.name]
     holder = {"who": "ana@ops-laptop", "action": "deploying", "version": NEXT,
               "message": "hotfix in progress"}
-    with HostLock(hs, holder):
+    with ThreadPoolExecutor(max_workers=1) as pool, HostLock(hs, holder):
         started = time.monotonic()
         run = site.rsdeploy("deploy", "--version", NEXT)
         assert time.monotonic() - started < 30
+        waiting = pool.submit(site.rsdeploy, "deploy", "--version", NEXT,
+                              "--lock-wait", str(LOCK_WAIT))
+        wait_until_it_waits_for_the_lock(site, waiting)
+        # Released with the holder's connection (first, on leaving): the waiting run takes it.
     assert run.code == 4, run.output[-2000:]
     assert "another run holds the deploy lock: ana@ops-laptop since" in run.output
     assert "'hotfix in progress'" in run.output and "Traceback" not in run.output
-    # Released with the holder's connection: the next run takes it.
-    site.rsdeploy("deploy", "--version", NEXT).check()
+    waited = waiting.result(timeout=1800).check()
+    assert re.search(rf"rsdeploy: deploy {NEXT} on {site.host.name}: ok in", waited.stdout), \
+        waited.output[-2000:]
 
 
 def test_rollback_downgrades_with_the_newer_scripts_and_drops_no_request(site, written, ca_file):

@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     assert_logs_show_a_request,
     assert_status_catches_a_stopped_service,
     assert_stop_and_start_keep_every_row,
+    assert_verified,
     changed_inventory,
     ready_site,
 )
@@ -67,7 +68,7 @@ def test_bootstrap_and_first_deploy_serve_the_site(site, tmp_path):
 
 
 def test_verify_suite_passes_after_the_rollout(site):
-    site.rsdeploy("verify").check()
+    assert_verified(site)
 
 
 def test_status_shows_every_service_and_exits_1_while_one_is_stopped(site):
@@ -159,7 +160,7 @@ def test_prometheus_setting_reloads_prometheus_without_restarting_anything(site,
 def test_host_reboot_brings_everything_back(site):
     site.reboot()
     assert site.wait_healthy(300)["database"] == "connected"
-    site.rsdeploy("verify").check()
+    assert_verified(site)
     assert_note_survived(site)
 
 

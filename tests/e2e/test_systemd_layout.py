@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     assert_rows_kept,
     assert_status_catches_a_stopped_service,
     assert_stop_and_start_keep_every_row,
+    assert_verified,
     changed_inventory,
     history,
     ready_site,
@@ -76,7 +77,7 @@ def test_bootstrap_and_first_release_serve_and_verify(site, written):
     site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
     now = serving(site)
     assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
-    site.rsdeploy("verify").check()
+    assert_verified(site)
     write_note(site, written, "the no-op re-run")
     (attempt,) = history(site)
     assert (attempt["version"], attempt["result"]) == (FIRST_VERSION, "ok")
@@ -186,5 +187,5 @@ def test_a_host_restart_brings_every_service_back(site, written):
     site.reboot()
     site.wait_healthy()
     assert serving(site)["version"] == FIRST_VERSION
-    site.rsdeploy("verify").check()
+    assert_verified(site)
     assert_rows_kept(site, written)

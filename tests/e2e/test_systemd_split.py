@@ -27,9 +27,10 @@ from tests.e2e.conftest import (
     assert_rollback_in_one_wave,
     assert_rolling_release_drops_no_request,
     assert_rows_kept,
+    assert_serves_everywhere,
+    assert_verified,
     on,
     ready_site,
-    serves_everywhere,
     serving,
     site_certificate,
     split_hosts,
@@ -96,13 +97,12 @@ def test_first_deploy_spreads_the_stack_over_its_hosts(site, hosts, written):
     # The first app host migrated; the second found the database at its head.
     assert run.output.index(f"{hosts['app1'].name}: {FIRST_VERSION} serves") \
         < run.output.index(f"{hosts['app2'].name}: {FIRST_VERSION} serves")
-    assert serves_everywhere(site, FIRST_VERSION, HEADS)
+    assert_serves_everywhere(site, FIRST_VERSION, HEADS)
     write_note(site, written, "verify")
 
 
 def test_verify_passes_on_every_host(site, written):
-    run = site.rsdeploy("verify").check()
-    assert "failed" not in run.stdout.splitlines()[-1]
+    assert_verified(site)
     assert_rows_kept(site, written)
 
 
