@@ -28,7 +28,7 @@ from rsdeploy_dev.distribution import VERSION, build_distributions
 from rsdeploy_dev.images import CA_BUNDLE, buildkit_cli
 from rsdeploy_dev.walkthrough import Operator, as_here, fill_in, readme_steps
 from tests.conftest import GITLAB_CI_LOCAL
-from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, ready_site
+from tests.e2e.conftest import FIRST_VERSION, SANDBOX_INVENTORY, VERIFY_PASSED, Run, ready_site
 
 pytestmark = pytest.mark.sandbox
 
@@ -169,6 +169,9 @@ def test_step5_deploys_and_step6_verifies_within_ten_minutes(walk):
     ok(step(walk, 5))
     out = ok(step(walk, 6))
     assert re.search(r"rsdeploy: verify on .*: ok in", out), out[-2000:]
+    # Every check of a one-host docker site ran and passed: none skipped where it should run.
+    found = Run(0, out, out).passed_per_host([site.host.address])[site.host.address]
+    assert found == VERIFY_PASSED[("docker", "single")], out[-3000:]
     times["verified"] = time.monotonic()
     health = _curl(site, "/health")
     assert health["status"] == "healthy"
