@@ -175,6 +175,8 @@ def test_step5_deploys_and_step6_verifies_within_ten_minutes(walk):
     times["verified"] = time.monotonic()
     health = _curl(site, "/health")
     assert health["status"] == "healthy"
+    history = json.loads(ok(operator.run("rsdeploy releases --json")))[site.host.address]
+    assert history[-1]["result"] == "ok" and history[-1]["rsdeploy_version"] == VERSION
     summary = _curl(site, "/api/v1/version")
     assert summary["version"] == FIRST_VERSION
     print(f"walkthrough: pip install to a verified site in "
