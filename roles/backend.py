@@ -73,13 +73,18 @@ CELERY_APP = "app.core.celery_app"
 
 
 class HealthGate(Section):
-    """How long the app may take to become healthy, wherever a rollout waits for it (Compose
-    health checks and ``up --wait`` now; systemd readiness and the release switch later)."""
+    """How long the app may take to become healthy, wherever a rollout waits for it: Compose's
+    health checks and ``up --wait``, and the release switch, which probes each new instance
+    until it is ready (a failure counts only after that unit's start period)."""
 
-    # Failed checks do not count while the app starts: the real backend needs 65-70 s on 2 cores
-    # (imports, model code) before /health answers.
+    # The API's start period: the real backend needs 65-70 s on 2 cores (imports, model code)
+    # before /health answers.
     start_period: Duration = "120s"
-    interval: Duration = "30s"  # between health checks (the guide's 30 s)
+    # The Celery worker's: until it answers a ping (it imports the app too, beside the new API).
+    worker_start_period: Duration = "120s"
+    # Celery beat's: until it writes its schedule file (the real one: 27 s, importing the app).
+    beat_start_period: Duration = "90s"
+    interval: Duration = "30s"  # between Compose's health checks (the guide's 30 s)
     timeout: Duration = "10s"  # one check's time limit
     retries: int = Field(default=3, ge=1, le=20)  # failed checks in a row that mean unhealthy
     wait_timeout: Duration = "300s"  # how long a rollout waits for every service to be healthy
@@ -378,26 +383,33 @@ def runs_beat(hs: HostSettings) -> bool:
     return app_hosts(hs)[:1] == [hs.name]
 
 
+#: ``celery inspect ping``'s exit code when no node replied (EX_UNAVAILABLE): not yet.
+NO_NODE_REPLIED = 69
+#: ``ls``'s exit code when the file is missing: beat has not written its schedule yet.
+NO_SUCH_FILE = 2
+
+
 def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     """How a release replaces the API (health-checked, then given the traffic), the worker
     (answers a Celery ping before the old one gets its warm shutdown) and beat (one at a time,
-    ready once it has written its schedule).
+    ready once it has written its schedule), each with its start period (``backend.health``).
 
     Example: ``[u.service for u in release_units(hs)]`` -> ``["backend", "celery-worker", "celery-beat"]``
     """
-    app = f"--app={CELERY_APP}"
+    app, gate = f"--app={CELERY_APP}", hs.stack.backend.health
     # $HOSTNAME: the worker's node name (a container's id; natively host and release slot).
     ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
-                        "celery inspect ping")
+                        "celery inspect ping", not_yet=(NO_NODE_REPLIED,))
     beat = CommandProbe(("sh", "-c", f"ls {beat_schedule(hs)}* >/dev/null"),
-                        "its schedule file (beat's heartbeat)")
+                        "its schedule file (beat's heartbeat)", not_yet=(NO_SUCH_FILE,))
     names = {name: hs.layout.service(name, f"residency-{name}") for name in STOP_GRACE}
     return [
         ReleaseUnit(names["backend"], SERVE, HttpProbe(hs.stack.backend.port, "/health"),
-                    STOP_GRACE["backend"], traffic="backend"),
-        ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"]),
-    ] + ([ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"])]
-         if runs_beat(hs) else [])
+                    STOP_GRACE["backend"], duration_seconds(gate.start_period), traffic="backend"),
+        ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"],
+                    duration_seconds(gate.worker_start_period)),
+    ] + ([ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"],
+                      duration_seconds(gate.beat_start_period))] if runs_beat(hs) else [])
 
 
 # --- systemd layout ----------------------------------------------------------------------------
