@@ -398,13 +398,26 @@ def seconds_between(started: str | None, ended: str | None) -> str:
 OUTCOME_ENV = "RSDEPLOY_OUTCOME"
 
 
-def report_outcome(host: str, version: str, result: str, reason: str | None) -> None:
-    """Tell the rsdeploy command how a host's release went (nothing under plain pyinfra).
+def report_outcome(host: str, version: str, result: str, reason: str | None,
+                   serving: str | None) -> None:
+    """Tell the rsdeploy command how a host's release went (nothing under plain pyinfra);
+    ``serving``: the release that serves there after it (None: nothing serves).
 
-    Example: ``report_outcome("rs1", "v1.2.0-broken", FAILED, "/health answered 503")``
+    Example: ``report_outcome("rs1", "v1.2.0-broken", FAILED, "/health answered 503", "v1.0.0")``
     """
     path = os.environ.get(OUTCOME_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps({"host": host, "version": version, "result": result,
-                                  "reason": reason}) + "\n")
+                                  "reason": reason, "serving": serving}) + "\n")
+
+
+def what_serves(host: str, serving: str | None) -> str:
+    """What serves on ``host`` once a release was refused there: the release that served
+    before, or nothing (the refused one was its first).
+
+    Example: ``what_serves("rs1", None)`` -> ``"nothing serves on rs1: no release served there before"``
+    """
+    if serving is None:
+        return f"nothing serves on {host}: no release served there before"
+    return f"the previous release {serving} keeps serving on {host}"

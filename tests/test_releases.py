@@ -348,6 +348,17 @@ def test_a_starting_app_is_no_crash_loop():
     assert release.crash_loop(0, UVICORN_LOOP.split("Process SpawnProcess-3")[0], 9) is None
 
 
+def test_a_refused_first_release_says_nothing_serves():
+    first = {"host": "rs1", "version": "v1.0.0", "reason": "backend: crash loop", "serving": None}
+    reason, result = cli.refusal([first])
+    assert result == "release refused, nothing serves"
+    assert reason == "backend: crash loop (nothing serves on rs1: no release served there before)"
+    later = {**first, "host": "rs2", "serving": "v0.9.0"}
+    reason, result = cli.refusal([first, later])
+    assert result == "release refused, rolled back"
+    assert reason.endswith("(the previous release v0.9.0 keeps serving on rs2)")
+
+
 # --- traffic pins ----------------------------------------------------------------------------------
 
 

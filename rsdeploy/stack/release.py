@@ -26,8 +26,10 @@ The story of one switch, top to bottom:
    commands keep working; release slots keep their pins), and record.
 
 Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
-instances, new instances removed, the pins removed, the old beat started again, a migration of this attempt downgraded.
-The old release keeps serving and the attempt is recorded as failed with its reason.
+instances, new instances removed, the pins removed, the old beat started again, a migration of
+this attempt downgraded (on a first release to ``base``: the empty database it found). The old
+release keeps serving, or, on a first release, nothing does (the output says which), and the
+attempt is recorded as failed with its reason.
 
 Several app hosts (a web host of their own balances across them): they switch one at a time in
 inventory order (:class:`Turns`), each moving its own pin files in the web host's upstreams
@@ -284,8 +286,7 @@ class Switch:
                       f"{current or 'empty'} (one transaction)", output)
             raise Refused(f"its migration to {head} failed: {_tail(output, 1)}")
         self.attempt.revision_after = head
-        if current is not None:
-            self.undo.append(lambda: self.undo_migration(current))
+        self.undo.append(lambda: self.undo_migration(current))
         return None
 
     def step_down(self, head: str, live: dict) -> None:
@@ -335,10 +336,11 @@ class Switch:
             self.show("the restore failed; the database is unchanged", output)
             raise Refused(f"the restore of {names.strip()} failed: {_tail(output, 1)}")
 
-    def undo_migration(self, revision: str) -> None:
+    def undo_migration(self, revision: str | None) -> None:
         """Take the database back to ``revision`` with the new release's scripts (they know
-        both): the release that keeps serving expects it."""
-        self.downgrade(revision, "the new release's own scripts", None)
+        both): the release that keeps serving expects it. None: the database was empty (a
+        first release), and is again (``alembic downgrade base``), ready for any release."""
+        self.downgrade(revision or "base", "the new release's own scripts", None)
         self.attempt.revision_after = revision
 
     def backup(self) -> None:
@@ -626,7 +628,7 @@ def record(hs: HostSettings, shell, attempt: Attempt) -> list[dict]:
     successful attempt) and this attempt. Returns the history as it now reads."""
     shell(release.append_command(hs, attempt))
     if attempt.result == FAILED:
-        release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason)
+        release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason, attempt.previous)
     _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
     history = release.parse_history(text)
     serving = next((a for a in reversed(history) if a.get("result") == OK), None)
@@ -695,7 +697,7 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str,
         if stopped is not None:
             reason = f"not switched: the rollout stopped when {stopped} refused {hs.stack.version}"
             say(f"{hs.name}: {reason}", error=True)
-            release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
+            release.report_outcome(hs.name, hs.stack.version, FAILED, reason, serving_now(hs, shell))
             turns.refused[hs.name] = reason
             switched = False
         else:
@@ -708,12 +710,17 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str,
         turns.event(hs.name).set()
 
 
+def serving_now(hs: HostSettings, shell) -> str | None:
+    """The release the host serves (its version file), None before its first."""
+    _, text = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
+    return text.strip() or None
+
+
 def _switch_release(hs: HostSettings, kind: str, shell, say, rh: ReleaseHost,
                     web: WebServer | None, turns: Turns, active: set[str]) -> bool:
     """This host's switch, once its turn has come (see :func:`switch_release`)."""
-    _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
     attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
-                      started=release.now(), previous=previous.strip() or None)
+                      started=release.now(), previous=serving_now(hs, shell))
     switch = Switch(hs, rh, say, attempt, web)
     # Recorded as begun: an attempt cut off (Ctrl-C, a dropped connection) shows as unfinished.
     shell(release.append_command(hs, attempt))
@@ -752,7 +759,7 @@ def _switch_release(hs: HostSettings, kind: str, shell, say, rh: ReleaseHost,
         rh.restore_definition()
         record(hs, shell, attempt.finish(FAILED, str(exc)))
         turns.refused[hs.name] = str(exc)
-        say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
+        say(release.what_serves(hs.name, attempt.previous), error=True)
         return False
     prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)
     say(f"{hs.name}: {hs.stack.version} serves ({kind} took "
