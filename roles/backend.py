@@ -20,6 +20,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
 from rsdeploy.roles import base, internal_tls, redis
+from rsdeploy import apply
 from rsdeploy.errors import SettingsError
 from rsdeploy.escape import Expanded, url_part
 from rsdeploy.layout import Recreate
@@ -53,11 +54,21 @@ CELERY_QUEUES = ["default", "resilience", "notifications", "metrics", "exports",
 #: mounts a tmpfs there (uid 1001), systemd units a ``TemporaryFileSystem=``.
 PROMETHEUS_MULTIPROC_DIR = "/run/prometheus-multiproc"
 
+#: HOME of the app's processes: an empty tmpfs of their own (a container's, a unit's) at every
+#: start. The libraries the app imports write their settings under HOME (matplotlib's
+#: ~/.config/matplotlib), which the read-only root (the image's, the release's) refuses.
+APP_HOME = "/run/residency-home"
+#: XDG_CACHE_HOME of the app's processes: a directory of the host, owned by the app's uid and
+#: kept across releases (models of sentence-transformers, matplotlib's font cache: fetched
+#: and built once, on disk, not in the processes' memory).
+APP_CACHE_DIR = "/var/cache/residency-scheduler/app"
+
 #: Variables app.env sets itself; ``backend.extra_env`` must not redefine them.
 MANAGED_ENV = frozenset({
     "DATABASE_URL", "REDIS_PASSWORD", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
     "SECRET_KEY", "WEBHOOK_SECRET", "DEBUG", "CORS_ORIGINS", "RATE_LIMIT_ENABLED", "LOG_LEVEL",
-    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION", "ENABLE_METRICS",
+    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION", "ENABLE_METRICS", "HOME",
+    "XDG_CACHE_HOME",
 })
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -299,6 +310,8 @@ def app_environment(hs: HostSettings) -> dict[str, str]:
         "CELERY_LOG_LEVEL": b.celery_log_level,
         "APP_VERSION": hs.stack.version,
         "ENABLE_METRICS": str(b.metrics).lower(),
+        "HOME": APP_HOME,
+        "XDG_CACHE_HOME": APP_CACHE_DIR,
     }
     if secrets.webhook_secret:
         env["WEBHOOK_SECRET"] = secrets.webhook_secret
@@ -459,7 +472,8 @@ def run_properties(hs: HostSettings, release: str, slot: str | None = None) -> l
     """
     props = [f"User={APP_USER}", f"Group={APP_USER}", f"EnvironmentFile={app_env_path(hs)}",
              f"WorkingDirectory={release}/backend",
-             f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+             f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin",
+             f"TemporaryFileSystem={APP_HOME}:mode=0700,uid={APP_UID},gid={APP_UID}"]
     if slot is not None:  # the instance's own variables (its Celery node name)
         props.append(f"EnvironmentFile={slot_env_path(hs, slot)}")
     return props
@@ -488,6 +502,8 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
         workdir=f"{release}/backend",
         log_dir=unit_safe_path(hs.stack.paths.log_dir),
         multiproc_dir=app_environment(hs).get("PROMETHEUS_MULTIPROC_DIR"),
+        home_dir=APP_HOME,
+        cache_dir=APP_CACHE_DIR,
         after=tuple(unit for role, unit in LOCAL_DEPENDENCIES.items() if hs.has_role(role)),
     )
     uvicorn = [Expanded(f"{venv}/uvicorn"), "app.main:app", "--host",
@@ -577,6 +593,16 @@ def install_runtime(hs: HostSettings) -> None:
     for path in (PIP_CACHE_DIR, hs.stack.paths.log_dir):  # the app writes its logs (PM2's)
         files.directory(name=f"Create {path} (the app user's)", path=path, user=APP_USER,
                         group=APP_USER, mode="750")
+
+
+def create_cache_dir(hs: HostSettings) -> None:
+    """The app's cache directory on an app host (:data:`APP_CACHE_DIR`, XDG_CACHE_HOME), owned
+    by the app's uid in both layouts.
+
+    Example: ``backend.create_cache_dir(hs)`` (deploy, before the release switch)
+    """
+    apply.owned_directory(name=f"Create the app's cache directory {APP_CACHE_DIR} (uid {APP_UID})",
+                          path=APP_CACHE_DIR, uid=APP_UID)
 
 
 # --- validation --------------------------------------------------------------------------------

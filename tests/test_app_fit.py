@@ -120,6 +120,26 @@ def test_a_start_period_that_is_no_duration_is_refused_in_one_line(tmp_path, cap
     assert f"{key}: " in err and "a duration such as 30s" in err, err
 
 
+# --- a writable HOME and cache under the read-only root ---------------------------------------------
+
+
+def test_every_app_container_has_a_home_of_its_own_and_the_hosts_cache(tmp_path):
+    hs = docker_host(tmp_path, GOOD_STACK)
+    root = tmp_path / "tree"
+    write_tree(render_host(hs), root)
+    base = root / hs.stack.paths.base_dir.lstrip("/")
+    services = json.loads(project.compose_config(base, project.compose_files(hs),
+                                                 hs.stack.compose.project, "json").stdout)["services"]
+    for name in ("migrate", "backend", "celery-worker", "celery-beat"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        env = service["environment"]
+        assert (env["HOME"], env["XDG_CACHE_HOME"]) == (backend.APP_HOME, backend.APP_CACHE_DIR)
+        assert f"{backend.APP_HOME}:uid=1001,mode=0700" in service["tmpfs"], name
+        assert {(v["source"], v["target"]) for v in service["volumes"]} >= \
+            {(backend.APP_CACHE_DIR, backend.APP_CACHE_DIR)}, name
+
+
 # --- the metrics switch ---------------------------------------------------------------------------
 
 
