@@ -398,8 +398,8 @@ def runs_beat(hs: HostSettings) -> bool:
 
 #: ``celery inspect ping``'s exit code when no node replied (EX_UNAVAILABLE): not yet.
 NO_NODE_REPLIED = 69
-#: ``ls``'s exit code when the file is missing: beat has not written its schedule yet.
-NO_SUCH_FILE = 2
+#: The beat probe's exit code while no process holds the schedule file open: not yet.
+SCHEDULE_NOT_OPEN = 2
 
 
 def release_units(hs: HostSettings) -> list[ReleaseUnit]:
@@ -413,8 +413,12 @@ def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     # $HOSTNAME: the worker's node name (a container's id; natively host and release slot).
     ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
                         "celery inspect ping", not_yet=(NO_NODE_REPLIED,))
-    beat = CommandProbe(("sh", "-c", f"ls {beat_schedule(hs)}* >/dev/null"),
-                        "its schedule file (beat's heartbeat)", not_yet=(NO_SUCH_FILE,))
+    # Open, not only there: natively the file outlives each beat (StateDirectory=), and beat
+    # writes it only when it stops; it opens it once it has imported the app and schedules.
+    beat = CommandProbe(("sh", "-c", f"find /proc/[0-9]*/fd -lname '{beat_schedule(hs)}*' "
+                         "2>/dev/null | grep -q . || { echo 'no process holds its schedule file "
+                         f"open yet'; exit {SCHEDULE_NOT_OPEN}; }}"),
+                        "its schedule file open", not_yet=(SCHEDULE_NOT_OPEN,))
     names = {name: hs.layout.service(name, f"residency-{name}") for name in STOP_GRACE}
     return [
         ReleaseUnit(names["backend"], SERVE, HttpProbe(hs.stack.backend.port, "/health"),

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from rsdeploy.roles import nginx
+from rsdeploy.roles import backend, nginx
 from rsdeploy import cli, lock, release, remote
 from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked
@@ -273,6 +273,31 @@ def test_command_probe_tells_ready_from_not_yet_from_wrong(script, expected):
         assert verdict == release.NOT_YET and "No such file or directory" in detail
     else:
         assert (verdict, detail) == expected
+
+
+def test_beat_is_ready_once_a_process_holds_its_schedule_open_not_when_an_old_one_lies_there(
+        tmp_path):
+    """Natively the schedule file outlives each beat (and beat writes it only when it stops):
+    the file alone says nothing of the new beat; a process holding it open does. The role's
+    own probe, its path moved to a temporary directory."""
+    hs = next(iter(load_example("example_systemd").values()))
+    probe = next(u.probe for u in backend.release_units(hs) if u.service.endswith("celery-beat"))
+    schedule = tmp_path / "celerybeat-schedule"
+    here = release.CommandProbe(tuple(arg.replace(backend.beat_schedule(hs), str(schedule))
+                                      for arg in probe.argv), probe.what, probe.not_yet)
+    (tmp_path / "celerybeat-schedule.db").write_text("left by the beat before")
+    verdict, detail = here.ask(local_exec, 5)
+    assert (verdict, detail) == (release.NOT_YET, "no process holds its schedule file open yet")
+    beat = subprocess.Popen(["python3", "-c", f"import time; f = open({str(schedule) + '.db'!r}); "
+                             "time.sleep(30)"])
+    try:
+        for _ in range(50):  # until it has opened the file
+            if here.ask(local_exec, 5)[0] == release.READY:
+                break
+            time.sleep(0.1)
+        assert here.ask(local_exec, 5) == (release.READY, "")
+    finally:
+        beat.kill()
 
 
 # --- crash loops ---------------------------------------------------------------------------------
