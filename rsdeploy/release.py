@@ -9,10 +9,12 @@ A host keeps its own account of its releases under ``<data_dir>``:
   target from it.
 
 A release is switched unit by unit (:class:`ReleaseUnit`): each long-running service of the app
-says how its new instance replaces the old one (:data:`SERVE`, :data:`OVERLAP`, :data:`SINGLE`)
-and how it proves itself ready (:class:`HttpProbe`, :class:`CommandProbe`). The roles declare
-their units; the stack's release procedure (:mod:`rsdeploy.stack.release`) carries them out
-through the layout, the same in every layout.
+says how its new instance replaces the old one (:data:`SERVE`, :data:`OVERLAP`, :data:`SINGLE`),
+how it proves itself ready (:class:`HttpProbe`, :class:`CommandProbe`: ready, not yet or
+wrong) and how long it may take to start (its start period, see :class:`Readiness`); a new
+instance whose processes fail again and again is a crash loop (:func:`crash_loop`). The roles
+declare their units; the stack's release procedure (:mod:`rsdeploy.stack.release`) carries them
+out through the layout, the same in every layout.
 """
 
 from __future__ import annotations
@@ -127,8 +129,8 @@ class CommandProbe:
             return READY, ""
         if code == TIMED_OUT:
             return NOT_YET, f"no answer in {timeout} s"
-        return (NOT_YET if code in self.not_yet else WRONG), last_line(said if code is not None
-                                                                         else output)
+        detail = last_line(said if code is not None else output)  # None: exec itself failed
+        return (NOT_YET if code in self.not_yet else WRONG), detail
 
 
 def last_line(output: str) -> str:
@@ -187,7 +189,8 @@ class Readiness:
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Violation|Failure)\b[^:]*: ")
 #: Lines that name why a process failed: an exception line, or uvicorn's words for a start-up
 #: that failed.
-_FAILURE_LINE = re.compile(EXCEPTION_LINE.pattern + r"|^Application startup failed|^Error loading ASGI app")
+_FAILURE_LINE = re.compile(EXCEPTION_LINE.pattern
+                           + r"|^Application startup failed|^Error loading ASGI app")
 #: How the app's own supervisors say one of their processes died and was replaced: uvicorn's
 #: master, Celery's prefork pool.
 _CHILD_DIED = re.compile(r"Child process \[\d+\] died|Process '[\w-]+' pid:\d+ exited with")
@@ -223,7 +226,8 @@ def repeated_failure(log: str) -> tuple[str, int] | None:
             seen[0], seen[1] = seen[0] + 1, message
     if not counts:
         return None
-    count, line = max(counts.values(), key=lambda seen: (seen[0], bool(EXCEPTION_LINE.match(seen[1]))))
+    count, line = max(counts.values(),
+                      key=lambda seen: (seen[0], bool(EXCEPTION_LINE.match(seen[1]))))
     return line[:300], count
 
 
