@@ -20,6 +20,8 @@ from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked
 from rsdeploy.stack import release as switch
 from rsdeploy.stack import load_inventory, render_host
+from rsdeploy.stack.systemd.release import Instance as SdInstance
+from rsdeploy.stack.systemd.release import SystemdReleaseHost
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 from tests.test_nginx import directive, servers
 
@@ -363,6 +365,22 @@ def test_restarts_by_the_supervisor_make_a_crash_loop_named_by_the_failure_line(
         "in the 9 s since it started)")
     assert release.crash_loop(4, "", 8) == ("crash loop: its processes restarted 4 times in the "
                                             "8 s since it started")
+
+
+def test_a_pm2_app_is_judged_by_its_lines_since_the_switch_started_it(tmp_path):
+    """PM2 appends to one file per slot across releases: only the lines stamped since the
+    switch started the app count (the host's shell, run here; no PM2 here: 0 restarts)."""
+    hs = next(iter(load_inventory(str(INVENTORIES / "example_systemd.py"), EXAMPLE_SECRETS, env={},
+                                  override_data={"paths": {"log_dir": str(tmp_path)}}).values()))
+    (tmp_path / "frontend-green-error.log").write_text(
+        "2026-02-20T09:00:00: Error: an older release's failure\n" * 5 + PM2_LOOP)
+    rh = SystemdReleaseHost(hs, local_shell)
+    app = rh.frontend
+    rh.clock[app] = "1771578000 2026-02-20T10:00:00"
+    instance = SdInstance(name="residency-frontend-green", service=app, slot="green",
+                          state="running", image="", image_id="", revision="", since=0)
+    restarts, log = rh.since_start(instance)
+    assert restarts == 0 and log == PM2_LOOP
 
 
 def test_a_starting_app_is_no_crash_loop():
