@@ -15,7 +15,7 @@ then the traffic; refused and undone when it fails), enable timers, record the r
 clear the notes. A second run with nothing changed changes nothing.
 """
 
-from rsdeploy.roles import base, exporters, nginx, tls
+from rsdeploy.roles import backend, base, exporters, nginx, tls
 from rsdeploy import apply, lock, progress, release, stack
 from rsdeploy.layout import EnableTimer, Reload
 from rsdeploy.stack import release as releases
@@ -40,6 +40,8 @@ if nginx.applies(hs):
         nginx.create_upstream_pins(hs)
 if exporters.exporter_applies(hs, "node_exporter"):
     exporters.create_textfile_dir(hs)  # where the release is exported for monitoring
+if backend.applies(hs):
+    backend.create_cache_dir(hs)  # XDG_CACHE_HOME of the app's processes
 # The release first: the first certificate is obtained with the certbot image.
 arrived = {releases.DELIVERY: hs.layout.deliver(hs, rendered)}
 if tls.applies(hs):

@@ -20,6 +20,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
 from rsdeploy.roles import base, internal_tls, redis
+from rsdeploy import apply
 from rsdeploy.errors import SettingsError
 from rsdeploy.escape import Expanded, url_part
 from rsdeploy.layout import Recreate
@@ -53,11 +54,21 @@ CELERY_QUEUES = ["default", "resilience", "notifications", "metrics", "exports",
 #: mounts a tmpfs there (uid 1001), systemd units a ``TemporaryFileSystem=``.
 PROMETHEUS_MULTIPROC_DIR = "/run/prometheus-multiproc"
 
+#: HOME of the app's processes: an empty tmpfs of their own (a container's, a unit's) at every
+#: start. The libraries the app imports write their settings under HOME (matplotlib's
+#: ~/.config/matplotlib), which the read-only root (the image's, the release's) refuses.
+APP_HOME = "/run/residency-home"
+#: XDG_CACHE_HOME of the app's processes: a directory of the host, owned by the app's uid and
+#: kept across releases (models of sentence-transformers, matplotlib's font cache: fetched
+#: and built once, on disk, not in the processes' memory).
+APP_CACHE_DIR = "/var/cache/residency-scheduler/app"
+
 #: Variables app.env sets itself; ``backend.extra_env`` must not redefine them.
 MANAGED_ENV = frozenset({
     "DATABASE_URL", "REDIS_PASSWORD", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
     "SECRET_KEY", "WEBHOOK_SECRET", "DEBUG", "CORS_ORIGINS", "RATE_LIMIT_ENABLED", "LOG_LEVEL",
-    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION", "ENABLE_METRICS",
+    "CELERY_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR", "APP_VERSION", "ENABLE_METRICS", "HOME",
+    "XDG_CACHE_HOME",
 })
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -73,13 +84,18 @@ CELERY_APP = "app.core.celery_app"
 
 
 class HealthGate(Section):
-    """How long the app may take to become healthy, wherever a rollout waits for it (Compose
-    health checks and ``up --wait`` now; systemd readiness and the release switch later)."""
+    """How long the app may take to become healthy, wherever a rollout waits for it: Compose's
+    health checks and ``up --wait``, and the release switch, which probes each new instance
+    until it is ready (a failure counts only after that unit's start period)."""
 
-    # Failed checks do not count while the app starts: the real backend needs 65-70 s on 2 cores
-    # (imports, model code) before /health answers.
+    # The API's start period: the real backend needs 65-70 s on 2 cores (imports, model code)
+    # before /health answers.
     start_period: Duration = "120s"
-    interval: Duration = "30s"  # between health checks (the guide's 30 s)
+    # The Celery worker's: until it answers a ping (it imports the app too, beside the new API).
+    worker_start_period: Duration = "120s"
+    # Celery beat's: until it writes its schedule file (the real one: 27 s, importing the app).
+    beat_start_period: Duration = "90s"
+    interval: Duration = "30s"  # between Compose's health checks (the guide's 30 s)
     timeout: Duration = "10s"  # one check's time limit
     retries: int = Field(default=3, ge=1, le=20)  # failed checks in a row that mean unhealthy
     wait_timeout: Duration = "300s"  # how long a rollout waits for every service to be healthy
@@ -294,6 +310,8 @@ def app_environment(hs: HostSettings) -> dict[str, str]:
         "CELERY_LOG_LEVEL": b.celery_log_level,
         "APP_VERSION": hs.stack.version,
         "ENABLE_METRICS": str(b.metrics).lower(),
+        "HOME": APP_HOME,
+        "XDG_CACHE_HOME": APP_CACHE_DIR,
     }
     if secrets.webhook_secret:
         env["WEBHOOK_SECRET"] = secrets.webhook_secret
@@ -378,26 +396,37 @@ def runs_beat(hs: HostSettings) -> bool:
     return app_hosts(hs)[:1] == [hs.name]
 
 
+#: ``celery inspect ping``'s exit code when no node replied (EX_UNAVAILABLE): not yet.
+NO_NODE_REPLIED = 69
+#: The beat probe's exit code while no process holds the schedule file open: not yet.
+SCHEDULE_NOT_OPEN = 2
+
+
 def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     """How a release replaces the API (health-checked, then given the traffic), the worker
     (answers a Celery ping before the old one gets its warm shutdown) and beat (one at a time,
-    ready once it has written its schedule).
+    ready once it has written its schedule), each with its start period (``backend.health``).
 
     Example: ``[u.service for u in release_units(hs)]`` -> ``["backend", "celery-worker", "celery-beat"]``
     """
-    app = f"--app={CELERY_APP}"
+    app, gate = f"--app={CELERY_APP}", hs.stack.backend.health
     # $HOSTNAME: the worker's node name (a container's id; natively host and release slot).
     ping = CommandProbe(("sh", "-c", f"celery {app} inspect ping --timeout=10 -d celery@$HOSTNAME"),
-                        "celery inspect ping")
-    beat = CommandProbe(("sh", "-c", f"ls {beat_schedule(hs)}* >/dev/null"),
-                        "its schedule file (beat's heartbeat)")
+                        "celery inspect ping", not_yet=(NO_NODE_REPLIED,))
+    # Open, not only there: natively the file outlives each beat (StateDirectory=), and beat
+    # writes it only when it stops; it opens it once it has imported the app and schedules.
+    beat = CommandProbe(("sh", "-c", f"find /proc/[0-9]*/fd -lname '{beat_schedule(hs)}*' "
+                         "2>/dev/null | grep -q . || { echo 'no process holds its schedule file "
+                         f"open yet'; exit {SCHEDULE_NOT_OPEN}; }}"),
+                        "its schedule file open", not_yet=(SCHEDULE_NOT_OPEN,))
     names = {name: hs.layout.service(name, f"residency-{name}") for name in STOP_GRACE}
     return [
         ReleaseUnit(names["backend"], SERVE, HttpProbe(hs.stack.backend.port, "/health"),
-                    STOP_GRACE["backend"], traffic="backend"),
-        ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"]),
-    ] + ([ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"])]
-         if runs_beat(hs) else [])
+                    STOP_GRACE["backend"], duration_seconds(gate.start_period), traffic="backend"),
+        ReleaseUnit(names["celery-worker"], OVERLAP, ping, STOP_GRACE["celery-worker"],
+                    duration_seconds(gate.worker_start_period)),
+    ] + ([ReleaseUnit(names["celery-beat"], SINGLE, beat, STOP_GRACE["celery-beat"],
+                      duration_seconds(gate.beat_start_period))] if runs_beat(hs) else [])
 
 
 # --- systemd layout ----------------------------------------------------------------------------
@@ -447,7 +476,8 @@ def run_properties(hs: HostSettings, release: str, slot: str | None = None) -> l
     """
     props = [f"User={APP_USER}", f"Group={APP_USER}", f"EnvironmentFile={app_env_path(hs)}",
              f"WorkingDirectory={release}/backend",
-             f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+             f"Environment=PATH={release}/venv/bin:/usr/local/bin:/usr/bin:/bin",
+             f"TemporaryFileSystem={APP_HOME}:mode=0700,uid={APP_UID},gid={APP_UID}"]
     if slot is not None:  # the instance's own variables (its Celery node name)
         props.append(f"EnvironmentFile={slot_env_path(hs, slot)}")
     return props
@@ -476,6 +506,8 @@ def app_units(hs: HostSettings) -> list[AppUnit]:
         workdir=f"{release}/backend",
         log_dir=unit_safe_path(hs.stack.paths.log_dir),
         multiproc_dir=app_environment(hs).get("PROMETHEUS_MULTIPROC_DIR"),
+        home_dir=APP_HOME,
+        cache_dir=APP_CACHE_DIR,
         after=tuple(unit for role, unit in LOCAL_DEPENDENCIES.items() if hs.has_role(role)),
     )
     uvicorn = [Expanded(f"{venv}/uvicorn"), "app.main:app", "--host",
@@ -565,6 +597,16 @@ def install_runtime(hs: HostSettings) -> None:
     for path in (PIP_CACHE_DIR, hs.stack.paths.log_dir):  # the app writes its logs (PM2's)
         files.directory(name=f"Create {path} (the app user's)", path=path, user=APP_USER,
                         group=APP_USER, mode="750")
+
+
+def create_cache_dir(hs: HostSettings) -> None:
+    """The app's cache directory on an app host (:data:`APP_CACHE_DIR`, XDG_CACHE_HOME), owned
+    by the app's uid in both layouts.
+
+    Example: ``backend.create_cache_dir(hs)`` (deploy, before the release switch)
+    """
+    apply.owned_directory(name=f"Create the app's cache directory {APP_CACHE_DIR} (uid {APP_UID})",
+                          path=APP_CACHE_DIR, uid=APP_UID)
 
 
 # --- validation --------------------------------------------------------------------------------

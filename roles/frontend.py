@@ -23,7 +23,7 @@ from rsdeploy.roles.base import ca_bundle
 from rsdeploy.layout import Recreate
 from rsdeploy.release import SERVE, HttpProbe, ReleaseUnit
 from rsdeploy.render import RenderedFile, template
-from rsdeploy.types import Port, Repository, Resources, Section
+from rsdeploy.types import Duration, Port, Repository, Resources, Section, duration_seconds
 from rsdeploy.units import UNIT_DIR, AppUnit, memory_bytes, unit_safe_path, verify_units
 from rsdeploy.validate import run_tool
 
@@ -52,6 +52,8 @@ class Settings(Section):
     node_source: Literal["distro", "nodesource"] = "distro"
     node_major: int = Field(default=22, ge=18, le=40)  # NodeSource's Node.js major version
     resources: Resources = Resources(memory="512m", cpus=0.5)  # limits for the frontend service
+    # Until / answers 200 (Next.js starts in seconds; margin for a host busy with a release).
+    start_period: Duration = "60s"
 
 
 def applies(hs: HostSettings) -> bool:
@@ -72,9 +74,9 @@ def release_units(hs: HostSettings) -> list[ReleaseUnit]:
     """The frontend is replaced like the API: started beside the old one, ready when ``/``
     answers 200, then given the traffic. Example: ``release_units(hs)[0].traffic`` -> ``"frontend"``
     """
-    service = hs.layout.service("frontend", APP_NAME)
-    return [ReleaseUnit(service, SERVE, HttpProbe(hs.stack.frontend.port, "/"), STOP_GRACE,
-                        traffic="frontend")]
+    service, f = hs.layout.service("frontend", APP_NAME), hs.stack.frontend
+    return [ReleaseUnit(service, SERVE, HttpProbe(f.port, "/"), STOP_GRACE,
+                        duration_seconds(f.start_period), traffic="frontend")]
 
 
 def ecosystem_path(hs: HostSettings) -> str:
@@ -101,9 +103,10 @@ def app_name(slot: str) -> str:
     return f"{APP_NAME}-{slot}" if slot else APP_NAME
 
 
-def log_files(hs: HostSettings) -> str:
-    """The PM2 apps' output and error files, every slot's (a glob; see :func:`pm2_apps`)."""
-    return f"{hs.stack.paths.log_dir}/frontend-*.log"
+def log_files(hs: HostSettings, slot: str = "*") -> str:
+    """The PM2 apps' output and error files, every slot's or one slot's (a glob; see
+    :func:`pm2_apps`). Example: ``log_files(hs, "blue")`` -> ``"/var/log/residency-scheduler/frontend-blue*.log"``"""
+    return f"{hs.stack.paths.log_dir}/frontend-{slot}*.log"
 
 
 def pm2_apps(hs: HostSettings) -> list[dict]:

@@ -99,6 +99,29 @@ def secret_file(content: str, dest: str, user: str, group: str, staging: str):
 
 
 @operation()
+def owned_directory(path: str, uid: int, mode: str = "750"):
+    """
+    A directory owned by a user and group given by number (a container's uid, which may have
+    another name on the host, or none), made with its parents when missing.
+
+    + path: absolute path on the host
+    + uid: owner and group, by number
+    + mode: the directory's mode
+
+    **Example:**
+
+    .. code:: python
+
+        owned_directory(name="Create the app's cache", path="/var/cache/rs/app", uid=1001)
+    """
+    found = host.get_fact(FileOwnership, path=path)
+    if found is not None and (found["uid"], found["gid"], found["mode"]) == (str(uid), str(uid), mode):
+        host.noop(f"directory {path} is owned by {uid}")
+        return
+    yield StringCommand("mkdir -p", path, "&& chown", f"{uid}:{uid}", path, "&& chmod", mode, path)
+
+
+@operation()
 def file_in_one_step(content: str, dest: str, mode: str = "644"):
     """
     Put a text file in place in one step: its readers find the old file or the new one, never

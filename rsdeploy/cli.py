@@ -192,10 +192,22 @@ def _pyinfra(args, deploy_file: str, data: dict[str, str], hosts: dict) -> int:
         refused = [json.loads(line) for line in outcome if line.strip()]
     refused = [o for o in refused if o["result"] == release.FAILED]
     if code and refused:
-        args.reason = "; ".join(f"{o['reason']} (the previous release keeps serving on "
-                                f"{o['host']})" for o in refused)
+        args.reason, args.result = refusal(refused)
         return RELEASE_REFUSED
     return code
+
+
+def refusal(refused: list[dict]) -> tuple[str, str]:
+    """The summary's reason and result for releases refused on hosts (their outcomes, see
+    :func:`rsdeploy.release.report_outcome`): each host's reason and what serves there now;
+    "nothing serves" when no host had a release before.
+
+    Example: ``refusal([{"host": "rs1", "reason": "...", "serving": None}])[1]`` -> ``NOTHING_SERVES``
+    """
+    reason = "; ".join(f"{o['reason']} ({release.what_serves(o['host'], o['serving'])})"
+                       for o in refused)
+    nothing = all(o["serving"] is None for o in refused)
+    return reason, NOTHING_SERVES if nothing else RESULTS[RELEASE_REFUSED]
 
 
 def cmd_bootstrap(args) -> int:
@@ -844,11 +856,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Commands that act on hosts: they end with one summary line (and ``--summary-json FILE``).
 SUMMARIZED = ("bootstrap", "deploy", "deliver", "rollback", "verify", "maintenance")
-#: A release failed its checks or migration on a host and was undone: the old one serves.
+#: A release failed its checks or migration on a host and was undone: the old one serves (or,
+#: on a host's first release, nothing does: :data:`NOTHING_SERVES`).
 RELEASE_REFUSED = 3
 #: Exit codes of those commands (README, "Commands").
 RESULTS = {0: "ok", 1: "failed", 2: "refused", RELEASE_REFUSED: "release refused, rolled back",
            LOCK_HELD: "lock held", 130: "interrupted"}
+#: The result of exit code 3 when the refused release was the first on every host it reached.
+NOTHING_SERVES = "release refused, nothing serves"
 
 
 def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
@@ -863,7 +878,7 @@ def summary(args, code: int, seconds: float, reason: str | None = None) -> dict:
         "state": getattr(args, "state", None),  # maintenance: on or off
         "version": getattr(args, "version", None),
         "hosts": getattr(args, "selected_hosts", args.host or []),
-        "result": RESULTS.get(code, "failed"), "exit_code": code,
+        "result": getattr(args, "result", None) or RESULTS.get(code, "failed"), "exit_code": code,
         "duration_seconds": round(seconds, 1), "reason": reason,
     }
 

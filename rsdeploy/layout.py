@@ -160,7 +160,13 @@ class ReleaseHost(Protocol):
         """Run ``argv`` inside a running instance (the release it runs)."""
 
     def probe(self, instance, probe, timeout: int) -> tuple[str, str]:
-        """``("ok" | "no answer" | "bad", detail)`` of a release unit's probe."""
+        """``(READY | NOT_YET | WRONG, detail)`` of a release unit's probe
+        (:mod:`rsdeploy.release`)."""
+
+    def since_start(self, instance) -> tuple[int, str]:
+        """``(restarts, log)`` of an instance since this switch started it: how often its
+        supervisor (Docker, systemd, PM2) restarted it, and its log lines since (at most
+        :data:`rsdeploy.release.CRASH_LOG_LINES`), for :func:`rsdeploy.release.crash_loop`."""
 
     def explain(self, instance) -> str | None:
         """What the layout sees wrong with an instance (exit code, OOM kills), if anything."""

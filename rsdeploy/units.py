@@ -63,6 +63,8 @@ class AppUnit:
     workdir: str = ""
     log_dir: str = ""
     multiproc_dir: str | None = None
+    home_dir: str = ""  # HOME: an empty tmpfs per unit and start (TemporaryFileSystem=)
+    cache_dir: str = ""  # a directory of the host it may write (ReadWritePaths=)
     after: tuple[str, ...] = ()
 
     @property

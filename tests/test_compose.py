@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rsdeploy.roles.backend import APP_CACHE_DIR
 from rsdeploy.roles.prometheus import GRAFANA_CONTAINER_PORT
 from rsdeploy.render import write_tree
 from rsdeploy.stack import load_inventory, render_host
@@ -255,7 +256,8 @@ def test_multi_host_app_host_reaches_db_and_redis_by_address_over_verified_tls()
             assert environment[key].endswith(f"@{db.address}:{db.stack.redis.tls_port}/0"
                                              f"?ssl_cert_reqs=required&ssl_ca_certs={ca}")
         mounts = [(v["source"], v["target"], v.get("read_only")) for v in app_services[name]["volumes"]]
-        assert mounts == [(f"{app_dir}/config/app/stack-ca.pem", ca, True)]
+        assert mounts == [(APP_CACHE_DIR, APP_CACHE_DIR, None),
+                          (f"{app_dir}/config/app/stack-ca.pem", ca, True)]
     db_services = full_project(db, db_dir)["services"]
     assert _published(db_services["db"]) == [(db.address, str(db.stack.postgres.port))]
     # Only the TLS port: the plain one stays on the Compose network.

@@ -14,12 +14,14 @@ import time
 import pytest
 import yaml
 
-from rsdeploy.roles import nginx
+from rsdeploy.roles import backend, nginx
 from rsdeploy import cli, lock, release, remote
 from rsdeploy.cli import RELEASE_REFUSED, summary, summary_line
 from rsdeploy.lock import HostLock, HostLocked
 from rsdeploy.stack import release as switch
 from rsdeploy.stack import load_inventory, render_host
+from rsdeploy.stack.systemd.release import Instance as SdInstance
+from rsdeploy.stack.systemd.release import SystemdReleaseHost
 from tests.conftest import EXAMPLE_SECRETS, INVENTORIES, load_example
 from tests.test_nginx import directive, servers
 
@@ -180,6 +182,224 @@ def test_a_refused_release_ends_with_exit_3_and_its_reason_in_the_summary():
     assert report["result"] == "release refused, rolled back" and report["exit_code"] == 3
     assert summary_line(report) == ("rsdeploy: deploy v1.2.0-broken on rs1: release refused, "
                                     f"rolled back in 34 s: {reason}")
+
+
+# --- readiness: not yet, wrong, start periods --------------------------------------------------
+
+
+def test_not_yet_counts_only_after_the_start_period():
+    gate = release.Readiness(start_period=90, retries=3)
+    # beat writing no schedule file for 85 s (the real one: 27 s) is still starting
+    assert not any(gate.failed(release.NOT_YET, seconds) for seconds in range(0, 88, 3))
+    assert gate.failures == 0
+    assert [gate.failed(release.NOT_YET, seconds) for seconds in (90, 93, 96)] == [False, False, True]
+
+
+def test_a_wrong_answer_counts_at_once_and_ends_the_start_period():
+    gate = release.Readiness(start_period=120, retries=3)
+    assert not gate.failed(release.WRONG, 10)  # it answered: it has started
+    assert not gate.failed(release.NOT_YET, 13)  # its start period is over: this counts too
+    assert gate.failed(release.WRONG, 16)
+
+
+def test_a_ready_answer_starts_the_count_again():
+    gate = release.Readiness(start_period=0, retries=3)
+    for verdict in (release.WRONG, release.WRONG, release.READY, release.WRONG, release.WRONG):
+        assert not gate.failed(verdict, 30)
+    assert gate.failed(release.WRONG, 33)
+
+
+@pytest.fixture(scope="module")
+def http_app():
+    """A real HTTP server on loopback: /health answers 200, /broken 503 with a body."""
+    import http.server
+    import socketserver
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/health"
+            body = b'{"status": "healthy"}' if ok else b'{"status": "unhealthy", "database": "x"}'
+            self.send_response(200 if ok else 503)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def local_shell(command: str) -> tuple[bool, str]:
+    """The probes' shell, run here in bash as a host runs it."""
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def closed_port() -> str:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"  # closed once the socket is
+
+
+def test_http_probe_tells_ready_from_not_yet_from_wrong(http_app):
+    assert release.HttpProbe(8000, "/health").ask(local_shell, http_app, 5) == (release.READY, "")
+    verdict, detail = release.HttpProbe(8000, "/broken").ask(local_shell, http_app, 5)
+    assert verdict == release.WRONG and detail.startswith('/broken answered 503 ({"status": "unhealthy"')
+    assert release.HttpProbe(8000, "/health").ask(local_shell, closed_port(), 5) == \
+        (release.NOT_YET, "connection refused")
+
+
+def local_exec(argv: list[str]) -> tuple[bool, str]:
+    """A layout's exec, here: the argv run in this machine's shell environment."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("echo pong", (release.READY, "")),
+    ("echo 'Error: No nodes replied within time constraint' >&2; exit 69",
+     (release.NOT_YET, "Error: No nodes replied within time constraint")),
+    ("ls /nonexistent/schedule* >/dev/null", None),  # ls: exit 2, in not_yet
+    ("echo 'ImportError: cannot import name x'; exit 1",
+     (release.WRONG, "ImportError: cannot import name x")),
+    ("sleep 5", (release.NOT_YET, "no answer in 1 s")),
+], ids=["ready", "no-node-replied", "no-schedule-yet", "broken", "timed-out"])
+def test_command_probe_tells_ready_from_not_yet_from_wrong(script, expected):
+    probe = release.CommandProbe(("sh", "-c", script), "test", not_yet=(69, 2))
+    verdict, detail = probe.ask(local_exec, 1)
+    if expected is None:
+        assert verdict == release.NOT_YET and "No such file or directory" in detail
+    else:
+        assert (verdict, detail) == expected
+
+
+def test_beat_is_ready_once_a_process_holds_its_schedule_open_not_when_an_old_one_lies_there(
+        tmp_path):
+    """Natively the schedule file outlives each beat (and beat writes it only when it stops):
+    the file alone says nothing of the new beat; a process holding it open does. The role's
+    own probe, its path moved to a temporary directory."""
+    hs = next(iter(load_example("example_systemd").values()))
+    probe = next(u.probe for u in backend.release_units(hs) if u.service.endswith("celery-beat"))
+    schedule = tmp_path / "celerybeat-schedule"
+    here = release.CommandProbe(tuple(arg.replace(backend.beat_schedule(hs), str(schedule))
+                                      for arg in probe.argv), probe.what, probe.not_yet)
+    (tmp_path / "celerybeat-schedule.db").write_text("left by the beat before")
+    verdict, detail = here.ask(local_exec, 5)
+    assert (verdict, detail) == (release.NOT_YET, "no process holds its schedule file open yet")
+    beat = subprocess.Popen(["python3", "-c", f"import time; f = open({str(schedule) + '.db'!r}); "
+                             "time.sleep(30)"])
+    try:
+        for _ in range(50):  # until it has opened the file
+            if here.ask(local_exec, 5)[0] == release.READY:
+                break
+            time.sleep(0.1)
+        assert here.ask(local_exec, 5) == (release.READY, "")
+    finally:
+        beat.kill()
+
+
+# --- crash loops ---------------------------------------------------------------------------------
+
+#: What the reference app's backend logs with REFAPP_METRICS_CRASH and two uvicorn workers
+#: (taken from the container, its tracebacks cut short): each worker fails at start-up, the
+#: master starts new ones.
+UVICORN_LOOP = """\
+INFO:     Uvicorn running on http://0.0.0.0:8000 (Press CTRL+C to quit)
+INFO:     Started parent process [1]
+Process SpawnProcess-1:
+Traceback (most recent call last):
+  File "/opt/venv/lib/python3.11/site-packages/starlette/applications.py", line 106, in add_middleware
+    raise RuntimeError("Cannot add middleware after an application has started")
+RuntimeError: Cannot add middleware after an application has started
+Process SpawnProcess-2:
+Traceback (most recent call last):
+RuntimeError: Cannot add middleware after an application has started
+INFO:     Child process [8] died
+INFO:     Child process [9] died
+Process SpawnProcess-3:
+Traceback (most recent call last):
+RuntimeError: Cannot add middleware after an application has started
+INFO:     Child process [12] died
+"""
+#: systemd restarting a one-process unit (``journalctl -o cat``), with ``NRestarts`` 3.
+SYSTEMD_LOOP = """\
+ERROR:    Error loading ASGI app. Could not import module "app.mian".
+residency-backend@green.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED
+residency-backend@green.service: Failed with result 'exit-code'.
+residency-backend@green.service: Scheduled restart job, restart counter is at 1.
+Started residency-backend@green.service - Residency Scheduler API (uvicorn), release slot green.
+ERROR:    Error loading ASGI app. Could not import module "app.mian".
+"""
+#: PM2's files (``time: true``) for a Next.js server that throws at start.
+PM2_LOOP = """\
+2026-02-20T10:00:01: Error: Cannot find module '/opt/rs/slots/green/frontend/server.js'
+2026-02-20T10:00:01:     at Module._resolveFilename (node:internal/modules/cjs/loader:1134:15)
+2026-02-20T10:00:02: Error: Cannot find module '/opt/rs/slots/green/frontend/server.js'
+"""
+
+
+def test_a_crash_loop_under_a_live_master_is_named_by_its_repeated_error():
+    assert release.crash_loop(0, UVICORN_LOOP, 14.2) == (
+        "crash loop: RuntimeError: Cannot add middleware after an application has started (3 "
+        "times in the 14 s since it started)")
+
+
+def test_children_killed_without_a_word_make_a_crash_loop_too():
+    """uvicorn's workers OOM-killed one after the other: no exception, only the master's note."""
+    killed = "INFO:     Started parent process [1]\n" + "INFO:     Child process [7] died\n" * 3
+    assert release.crash_loop(0, killed, 12) == ("crash loop: its processes restarted 3 times in "
+                                                "the 12 s since it started")
+
+
+def test_restarts_by_the_supervisor_make_a_crash_loop_named_by_the_failure_line():
+    assert release.crash_loop(2, SYSTEMD_LOOP, 20) is None  # not yet three
+    assert release.crash_loop(3, SYSTEMD_LOOP, 30) == (
+        'crash loop: Error loading ASGI app. Could not import module "app.mian". (2 times in the '
+        '30 s since it started)')
+    assert release.crash_loop(3, PM2_LOOP, 9) == (
+        "crash loop: Error: Cannot find module '/opt/rs/slots/green/frontend/server.js' (2 times "
+        "in the 9 s since it started)")
+    assert release.crash_loop(4, "", 8) == ("crash loop: its processes restarted 4 times in the "
+                                            "8 s since it started")
+
+
+def test_a_pm2_app_is_judged_by_its_lines_since_the_switch_started_it(tmp_path):
+    """PM2 appends to one file per slot across releases: only the lines stamped since the
+    switch started the app count (the host's shell, run here; no PM2 here: 0 restarts)."""
+    hs = next(iter(load_inventory(str(INVENTORIES / "example_systemd.py"), EXAMPLE_SECRETS, env={},
+                                  override_data={"paths": {"log_dir": str(tmp_path)}}).values()))
+    (tmp_path / "frontend-green-error.log").write_text(
+        "2026-02-20T09:00:00: Error: an older release's failure\n" * 5 + PM2_LOOP)
+    rh = SystemdReleaseHost(hs, local_shell)
+    app = rh.frontend
+    rh.clock[app] = "1771578000 2026-02-20T10:00:00"
+    instance = SdInstance(name="residency-frontend-green", service=app, slot="green",
+                          state="running", image="", image_id="", revision="", since=0)
+    restarts, log = rh.since_start(instance)
+    assert restarts == 0 and log == PM2_LOOP
+
+
+def test_a_starting_app_is_no_crash_loop():
+    starting = ("[2026-02-20 10:00:00,001: ERROR/MainProcess] consumer: Cannot connect to "
+                "redis://:**@redis:6379/0: Error 111 connecting. Trying again in 2.00 seconds...\n") * 5
+    starting += "INFO:     Waiting for application startup.\nRuntimeError: once: a warning shown\n"
+    assert release.crash_loop(0, starting, 60) is None
+    assert release.crash_loop(0, UVICORN_LOOP.split("Process SpawnProcess-3")[0], 9) is None
+
+
+def test_a_refused_first_release_says_nothing_serves():
+    first = {"host": "rs1", "version": "v1.0.0", "reason": "backend: crash loop", "serving": None}
+    reason, result = cli.refusal([first])
+    assert result == "release refused, nothing serves"
+    assert reason == "backend: crash loop (nothing serves on rs1: no release served there before)"
+    later = {**first, "host": "rs2", "serving": "v0.9.0"}
+    reason, result = cli.refusal([first, later])
+    assert result == "release refused, rolled back"
+    assert reason.endswith("(the previous release v0.9.0 keeps serving on rs2)")
 
 
 # --- traffic pins ----------------------------------------------------------------------------------

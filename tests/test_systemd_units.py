@@ -99,7 +99,9 @@ def test_app_units_are_hardened_and_read_the_root_only_env_file():
                                         "/etc/residency-scheduler/slots/%i.env"]
         assert d["WorkingDirectory"] == ["/opt/residency-scheduler/slots/%i/backend"]
         assert d["ExecStart"][0].startswith('"/opt/residency-scheduler/slots/%i/venv/bin/')
-        assert d["ReadWritePaths"] == ["/var/log/residency-scheduler"]
+        # the logs, and the app's cache (XDG_CACHE_HOME): nothing else of the host is writable
+        assert d["ReadWritePaths"] == ["/var/log/residency-scheduler /var/cache/residency-scheduler/app"]
+        assert "/run/residency-home:mode=0700,uid=1001,gid=1001" in d["TemporaryFileSystem"]  # HOME
         for line in HARDENING:
             key, _, value = line.partition("=")
             assert d[key] == [value], (name, key)
@@ -116,7 +118,8 @@ def test_units_take_workers_queues_and_limits_from_settings():
     assert '"--port" "${RS_BACKEND_PORT}"' in api["ExecStart"][0]  # the slot's port
     # Sized from the workers: 4 x 700m + 300m headroom.
     assert api["MemoryMax"] == [str((b.workers * 700 + 300) * 1024**2)] and api["CPUQuota"] == ["100%"]
-    assert api["TemporaryFileSystem"] == ["/run/prometheus-multiproc:mode=0700,uid=1001,gid=1001"]
+    assert api["TemporaryFileSystem"] == ["/run/prometheus-multiproc:mode=0700,uid=1001,gid=1001",
+                                          "/run/residency-home:mode=0700,uid=1001,gid=1001"]
     worker = directives(unit(files, "residency-celery-worker@.service"))
     assert f'"-Q" "{",".join(b.celery_queues)}"' in worker["ExecStart"][0]
     # two slots' workers side by side need their own node names
@@ -271,9 +274,17 @@ FAKE_RELEASE = {
     "backend/app/__init__.py": "",
     "backend/app/core/__init__.py": "",
     "backend/app/main.py": '''import json, os
+def writable(variable):
+    """Whether the directory $variable names takes a new directory, as a library's mkdir -p."""
+    try:
+        os.makedirs(os.path.join(os.environ[variable], "probe", "made"), exist_ok=True)
+        return True
+    except OSError:
+        return False
 async def app(scope, receive, send):
     body = json.dumps({"status": "healthy", "uid": os.getuid(),
-                       "multiproc": os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "/-"))})
+                       "multiproc": os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "/-")),
+                       "home": writable("HOME"), "cache": writable("XDG_CACHE_HOME")})
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body.encode()})
@@ -304,6 +315,7 @@ def test_units_verify_clean_and_run_hardened_in_systemd(systemd_host):
         for b in uvicorn celery alembic; do ln -sf /usr/bin/$b {release}/venv/bin/$b; done
         ln -sfn {release} {slot}
         install -d -o residency -g residency -m 0750 /var/log/residency-scheduler
+        install -d -o residency -g residency -m 0750 /var/cache/residency-scheduler/app
         redis-cli CONFIG SET requirepass {shlex.quote(hs.secrets.redis_password)} >/dev/null
         systemctl daemon-reload""")
     instances = [name.replace("@", "@green") for name in APP_UNITS]
@@ -318,7 +330,9 @@ def test_units_verify_clean_and_run_hardened_in_systemd(systemd_host):
         if health:
             break
         time.sleep(0.5)
-    assert json.loads(health) == {"status": "healthy", "uid": 1001, "multiproc": True}
+    # HOME and the cache take what the app's libraries write under the read-only release
+    assert json.loads(health) == {"status": "healthy", "uid": 1001, "multiproc": True,
+                                  "home": True, "cache": True}
     for name in instances:
         state = sh(systemd_host, f"systemctl is-active {name}", check=False).stdout.decode().strip()
         assert state == "active", sh(systemd_host, f"journalctl -u {name} -n 30").stdout.decode()

@@ -14,7 +14,11 @@ The story of one switch, top to bottom:
    code would fail on the older one), with the newer release's own scripts, as the older code
    does not know them;
 4. pin the web server to the old instances (graceful reload), start the new instances beside
-   them and probe each until ready;
+   them and probe each, in the units' order, until it is ready: "not yet" counts only after
+   the unit's start period, a wrong answer at once (:class:`rsdeploy.release.Readiness`);
+   meanwhile every instance not ready yet is looked at each round, and one whose processes
+   fail again and again is refused at once, naming the repeated failure
+   (:func:`rsdeploy.release.crash_loop`);
 5. move the traffic: pin the web server's targets to the new instances, graceful reload;
 6. replace the singletons (beat): the old one stopped, the new one proved, the old one removed;
 7. drain the old instances (each with its grace period), unpin where the layout's instances
@@ -22,8 +26,10 @@ The story of one switch, top to bottom:
    commands keep working; release slots keep their pins), and record.
 
 Anything failing before step 7 undoes the steps taken, in reverse: traffic back to the old
-instances, new instances removed, the pins removed, the old beat started again, a migration of this attempt downgraded.
-The old release keeps serving and the attempt is recorded as failed with its reason.
+instances, new instances removed, the pins removed, the old beat started again, a migration of
+this attempt downgraded (on a first release to ``base``: the empty database it found). The old
+release keeps serving, or, on a first release, nothing does (the output says which), and the
+attempt is recorded as failed with its reason.
 
 Several app hosts (a web host of their own balances across them): they switch one at a time in
 inventory order (:class:`Turns`), each moving its own pin files in the web host's upstreams
@@ -51,7 +57,18 @@ from rsdeploy.roles import backend, backup, frontend, nginx
 from rsdeploy import apply, release, release_metrics, source
 from rsdeploy.errors import SettingsError
 from rsdeploy.layout import Recreate, ReleaseHost
-from rsdeploy.release import FAILED, OK, OVERLAP, SERVE, SINGLE, Attempt, ReleaseUnit
+from rsdeploy.release import (
+    EXCEPTION_LINE,
+    FAILED,
+    OK,
+    OVERLAP,
+    READY,
+    SERVE,
+    SINGLE,
+    Attempt,
+    Readiness,
+    ReleaseUnit,
+)
 from rsdeploy.secrets import masked
 from rsdeploy.types import duration_seconds
 
@@ -63,8 +80,10 @@ if TYPE_CHECKING:
     from rsdeploy.layout import Reaction
     from rsdeploy.settings import HostSettings
 
-#: Seconds between two probes of a starting instance.
+#: Seconds between two rounds of probes of the starting instances.
 PROBE_INTERVAL = 3
+#: The states of an instance that may still become ready (a restarting one: see crash loops).
+ALIVE = ("running", "created", "restarting")
 #: Lines of a failed command's output shown (migrations: the Alembic/PostgreSQL error).
 ERROR_LINES = 25
 
@@ -267,8 +286,7 @@ class Switch:
                       f"{current or 'empty'} (one transaction)", output)
             raise Refused(f"its migration to {head} failed: {_tail(output, 1)}")
         self.attempt.revision_after = head
-        if current is not None:
-            self.undo.append(lambda: self.undo_migration(current))
+        self.undo.append(lambda: self.undo_migration(current))
         return None
 
     def step_down(self, head: str, live: dict) -> None:
@@ -318,10 +336,11 @@ class Switch:
             self.show("the restore failed; the database is unchanged", output)
             raise Refused(f"the restore of {names.strip()} failed: {_tail(output, 1)}")
 
-    def undo_migration(self, revision: str) -> None:
+    def undo_migration(self, revision: str | None) -> None:
         """Take the database back to ``revision`` with the new release's scripts (they know
-        both): the release that keeps serving expects it."""
-        self.downgrade(revision, "the new release's own scripts", None)
+        both): the release that keeps serving expects it. None: the database was empty (a
+        first release), and is again (``alembic downgrade base``), ready for any release."""
+        self.downgrade(revision or "base", "the new release's own scripts", None)
         self.attempt.revision_after = revision
 
     def backup(self) -> None:
@@ -341,38 +360,74 @@ class Switch:
     # --- 4. new instances ----------------------------------------------------------------------
 
     def start_beside(self, changing: list[ReleaseUnit], live: dict) -> dict:
-        """Start one new instance of each changing unit beside its old one; probe them all."""
+        """Start one new instance of each changing unit beside its old one; wait until they
+        are all ready."""
         counts = {u.service: (2 if u.service in live else 1) for u in changing}
         if not counts:
             return {}
         self.say(f"starting the new {', '.join(counts)} beside the old")
-        ok, output, started = self.rh.start(counts)
-        new = {u.service: started.get(u.service) for u in changing}
+        started = time.monotonic()
+        ok, output, instances = self.rh.start(counts)
+        new = {u.service: instances.get(u.service) for u in changing}
         self.undo.append(lambda: self.remove_new(changing, new))
         if not ok:
             self.show("the new instances did not start", output)
             raise Refused(f"its services did not start: {_tail(output, 1)}")
-        for unit in changing:
-            self.wait_ready(unit, new[unit.service])
+        self.wait_ready(changing, new, started)
         return new
 
-    def wait_ready(self, unit: ReleaseUnit, instance) -> None:
-        """Probe ``instance`` until it is ready; a wrong answer ``retries`` times in a row, an
-        instance that stops, or no answer within the health gate's wait refuses the release."""
-        gate = self.hs.stack.backend.health
-        deadline = time.monotonic() + duration_seconds(gate.wait_timeout)
-        timeout = int(duration_seconds(gate.timeout))
-        wrong, detail = 0, "it did not start"
-        while instance is not None and time.monotonic() < deadline:
-            instance = self.rh.refresh(instance)
-            verdict, detail = self.rh.probe(instance, unit.probe, timeout)
-            if verdict == "ok":
-                self.say(f"{instance.name} is ready ({unit.probe.describe()})")
-                return
-            wrong = wrong + 1 if verdict == "bad" else 0
-            if wrong >= gate.retries or instance.state not in ("running", "created"):
-                break
-            time.sleep(PROBE_INTERVAL)
+    def wait_ready(self, changing: list[ReleaseUnit], new: dict, started: float) -> None:
+        """Wait until the new instances are ready, in the units' order (the frontend asks the
+        API, so the API first), judged by :class:`rsdeploy.release.Readiness`; every round
+        each instance not ready yet is checked too: one that stops or crash-loops refuses the
+        release at once. ``started``: when they were started (``time.monotonic()``)."""
+        retries = self.hs.stack.backend.health.retries
+        gates = {u.service: Readiness(u.start_period, retries) for u in changing}
+        waiting = list(changing)
+        while waiting:
+            seconds = time.monotonic() - started
+            for unit in waiting:
+                new[unit.service] = self.still_starting(unit, new[unit.service], seconds)
+            first = waiting[0]
+            if self.is_ready(first, new[first.service], gates[first.service], seconds):
+                waiting.pop(0)
+            else:
+                time.sleep(PROBE_INTERVAL)
+
+    def still_starting(self, unit: ReleaseUnit, instance, seconds: float):
+        """``instance`` as it is now, ``seconds`` after it started; refuses the release when it
+        did not start, stopped, or its processes fail again and again (a crash loop)."""
+        instance = self.rh.refresh(instance) if instance is not None else None
+        if instance is None:
+            raise self.not_ready(unit, None, "it did not start")
+        restarts, log = self.rh.since_start(instance)
+        if instance.state not in ALIVE:
+            failure = release.repeated_failure(log)
+            raise self.not_ready(unit, instance, "it stopped" + (f": {failure[0]}" if failure else ""))
+        looping = release.crash_loop(restarts, log, seconds)
+        if looping is not None:
+            raise self.not_ready(unit, instance, looping)
+        return instance
+
+    def is_ready(self, unit: ReleaseUnit, instance, gate: Readiness, seconds: float) -> bool:
+        """Probe ``instance`` once, ``seconds`` after it started: True when it is ready;
+        refuses the release when it failed its gate."""
+        verdict, detail = self.rh.probe(instance, unit.probe, self.probe_timeout)
+        if verdict == READY:
+            self.say(f"{instance.name} is ready ({unit.probe.describe()}, after {seconds:.0f} s)")
+            return True
+        if gate.failed(verdict, seconds):
+            raise self.not_ready(unit, instance, detail)
+        return False
+
+    @property
+    def probe_timeout(self) -> int:
+        """Seconds one probe may take (``backend.health.timeout``)."""
+        return int(duration_seconds(self.hs.stack.backend.health.timeout))
+
+    def not_ready(self, unit: ReleaseUnit, instance, detail: str) -> Refused:
+        """The refusal for a new ``instance`` that is not ready, with the layout's view of it
+        (OOM kills, exit code, restarts) and its last log lines shown first."""
         if instance is not None:
             why = self.rh.explain(instance)
             if why:  # the layout's view: OOM kills, exit code, restarts
@@ -380,8 +435,8 @@ class Switch:
                 detail = f"{detail}; {why}"
             self.show(f"{instance.name} is not ready: {detail}; its last log lines",
                       self.rh.logs(instance, 20))
-        raise Refused(f"{self.attempt.version} failed its health check on {self.hs.name}: "
-                      f"{unit.service}: {detail}")
+        return Refused(f"{self.attempt.version} failed its health check on {self.hs.name}: "
+                       f"{unit.service}: {detail}")
 
     def remove_new(self, changing: list[ReleaseUnit], new: dict) -> None:
         """Undo :meth:`start_beside`: the new instances go (a worker gets its warm shutdown)."""
@@ -537,15 +592,11 @@ def _revision(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-#: The line a Python program (Alembic, the app) ends with when it fails: ``module.Error: ...``.
-_EXCEPTION = re.compile(r"^[\w.]*(Error|Exception|Violation|Failure)\b[^:]*: ")
-
-
 def _tail(output: str, lines: int) -> str:
     """The last ``lines`` lines of ``output`` that say something: the exception a Python
     program ended with when there is one (the SQL error, not SQLAlchemy's help link)."""
     kept = [line.strip() for line in output.strip().splitlines() if line.strip()]
-    errors = [line for line in kept if _EXCEPTION.match(line)]
+    errors = [line for line in kept if EXCEPTION_LINE.match(line)]
     return " ".join(errors[-1:] if errors and lines == 1 else kept[-lines:])[:300] or "no output"
 
 
@@ -553,7 +604,7 @@ def _readable(output: str) -> list[str]:
     """A failed command's output as a reader wants it: the steps it announced (Alembic's
     "Running upgrade") and its final error with the lines after it, not the whole traceback."""
     lines = output.strip().splitlines()
-    last = max((i for i, line in enumerate(lines) if _EXCEPTION.match(line.strip())), default=None)
+    last = max((i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line.strip())), default=None)
     if last is None:
         return lines[-ERROR_LINES:]
     steps = [line for line in lines[:last] if "Running upgrade" in line or "Running downgrade" in line]
@@ -577,7 +628,7 @@ def record(hs: HostSettings, shell, attempt: Attempt) -> list[dict]:
     successful attempt) and this attempt. Returns the history as it now reads."""
     shell(release.append_command(hs, attempt))
     if attempt.result == FAILED:
-        release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason)
+        release.report_outcome(hs.name, attempt.version, FAILED, attempt.reason, attempt.previous)
     _, text = shell(f"cat {shlex.quote(release.history_file(hs))}")
     history = release.parse_history(text)
     serving = next((a for a in reversed(history) if a.get("result") == OK), None)
@@ -646,7 +697,7 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str,
         if stopped is not None:
             reason = f"not switched: the rollout stopped when {stopped} refused {hs.stack.version}"
             say(f"{hs.name}: {reason}", error=True)
-            release.report_outcome(hs.name, hs.stack.version, FAILED, reason)
+            release.report_outcome(hs.name, hs.stack.version, FAILED, reason, serving_now(hs, shell))
             turns.refused[hs.name] = reason
             switched = False
         else:
@@ -659,12 +710,17 @@ def switch_release(state: State, host: Host, hs: HostSettings, kind: str,
         turns.event(hs.name).set()
 
 
+def serving_now(hs: HostSettings, shell) -> str | None:
+    """The release the host serves (its version file), None before its first."""
+    _, text = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
+    return text.strip() or None
+
+
 def _switch_release(hs: HostSettings, kind: str, shell, say, rh: ReleaseHost,
                     web: WebServer | None, turns: Turns, active: set[str]) -> bool:
     """This host's switch, once its turn has come (see :func:`switch_release`)."""
-    _, previous = shell(f"cat {shlex.quote(release.version_file(hs))} 2>/dev/null || true")
     attempt = Attempt(version=hs.stack.version, kind=kind, who=release.who(),
-                      started=release.now(), previous=previous.strip() or None)
+                      started=release.now(), previous=serving_now(hs, shell))
     switch = Switch(hs, rh, say, attempt, web)
     # Recorded as begun: an attempt cut off (Ctrl-C, a dropped connection) shows as unfinished.
     shell(release.append_command(hs, attempt))
@@ -703,7 +759,7 @@ def _switch_release(hs: HostSettings, kind: str, shell, say, rh: ReleaseHost,
         rh.restore_definition()
         record(hs, shell, attempt.finish(FAILED, str(exc)))
         turns.refused[hs.name] = str(exc)
-        say(f"{hs.name}: the old release {attempt.previous or '(none)'} keeps serving", error=True)
+        say(release.what_serves(hs.name, attempt.previous), error=True)
         return False
     prune(hs, record(hs, shell, attempt.finish(OK)), rh, say)
     say(f"{hs.name}: {hs.stack.version} serves ({kind} took "

@@ -16,8 +16,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsdeploy.roles import tls
+from rsdeploy.roles import backend, tls
 from rsdeploy_dev import REPO_ROOT
+from rsdeploy import release
 from rsdeploy.apply import changed_operations
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import images, load
@@ -134,6 +135,8 @@ class Site:
                    "--secrets", str(self.sandbox.paths.secrets)]
         proc = subprocess.run(command, cwd=REPO_ROOT, env=self.env, capture_output=True,
                               text=True, timeout=1800)
+        # Its summary line (result and seconds) in the test's captured output: pytest -rA.
+        print(f"$ rsdeploy {' '.join(args)}: {(proc.stdout.strip().splitlines() or [''])[-1]}")
         return Run(proc.returncode, proc.stdout + proc.stderr, proc.stdout)
 
     def on_host(self, command: str, timeout: float = 120) -> str:
@@ -499,6 +502,45 @@ def under_load(site, ca_file, *args: str):
 def history(site) -> list[dict]:
     run = site.rsdeploy("releases", "--json").check()
     return json.loads(run.stdout)[site.host.name]
+
+
+# --- a backend like the real one (REFAPP_LIKE_REAL) -------------------------------------------
+
+#: Seconds from the start of a switch to the refusal of a release whose first start crash-loops.
+CRASH_REFUSED_WITHIN = 90
+
+
+def assert_refused_first_release(site, summary: str, reason: str) -> None:
+    """The site's first release was refused (``summary``: rsdeploy's last line): exit 3 summed
+    up as nothing serving, ``reason`` in the one line and in the history, the attempt over
+    within :data:`CRASH_REFUSED_WITHIN` seconds with its migration undone, nothing answering."""
+    assert "release refused, nothing serves" in summary and reason in summary, summary
+    assert f"(nothing serves on {site.host.name}: no release served there before)" in summary
+    (attempt,) = history(site)
+    assert attempt["result"] == "failed" and reason in attempt["reason"], attempt
+    took = int(release.seconds_between(attempt["started"], attempt["ended"]))
+    assert took < CRASH_REFUSED_WITHIN, f"refused after {took} s"
+    assert (attempt["revision_before"], attempt["revision_after"]) == (None, None), attempt
+    assert site.curl("/health")[0] != 200
+
+
+def ready_after(run: Run, service: str) -> int:
+    """Seconds after its start the switch found ``service``'s new instance ready (its output).
+    Example: ``ready_after(run, "celery-beat")`` -> ``34``"""
+    found = re.findall(rf"\S*{re.escape(service)}\S* is ready \(.*, after (\d+) s\)", run.output)
+    assert found, f"no ready {service} in the output:\n{run.output[-3000:]}"
+    return int(found[-1])
+
+
+def assert_no_read_only_home(site, services: list[str]) -> None:
+    """The app's processes started without a library's "Read-only file system" warning (the
+    reference app's REFAPP_HOME_WRITES, like matplotlib), and wrote their cache on the host."""
+    run = site.rsdeploy("logs", *services, "--since", "30m")
+    assert run.code == 0, run.output[-3000:]
+    complaints = [line for line in run.stdout.splitlines()
+                  if "Read-only file system" in line or "mkdir -p failed" in line]
+    assert not complaints, "\n".join(complaints[:10])
+    assert "written by the" in site.on_host(f"cat {backend.APP_CACHE_DIR}/matplotlib/like-real.txt")
 
 
 # --- a stack over several hosts (RS_SANDBOX_TOPOLOGY=split) -----------------------------------

@@ -1,9 +1,13 @@
 """The docker layout against a backend that behaves like the real one where it matters (the
 reference app's REFAPP_LIKE_REAL switch: memory each uvicorn worker really holds, a 70 s start,
-/metrics only with ENABLE_METRICS=true, a migration that can fail midway), on a fresh sandbox
-host: a slow start within the health gate deploys; metrics off deploys and verifies with no
-backend target; a limit that passes `check` but is too small at run time is reported as
-OOM-killed with the service named; a failing migration's own error reaches the deploy output.
+beat writing its schedule 30 s late, libraries writing under HOME, /metrics only with
+ENABLE_METRICS=true, workers failing at start-up under a live master, a migration that can fail
+midway), on a fresh sandbox host: a first release whose workers crash at start-up is refused
+within 90 s naming the repeated error, says nothing serves and leaves the database empty; a
+slow start and a slow beat deploy with the default start periods, and no library complains of
+a read-only file system; metrics off deploys and verifies with no backend target; a limit that
+passes `check` but is too small at run time is reported as OOM-killed with the service named;
+a failing migration's own error reaches the deploy output.
 """
 
 from __future__ import annotations
@@ -17,15 +21,30 @@ import yaml
 
 from rsdeploy_dev import images
 from rsdeploy_dev import sandbox as sandbox_module
-from tests.e2e.conftest import FIRST_VERSION, assert_verified, changed_inventory, ready_site
+from tests.e2e.conftest import (
+    FIRST_VERSION,
+    assert_no_read_only_home,
+    assert_refused_first_release,
+    assert_verified,
+    changed_inventory,
+    ready_after,
+    ready_site,
+)
 
 pytestmark = pytest.mark.sandbox
 
 NEXT_VERSION = "v1.1.0"  # adds migration 0002
 #: The real backend's start on 2 cores (APP_CONTRACT.md): 65-70 s before /health answers.
 REAL_START = 70
+#: The real beat's schedule file 27 s after its start: the like-real figure.
+BEAT_DELAY = 30
 LIKE_REAL = {"REFAPP_LIKE_REAL": "1", "REFAPP_STARTUP_DELAY": str(REAL_START)}
 QUICK_START = {**LIKE_REAL, "REFAPP_STARTUP_DELAY": "5"}
+#: Metrics on (the default) with a version that crashes with them: each uvicorn worker fails
+#: about 5 s after it starts, as measured; the memory figure is left out (the machine is shared).
+CRASHING = {**LIKE_REAL, "REFAPP_STARTUP_DELAY": "4", "REFAPP_METRICS_CRASH": "1",
+            "REFAPP_WORKER_MEMORY_MB": "0"}
+REPEATED_ERROR = "RuntimeError: Cannot add middleware after an application has started"
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +59,31 @@ def in_service(site, service: str, command: str) -> str:
 
 
 def schema_revision(site) -> str:
-    return in_service(site, "db", "psql -U postgres -d residency_scheduler -tAc "
-                      "'SELECT version_num FROM alembic_version'").strip()
+    """The database's Alembic revision, "" when it has none (no table, or empty)."""
+    return in_service(site, "db", "psql -U postgres -d residency_scheduler -tAc \"SELECT "
+                      "version_num FROM alembic_version\" 2>/dev/null || true").strip()
 
 
-def test_a_slow_start_within_the_health_gate_deploys(site, tmp_path):
+def test_a_first_release_in_a_crash_loop_is_refused_fast_and_nothing_serves(site, tmp_path):
     site.rsdeploy("bootstrap").check()
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": CRASHING})
+    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory)
+    assert run.code == 3, run.output[-5000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert_refused_first_release(site, summary, f"backend: crash loop: {REPEATED_ERROR} (")
+    assert schema_revision(site) == "", "the refused first release left its migration"
+
+
+def test_a_slow_start_and_a_slow_beat_deploy_with_the_default_start_periods(site, tmp_path):
     inventory = changed_inventory(tmp_path, "backend", {"extra_env": LIKE_REAL})
     started = time.monotonic()
-    site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory).check()
+    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory).check()
     assert time.monotonic() - started > REAL_START, "the deploy did not wait for the slow start"
+    assert ready_after(run, "celery-beat") >= BEAT_DELAY, "beat was ready before its schedule"
     assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
     # Metrics on (the default): the verify suite finds the backend's scrape target up.
     assert_verified(site, inventory=inventory)
+    assert_no_read_only_home(site, ["backend", "celery-worker", "celery-beat"])
 
 
 def test_metrics_off_deploys_and_verifies_with_no_backend_target(site, tmp_path):

@@ -1,10 +1,13 @@
 """The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
-v1.0.0 -> verify -> status (and a stopped unit it catches) -> logs, stop/start, Celery, Flower
-behind its login, diagnose -> a no-op re-run -> a setting change restarts only its reader ->
-v1.1.0 (a migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0
-serves -> ``db restore`` brings back the exact rows -> a host restart brings everything back
-(PM2 included) and verify passes. Rows written through the API before each step are all there
-after it.
+a first v1.0.0 whose uvicorn workers crash at start-up (the reference app like the real backend
+with metrics on) refused within 90 s, naming the repeated error, nothing serving -> v1.0.0 ->
+verify -> status (and a stopped unit it catches) -> logs, stop/start, Celery, Flower behind its
+login, diagnose -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
+migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
+``db restore`` brings back the exact rows -> a host restart brings everything back (PM2
+included) and verify passes -> a backend like the real one (beat writing its schedule 30 s late,
+libraries writing under HOME) deploys with the default start periods, without a read-only
+file system warning. Rows written through the API before each step are all there after it.
 
 The steps run in file order on one host, as an operator would run them.
 """
@@ -15,6 +18,8 @@ import pytest
 
 from tests.e2e.conftest import (
     FIRST_VERSION,
+    assert_no_read_only_home,
+    assert_refused_first_release,
     assert_celery_answers_and_runs_a_task,
     assert_diagnose_finds_a_full_disk,
     assert_flower_shows_the_worker_behind_its_login,
@@ -26,6 +31,7 @@ from tests.e2e.conftest import (
     assert_verified,
     changed_inventory,
     history,
+    ready_after,
     ready_site,
     serving,
     site_certificate,
@@ -36,6 +42,16 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.sandbox
 
 NEXT, BROKEN = "v1.1.0", "v1.2.0-broken"
+#: The reference app like the real backend (examples/refapp, REFAPP_LIKE_REAL) without its
+#: memory figures (the machine is shared) and with a short start: its beat writes its schedule
+#: 30 s late and its libraries write under HOME.
+LIKE_REAL = {"REFAPP_LIKE_REAL": "1", "REFAPP_STARTUP_DELAY": "5", "REFAPP_WORKER_MEMORY_MB": "0",
+             "REFAPP_BEAT_MEMORY_MB": "0"}
+BEAT_DELAY = 30
+#: Metrics on (the default) with a version that crashes with them: each uvicorn worker fails
+#: about 5 s after it starts, its master starting new ones, as measured.
+CRASHING = {**LIKE_REAL, "REFAPP_STARTUP_DELAY": "4", "REFAPP_METRICS_CRASH": "1"}
+REPEATED_ERROR = "RuntimeError: Cannot add middleware after an application has started"
 #: Alembic head of each release (examples/refapp).
 HEADS = {FIRST_VERSION: "0001", NEXT: "0002"}
 #: The host's long-running services, whose start times tell what a run restarted.
@@ -72,14 +88,22 @@ def started(site) -> dict[str, str]:
     return found
 
 
-def test_bootstrap_and_first_release_serve_and_verify(site, written):
+def test_a_first_release_in_a_crash_loop_is_refused_fast_and_nothing_serves(site, tmp_path):
     site.rsdeploy("bootstrap").check()
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": CRASHING})
+    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory)
+    assert run.code == 3, run.output[-5000:]
+    assert_refused_first_release(site, run.stdout.strip().splitlines()[-1],
+                                 f"residency-backend: crash loop: {REPEATED_ERROR} (")
+
+
+def test_first_release_serves_and_verifies(site, written):
     site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
     now = serving(site)
     assert (now["version"], now["schema_revision"]) == (FIRST_VERSION, HEADS[FIRST_VERSION])
     assert_verified(site)
     write_note(site, written, "the no-op re-run")
-    (attempt,) = history(site)
+    attempt = history(site)[-1]
     assert (attempt["version"], attempt["result"]) == (FIRST_VERSION, "ok")
     # PM2 as the guide shows it: the app user's own `pm2 status`.
     status = site.on_host("sudo -u residency pm2 status")
@@ -188,4 +212,14 @@ def test_a_host_restart_brings_every_service_back(site, written):
     site.wait_healthy()
     assert serving(site)["version"] == FIRST_VERSION
     assert_verified(site)
+    assert_rows_kept(site, written)
+
+
+def test_a_backend_like_the_real_one_deploys_with_the_default_start_periods(site, tmp_path,
+                                                                            written):
+    inventory = changed_inventory(tmp_path, "backend", {"extra_env": LIKE_REAL})
+    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory).check()
+    assert ready_after(run, "celery-beat") >= BEAT_DELAY, "beat was ready before its schedule"
+    site.wait_healthy()
+    assert_no_read_only_home(site, ["backend", "celery-worker", "celery-beat"])
     assert_rows_kept(site, written)

@@ -2,10 +2,12 @@
 
 With them on, the stand-in is as heavy and slow as the measured real backend where a deploy
 feels it (APP_CONTRACT.md, "Measured on the real backend"): /health stays down during a slow
-start, each uvicorn worker really holds its memory, /metrics needs ENABLE_METRICS=true, and a
-migration can fail with PostgreSQL's own error while the database keeps its revision. Short
-figures (5 s, 300 MiB) keep the tests quick; the defaults themselves are checked without Docker
-in test_refapp_source.py.
+start, each uvicorn worker really holds its memory, /metrics needs ENABLE_METRICS=true, a
+migration can fail with PostgreSQL's own error while the database keeps its revision, beat
+writes its schedule late, a library writes under HOME (and warns on a read-only root), and with
+metrics on every uvicorn worker can fail at start-up under a live master. Short figures (5 s,
+300 MiB) keep the tests quick; the defaults themselves are checked without Docker in
+test_refapp_source.py.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import uuid
 from http.client import HTTPException
 
 import pytest
-from refapp_support import Published, app_env, http, published_port
+from refapp_support import Published, app_env, http, published_port, wait_http
 
+from rsdeploy.release import crash_loop
 from rsdeploy_dev import refapp
 
 pytestmark = pytest.mark.sandbox
@@ -214,3 +217,81 @@ def test_a_switch_that_is_no_number_stops_the_preflight(postgres, containers):
     assert code != 0
     assert re.search(r"CRITICAL .*REFAPP_STARTUP_DELAY must be a number, got '65s'", logs), logs
     assert postgres.psql("SELECT to_regclass('alembic_version') IS NULL", database) == "t"
+
+
+# --- beat's slow start, a library writing under HOME, a crash loop under a live master ----------
+
+BEAT_DELAY = 6  # REFAPP_BEAT_DELAY in these tests (30 with REFAPP_LIKE_REAL)
+SCHEDULE = "/tmp/celerybeat-schedule"
+
+
+def test_beat_writes_its_schedule_only_after_its_delay(postgres, redis, containers):
+    env = app_env(postgres.create_database(fresh_name()), REFAPP_BEAT_DELAY=str(BEAT_DELAY))
+    started = time.monotonic()
+    beat = containers(backend_image(), environment=env,
+                      command=["celery", "-A", "app.core.celery_app", "beat", "-s", SCHEDULE])
+    seen = None
+    while seen is None and time.monotonic() - started < 60:
+        if beat.exec_run(["sh", "-c", f"ls {SCHEDULE}*"]).exit_code == 0:
+            seen = time.monotonic() - started
+        time.sleep(0.5)
+    logs = beat.logs().decode()
+    assert seen is not None, logs[-3000:]
+    assert seen >= BEAT_DELAY, f"the schedule file was there after {seen:.1f} s"
+    assert "celery beat: starting slowly like the real backend" in logs and "REFAPP_BEAT_DELAY" in logs
+    beat.stop(timeout=5)
+
+
+#: matplotlib's warning when HOME is not writable (APP_CONTRACT.md), as the stand-in logs it.
+READ_ONLY_HOME = re.compile(r"mkdir -p failed for path /app/\.config/matplotlib: \[Errno 30\] "
+                            r"Read-only file system")
+
+
+def test_a_library_writing_under_home_warns_on_a_read_only_root_and_not_with_a_home(
+        postgres, containers):
+    """The image's HOME (/app) on a read-only root: matplotlib's warning, as the real backend
+    prints it; with HOME and XDG_CACHE_HOME on writable mounts (as rsdeploy gives them): none,
+    and the files are there."""
+    env = app_env(postgres.create_database(fresh_name()), REFAPP_HOME_WRITES="1")
+    plain = containers(backend_image(), environment=env, read_only=True,
+                       tmpfs={"/tmp": ""}, ports={"8000/tcp": ("127.0.0.1", None)})
+    wait_http(f"http://127.0.0.1:{published_port(plain, '8000/tcp')}/", plain)
+    assert READ_ONLY_HOME.search(plain.logs().decode()), plain.logs().decode()[-3000:]
+
+    homed = containers(backend_image(), read_only=True, ports={"8000/tcp": ("127.0.0.1", None)},
+                       environment={**env, "HOME": "/run/home", "XDG_CACHE_HOME": "/run/cache"},
+                       tmpfs={"/tmp": "", "/run/home": "uid=1001", "/run/cache": "uid=1001"})
+    wait_http(f"http://127.0.0.1:{published_port(homed, '8000/tcp')}/", homed)
+    logs = homed.logs().decode()
+    assert "Read-only file system" not in logs and "mkdir -p failed" not in logs, logs[-3000:]
+    written = homed.exec_run(["cat", "/run/home/.config/matplotlib/like-real.txt",
+                              "/run/cache/matplotlib/like-real.txt"])
+    assert written.exit_code == 0 and b"uvicorn worker" in written.output, written.output
+    for container in (plain, homed):
+        container.stop(timeout=5)
+
+
+def test_metrics_crash_fails_every_worker_under_a_live_master(postgres, containers):
+    """REFAPP_METRICS_CRASH with ENABLE_METRICS=true: each uvicorn worker fails at start-up
+    with Starlette's own error, its master starts new ones, the container keeps running and
+    the port never answers; rsdeploy's crash-loop reading of the log names the error."""
+    env = app_env(postgres.create_database(fresh_name()), REFAPP_METRICS_CRASH="1",
+                  ENABLE_METRICS="true", REFAPP_STARTUP_DELAY="1", UVICORN_WORKERS="2")
+    app = containers(backend_image(), environment=env, ports={"8000/tcp": ("127.0.0.1", None)})
+    url = f"http://127.0.0.1:{published_port(app, '8000/tcp')}/health"
+    deadline = time.monotonic() + 60
+    while (logs := app.logs().decode()).count("Child process") < 4 and time.monotonic() < deadline:
+        assert probe(url) is None, "a worker served although each one fails at start-up"
+        time.sleep(1)
+    app.reload()
+    assert app.status == "running", logs[-3000:]  # the master lives on
+    error = "RuntimeError: Cannot add middleware after an application has started"
+    assert logs.count(error) >= 4 and re.search(r"Child process \[\d+\] died", logs), logs[-3000:]
+    assert crash_loop(0, logs, 20) == (f"crash loop: {error} ({logs.count(error)} times in the 20 s "
+                                       "since it started)")
+    # Without ENABLE_METRICS the same switches start and serve.
+    calm = containers(backend_image(), environment={**env, "ENABLE_METRICS": "false"},
+                      ports={"8000/tcp": ("127.0.0.1", None)})
+    wait_http(f"http://127.0.0.1:{published_port(calm, '8000/tcp')}/", calm)
+    for container in (app, calm):
+        container.stop(timeout=5)

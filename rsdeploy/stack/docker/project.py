@@ -338,6 +338,8 @@ def _context(hs: HostSettings) -> dict:
         "loki_healthcheck": loki_healthcheck(hs.stack.loki.image, hs.stack.loki.port),
         "alertmanager_secrets": alertmanager.secret_names(hs),
         "app_uid": backend.APP_UID,
+        "app_home": backend.APP_HOME,
+        "app_cache_dir": backend.APP_CACHE_DIR,
         "backend_resources": backend.resources(hs),
         # The grace each app service gets when stopped: the release procedure waits as long.
         "stop_grace": {service: f"{seconds}s" for service, seconds in

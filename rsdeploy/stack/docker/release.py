@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from rsdeploy.release import CommandProbe, HttpProbe
+from rsdeploy.release import CRASH_LOG_LINES, WRONG, CommandProbe, HttpProbe
 from rsdeploy.stack.docker import diagnose
 from rsdeploy.stack.docker.project import app_image, compose_command, compose_files
 
@@ -155,10 +155,10 @@ class DockerReleaseHost:
         return self.shell(shlex.join(["docker", "exec", instance.name, *argv]))
 
     def probe(self, instance: Instance, probe: HttpProbe | CommandProbe, timeout: int) -> tuple[str, str]:
-        """Ask ``instance`` whether it is ready: ``("ok" | "no answer" | "bad", detail)``;
-        "bad" is a definite wrong answer (an HTTP status other than 200, a failed command)."""
+        """Ask ``instance`` whether it is ready: ``(READY | NOT_YET | WRONG, detail)``; a
+        container that does not run (restarting) is wrong."""
         if instance.state != "running":
-            return "bad", f"its container is {instance.state}"
+            return WRONG, f"its container is {instance.state}"
         if isinstance(probe, CommandProbe):
             return probe.ask(lambda argv: self.exec(instance, argv), timeout)
         return probe.ask(self.shell, self.address(instance, probe.port), timeout)
@@ -197,6 +197,15 @@ class DockerReleaseHost:
     def logs(self, instance: Instance, lines: int) -> str:
         _, output = self.shell(f"docker logs --tail {lines} {shlex.quote(instance.name)} 2>&1")
         return output
+
+    def since_start(self, instance: Instance) -> tuple[int, str]:
+        """What happened to ``instance`` since the switch started it: ``(how often Docker
+        restarted it, its log)`` (each switch starts a new container: its whole log)."""
+        name = shlex.quote(instance.name)
+        _, output = self.shell(f"docker inspect --format '{{{{.RestartCount}}}}' {name}; "
+                               f"docker logs --tail {CRASH_LOG_LINES} {name} 2>&1")
+        count, _, log = output.partition("\n")
+        return (int(count) if count.strip().isdigit() else 0), log
 
     def keep_definition(self) -> tuple[bool, str]:
         """Keep a copy of the files that define the serving release's services (the Compose

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rsdeploy.roles import backend, frontend
-from rsdeploy.release import CommandProbe, HttpProbe
+from rsdeploy.release import CRASH_LOG_LINES, WRONG, CommandProbe, HttpProbe
 from rsdeploy.stack.systemd.delivery import (
     BUILT_MARKER,
     current_link,
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 #: The release slots, in the order a fresh host uses them.
 SLOTS = ("blue", "green")
+#: The host's time as :meth:`SystemdReleaseHost.since_start` reads logs from it: seconds for
+#: ``journalctl --since @N``, local time as PM2's lines start (``YYYY-MM-DDTHH:mm:ss:``).
+CLOCK_FORMAT = "+%s %Y-%m-%dT%H:%M:%S"
 #: systemd's view of a unit, from ``systemctl show``.
 _UNIT_PROPERTIES = "Id,ActiveState,SubState,UnitFileState,ActiveEnterTimestamp,Result,ExecMainStatus,NRestarts"
 
@@ -68,6 +71,7 @@ class SystemdReleaseHost:
         self.units = {u.service: u for u in backend.release_units(hs)}
         self.frontend = frontend.release_units(hs)[0].service
         self.target: str | None = None  # the slot this switch starts the new release in
+        self.clock: dict[str, str] = {}  # service -> the host's time when start() started it
 
     # what runs ------------------------------------------------------------------------------
 
@@ -184,6 +188,8 @@ class SystemdReleaseHost:
         if self.frontend in counts:
             commands.append(f"{self._pm2('start', frontend.ecosystem_path(self.hs), '--only', frontend.app_name(slot))}"
                             f" && {self._pm2('save', '--force')}")
+        _, now = self.shell(f"date {shlex.quote(CLOCK_FORMAT)}")
+        self.clock.update(dict.fromkeys(counts, now.strip()))
         ok, output = self.shell(" && ".join(commands) + " 2>&1")
         found = self.instances()
         new = {service: next((i for i in found.get(service, []) if i.slot == slot), None)
@@ -211,9 +217,9 @@ class SystemdReleaseHost:
         return self._run(f"{self.hs.stack.paths.base_dir}/slots/{instance.slot}", argv, instance.slot)
 
     def probe(self, instance: Instance, probe: HttpProbe | CommandProbe, timeout: int) -> tuple[str, str]:
-        """``("ok" | "no answer" | "bad", detail)`` of a release unit's probe."""
+        """``(READY | NOT_YET | WRONG, detail)`` of a release unit's probe."""
         if instance.state not in ("running", "created"):
-            return "bad", f"it is {instance.state}"
+            return WRONG, f"it is {instance.state}"
         if isinstance(probe, CommandProbe):
             return probe.ask(lambda argv: self.exec(instance, argv), timeout)
         return probe.ask(self.shell, self.address(instance, probe.port), timeout)
@@ -238,11 +244,28 @@ class SystemdReleaseHost:
 
     def logs(self, instance: Instance, lines: int) -> str:
         if instance.service == self.frontend:
-            log_dir = shlex.quote(self.hs.stack.paths.log_dir)
-            _, output = self.shell(f"tail -n {lines} {log_dir}/frontend-{instance.slot}*.log 2>&1")
+            _, output = self.shell(f"tail -n {lines} {frontend.log_files(self.hs, instance.slot)} 2>&1")
             return output
         _, output = self.shell(f"journalctl --no-pager -o cat -n {lines} -u {shlex.quote(instance.name)}")
         return output
+
+    def since_start(self, instance: Instance) -> tuple[int, str]:
+        """What happened to ``instance`` since :meth:`start` started it: ``(how often systemd
+        or PM2 restarted it, its log lines since)`` (the journal; PM2's files, whose lines
+        start with their time)."""
+        epoch, _, stamp = self.clock.get(instance.service, "0 0").partition(" ")
+        if instance.service == self.frontend:
+            app = next((a for a in _json_list(self.shell(self._pm2("jlist"))[1])
+                        if a.get("name") == instance.name), {})
+            _, log = self.shell(f"cat {frontend.log_files(self.hs, instance.slot)} 2>/dev/null | "
+                                f"awk -v since={shlex.quote(stamp)} "
+                                f"'substr($0, 1, 19) >= since' | tail -n {CRASH_LOG_LINES}")
+            return int((app.get("pm2_env") or {}).get("restart_time") or 0), log
+        name = shlex.quote(instance.name)
+        _, output = self.shell(f"systemctl show -p NRestarts --value {name}; journalctl "
+                               f"--no-pager -o cat -u {name} --since @{epoch} -n {CRASH_LOG_LINES}")
+        count, _, log = output.partition("\n")
+        return (int(count) if count.strip().isdigit() else 0), log
 
     def reload_web(self) -> tuple[bool, str]:
         """Check nginx's configuration, then reload it gracefully."""

@@ -1,7 +1,8 @@
 """The ASGI app: ``uvicorn app.main:app``. Refuses to start when production settings are unsafe.
 
 With the REFAPP_* switches (app.core.like_real) each uvicorn worker imports like the real
-backend's: it grows to the real app's resident memory and takes its time before it serves.
+backend's: it grows to the real app's resident memory, takes its time before it serves, writes
+under HOME, and (REFAPP_METRICS_CRASH with metrics on) fails at start-up.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api import health, v1
 from app.core import like_real
 from app.core.config import get_settings
-from app.core.metrics import instrument
+from app.core.metrics import instrument, metrics_enabled
 from app.core.resilience import assess
 from app.version import VERSION
 
@@ -23,10 +24,13 @@ settings = get_settings()
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("app")
 
-# Like the real backend, whose imports load torch (memory) and take about a minute (time).
+# Like the real backend, whose imports load torch (memory) and take about a minute (time),
+# and whose libraries write under HOME.
 switches = like_real.from_environment()
 like_real.hold_resident(switches.worker_memory_mb, "uvicorn worker")
 like_real.slow_start(switches.startup_delay, "uvicorn worker")
+if switches.home_writes:
+    like_real.write_home("uvicorn worker")
 
 
 @asynccontextmanager
@@ -44,4 +48,6 @@ app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_cr
                    allow_methods=["*"], allow_headers=["*"])
 app.include_router(health.router)
 app.include_router(v1.router)
+if switches.metrics_crash and metrics_enabled():
+    like_real.fail_late_middleware(app, instrument)  # raises: this worker never serves
 instrument(app, only_when_enabled=switches.metrics_need_enable)

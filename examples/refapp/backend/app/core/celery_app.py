@@ -13,6 +13,7 @@ import logging
 import os
 
 from celery import Celery, signals
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -67,15 +68,35 @@ def _apply_log_level(logger: logging.Logger, **_) -> None:
     logger.setLevel(settings.celery_log_level)
 
 
+class SlowStartScheduler(PersistentScheduler):
+    """Beat's scheduler, opening its schedule file only after REFAPP_BEAT_DELAY seconds: the
+    real beat imports the whole app (torch) first, and writes it 27 s after its start."""
+
+    def setup_schedule(self) -> None:
+        like_real.slow_start(like_real.from_environment().beat_delay, "celery beat",
+                             "REFAPP_BEAT_DELAY")
+        super().setup_schedule()
+
+
+if like_real.from_environment().beat_delay > 0:
+    celery_app.conf.beat_scheduler = f"{__name__}:SlowStartScheduler"
+
+
 # REFAPP_BEAT_MEMORY_MB / REFAPP_CELERY_MEMORY_MB (app.core.like_real): grow like the real app's
 # processes when they start, not at import (`celery inspect ping`, the health check, imports
 # this module too). The worker's main process is grown before the prefork pool forks: its
 # children share those pages, as they would share torch loaded by the main process.
 @signals.beat_init.connect
 def _beat_like_real(**_) -> None:
-    like_real.hold_resident(like_real.from_environment().beat_memory_mb, "celery beat")
+    switches = like_real.from_environment()
+    like_real.hold_resident(switches.beat_memory_mb, "celery beat")
+    if switches.home_writes:
+        like_real.write_home("celery beat")
 
 
 @signals.worker_init.connect
 def _worker_like_real(**_) -> None:
-    like_real.hold_resident(like_real.from_environment().celery_memory_mb, "celery worker")
+    switches = like_real.from_environment()
+    like_real.hold_resident(switches.celery_memory_mb, "celery worker")
+    if switches.home_writes:
+        like_real.write_home("celery worker")

@@ -18,6 +18,11 @@ REFAPP_CELERY_MEMORY_MB    0         the Celery worker likewise (nothing was mea
 REFAPP_STARTUP_DELAY       65        seconds each uvicorn worker spends importing, not serving
 REFAPP_METRICS_NEED_ENABLE 1         /metrics only with ENABLE_METRICS=true (404 otherwise)
 REFAPP_FAIL_MIGRATION      0         1: ``alembic upgrade`` fails in a data step (fail_migration)
+REFAPP_BEAT_DELAY          30        seconds Celery beat spends before it writes its schedule
+REFAPP_HOME_WRITES         1         each process writes under HOME and its cache directory at
+                                     start, as matplotlib and the model caches do (write_home)
+REFAPP_METRICS_CRASH       0         1: with ENABLE_METRICS=true every uvicorn worker fails at
+                                     start-up, its master starting new ones (fail_late_middleware)
 ========================== ========= ==========================================================
 
 Without any of them the app behaves as it always did (light, quick, metrics always on).
@@ -37,9 +42,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("app.like_real")
 
@@ -51,6 +58,9 @@ LIKE_REAL_DEFAULTS = {
     "REFAPP_STARTUP_DELAY": "65",       # "about 65-70 s from container start to a healthy /health"
     "REFAPP_METRICS_NEED_ENABLE": "1",  # "/metrics exists only when ENABLE_METRICS=true"
     "REFAPP_FAIL_MIGRATION": "0",       # a failing migration is asked for, never implied
+    "REFAPP_BEAT_DELAY": "30",          # "beat writes its schedule file 27 s after its start"
+    "REFAPP_HOME_WRITES": "1",          # "mkdir -p failed for path /home/appuser/.config/matplotlib"
+    "REFAPP_METRICS_CRASH": "0",        # only "some upstream versions" crash with metrics on
 }
 
 MIB = 1024 * 1024
@@ -65,6 +75,9 @@ class Switches:
     startup_delay: float      # seconds each uvicorn worker waits at import before it can serve
     metrics_need_enable: bool  # /metrics only when ENABLE_METRICS is "true" (upstream's rule)
     fail_migration: bool      # `alembic upgrade` fails with a PostgreSQL error when it has work
+    beat_delay: float         # seconds before Celery beat opens (and writes) its schedule file
+    home_writes: bool         # write under HOME and the cache directory at each process start
+    metrics_crash: bool       # with metrics on, each uvicorn worker fails at start-up
 
 
 def _flag(value: str) -> bool:
@@ -99,6 +112,9 @@ def from_environment(env: Mapping[str, str] = os.environ) -> Switches:
         startup_delay=_number("REFAPP_STARTUP_DELAY", raw("REFAPP_STARTUP_DELAY"), float),
         metrics_need_enable=_flag(raw("REFAPP_METRICS_NEED_ENABLE")),
         fail_migration=_flag(raw("REFAPP_FAIL_MIGRATION")),
+        beat_delay=_number("REFAPP_BEAT_DELAY", raw("REFAPP_BEAT_DELAY"), float),
+        home_writes=_flag(raw("REFAPP_HOME_WRITES")),
+        metrics_crash=_flag(raw("REFAPP_METRICS_CRASH")),
     )
 
 
@@ -144,15 +160,59 @@ def hold_resident(target_mib: int, what: str) -> None:
 # --- start-up ---------------------------------------------------------------------------------
 
 
-def slow_start(seconds: float, what: str) -> None:
+def slow_start(seconds: float, what: str, switch: str = "REFAPP_STARTUP_DELAY") -> None:
     """Spend ``seconds`` more at import, as the real backend's imports do: meanwhile the worker
-    serves nothing (one worker: the port is not open yet; several: connections wait unanswered).
+    serves nothing (one worker: the port is not open yet; several: connections wait unanswered),
+    beat writes no schedule. ``switch``: the variable that asked for it, named in the log.
     """
     if seconds <= 0:
         return
-    log.warning("%s: starting slowly like the real backend, ready in %.0f s (REFAPP_STARTUP_DELAY)",
-                what, seconds)
+    log.warning("%s: starting slowly like the real backend, ready in %.0f s (%s)",
+                what, seconds, switch)
     time.sleep(seconds)
+
+
+# --- a library that writes under HOME ------------------------------------------------------------
+
+
+def write_home(what: str, env: Mapping[str, str] = os.environ) -> None:
+    """Write what the real app's libraries write when it starts: a settings directory under
+    HOME (matplotlib's ``~/.config/matplotlib``) and a file in the cache directory
+    (``$XDG_CACHE_HOME``, else ``~/.cache``: matplotlib's font cache, sentence-transformers'
+    models). Where the file system refuses, log matplotlib's own warning and go on, as it does.
+
+    Example: ``write_home("uvicorn worker")``
+    """
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    for directory in (Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+                      Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=directory)  # replaced whole: no torn file
+            with os.fdopen(handle, "w") as out:
+                out.write(f"written by the {what} (REFAPP_HOME_WRITES)\n")
+            os.replace(temporary, directory / "like-real.txt")
+        except OSError as error:
+            log.warning("mkdir -p failed for path %s: %s", directory, error)
+
+
+# --- a start-up that fails under a live master -----------------------------------------------
+
+
+def fail_late_middleware(app, instrument) -> None:
+    """Fail as upstream versions do with ENABLE_METRICS=true: ``instrument(app)`` adds its
+    middleware once the app has built its middleware stack, and Starlette refuses with
+    ``RuntimeError: Cannot add middleware after an application has started``.
+
+    Upstream fails so in its lifespan start-up, under an uvicorn whose master starts a new
+    worker for each one that exits (every 5 s, forever). The uvicorn here stops its master
+    when a worker's lifespan fails (exit code 3), so the stand-in fails while uvicorn imports
+    it: the worker exits 1, and its master starts new ones, as measured.
+    """
+    log.warning("REFAPP_METRICS_CRASH=1 and ENABLE_METRICS=true: adding the metrics middleware "
+                "after the app has started, as upstream versions do")
+    app.middleware_stack = app.build_middleware_stack()  # what the first ASGI call does
+    instrument(app)
 
 
 # --- migrations -------------------------------------------------------------------------------

@@ -9,11 +9,19 @@ no instrumentation and no /metrics route (404) unless ``ENABLE_METRICS`` is ``tr
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 #: The variable upstream's instrumentator reads (it accepts "true" or "1", any case).
 ENABLE_VAR = "ENABLE_METRICS"
+
+
+def metrics_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether ENABLE_METRICS turns metrics on, as the instrumentator reads it ("true" or "1")."""
+    return env.get(ENABLE_VAR, "").strip().lower() in ("true", "1")
 
 
 def instrument(app: FastAPI, only_when_enabled: bool = False) -> None:
