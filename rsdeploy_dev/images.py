@@ -136,6 +136,9 @@ def log(message: str) -> None:
 
 def ensure_base(client) -> str:
     """Make ``rsdeploy/base:bookworm`` with debootstrap unless it exists; returns its image id."""
+    existing = find(client.images, BASE_IMAGE)
+    if existing is not None:  # no wait for another process's build
+        return existing.id
     with machine_lock("images"):
         return _ensure_base(client)
 
@@ -213,13 +216,9 @@ def _current_hash(client, ref: str) -> str | None:
 def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -> float:
     """Build one image unless an identical one exists (``no_cache``: rebuild every layer);
     returns the seconds it took. One build at a time on this machine: a second process asking
-    for the same image waits, then finds it built.
+    for the same image waits, then finds it built. An image found up to date costs no wait
+    for the engine (a site measured under load holds it, see :func:`engine_work`).
     """
-    with machine_lock("images"), engine_work():
-        return _build_image(client, spec, base_id, no_cache)
-
-
-def _build_image(client, spec: ImageSpec, base_id: str, no_cache: bool) -> float:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
         context = build_context(spec, Path(tmp) / "context")
@@ -227,10 +226,19 @@ def _build_image(client, spec: ImageSpec, base_id: str, no_cache: bool) -> float
         if not no_cache and _current_hash(client, spec.ref) == digest:
             log(f"{spec.ref}: up to date")
             return time.monotonic() - started
-        log(f"{spec.ref}: building (stands in for {spec.upstream}) ...")
-        labels = {HASH_LABEL: digest, OWNER_LABEL: "image", "rsdeploy.stands-in-for": spec.upstream,
-                  "org.opencontainers.image.version": spec.tag}
-        _run_build(context, spec.ref, labels, no_cache)
+        with machine_lock("images"), engine_work():
+            return _build_image(client, spec, context, digest, no_cache, started)
+
+
+def _build_image(client, spec: ImageSpec, context: Path, digest: str, no_cache: bool,
+                 started: float) -> float:
+    if not no_cache and _current_hash(client, spec.ref) == digest:  # built while we waited
+        log(f"{spec.ref}: up to date")
+        return time.monotonic() - started
+    log(f"{spec.ref}: building (stands in for {spec.upstream}) ...")
+    labels = {HASH_LABEL: digest, OWNER_LABEL: "image", "rsdeploy.stands-in-for": spec.upstream,
+              "org.opencontainers.image.version": spec.tag}
+    _run_build(context, spec.ref, labels, no_cache)
     elapsed = time.monotonic() - started
     log(f"{spec.ref}: built in {elapsed:.0f} s")
     return elapsed
