@@ -1,15 +1,19 @@
-"""tls.mode certbot end to end on a sandbox host, against a real ACME server (the sandbox's
-pebble): a self-signed site switching to certbot (its running nginx answers the first
-challenges), a re-run that leaves the certificate alone, and a renewal through the real renewal
-unit, answered by nginx from the shared webroot and picked up by a reload, not a restart. (A new
-site's first certificate, before nginx holds port 80, is in test_docker_bundle.py.)
+"""An air-gapped site with tls.mode certbot, end to end on a sandbox host, against a real ACME
+server (the sandbox's pebble). No registry: every image is uploaded as a ``docker save`` bundle
+(sha256-checked), loaded and removed. A self-signed site switches to certbot (its running nginx
+answers the first challenges), a re-run leaves the certificate alone, a renewal through the
+real renewal unit is answered by nginx from the shared webroot and picked up by a reload, not
+a restart; and a site whose nginx is down when its first certificate is due gets it from
+certbot itself (standalone), before nginx holds port 80.
 
-The steps run in file order on one host, as an operator would run them.
+The steps run in file order on one host, as an operator would run them. (One chain: the bundle
+and certbot chains deployed the same site twice.)
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -29,8 +33,9 @@ CHALLENGE = re.compile(r'^(\S+) .*"GET /\.well-known/acme-challenge/([\w-]+) HTT
 
 @pytest.fixture(scope="module")
 def site():
-    # Nothing here concerns monitoring: without it the run is shorter (CI has 2 cores).
-    yield from ready_site("rs-acme", "pull", tls="certbot", monitoring=False)
+    # Nothing here concerns monitoring: without it the run is shorter (CI has 2 cores), and
+    # the bundle holds the stack's other images.
+    yield from ready_site("rs-acme", "bundle", tls="certbot", monitoring=False)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,11 @@ def test_a_self_signed_site_switches_to_certbot_through_its_running_nginx(site, 
     site.rsdeploy("bootstrap").check()
     site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
     assert site.wait_healthy()["status"] == "healthy"
+    # Air-gapped: the images came as bundles, loaded under their own names, and went.
+    images = site.on_host("docker images --format '{{.Repository}}:{{.Tag}}'").split()
+    assert "residency-scheduler-backend:v1.0.0" in images, images
+    assert not any("registry" in image for image in images), images
+    assert site.on_host("ls /var/lib/residency-scheduler/images 2>/dev/null | wc -l").strip() == "0"
     site.tls = "certbot"
     run = site.rsdeploy("deploy").check()
     # nginx kept port 80 and answered the challenges: the site served all along.
@@ -112,3 +122,22 @@ def test_renewal_unit_renews_through_nginx_and_reloads_it(site, pebble_root):
     conf = site.renewal_conf()
     assert conf["authenticator"] == "webroot" and "/var/www/certbot" in conf.values(), conf
     site.assert_trusted_through(pebble_root)
+
+
+def test_a_first_certificate_while_nginx_is_down_comes_from_certbot_itself(site, pebble_root):
+    """The lineage deleted and the site stopped (its nginx no longer holds port 80): the next
+    deploy obtains the certificate with certbot's own server on port 80, then nginx starts
+    with it; a re-run changes nothing."""
+    before = serial(site)
+    site.rsdeploy("stop").check()
+    hs = site.settings()
+    delete = hs.layout.run_argv(hs, "certbot", ["delete", "--non-interactive", "--cert-name",
+                                                site.domain])
+    site.on_host(f"cd {hs.layout.command_dir(hs)} && {shlex.join(delete)}")
+    run = site.rsdeploy("deploy").check()
+    assert "(standalone)" in run.output, run.output[-4000:]
+    assert site.renewal_conf()["authenticator"] == "standalone"
+    assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
+    assert serial(site) != before
+    site.assert_trusted_through(pebble_root)
+    assert site.rsdeploy("deploy").check().changed == 0
