@@ -41,18 +41,18 @@ def machine_lock(name: str):
         yield
 
 
-#: The lock held by a sandbox site measured under load, and by this machine's engine's heavy work
-#: of ours (image builds and pushes: layer export and compression run in dockerd, outside every
-#: container's CPU weight). One of them at a time.
+#: The lock held by a sandbox site measured under load (exclusive), and by heavy work of the
+#: test groups (shared): no heavy work starts while a site is measured, and a measurement waits
+#: for the heavy work in flight.
 MEASURING = "measuring"
 
 
 @contextlib.contextmanager
 def measuring():
-    """While the block runs, no other site is measured and this machine's engine starts no
-    build or push of ours (see :func:`engine_work`); entered once those in flight are done. Two
-    sites measured at once each get half the precedence a measurement asks for: a cold run saw
-    both fail in the same second.
+    """While the block runs, no other site is measured and no heavy work starts (see
+    :func:`heavy_work`); entered once the heavy work in flight is done. Two sites measured at
+    once each get half the precedence a measurement asks for: a cold run saw both fail in the
+    same second.
 
     Example: ``with measuring(): run_the_load_against_the_site()``
     """
@@ -61,13 +61,16 @@ def measuring():
 
 
 @contextlib.contextmanager
-def engine_work():
-    """Heavy work of this machine's engine (one image build or push): waits until no sandbox
-    site is measured (see :func:`measuring`).
+def heavy_work():
+    """Work that takes this machine's two cores for minutes, outside the CPU weight a measured
+    site's hosts get: an image build or push of ours (dockerd compresses the layers), several
+    hosts bootstrapping and deploying at once, a release built on a host. Waits until no site is
+    measured; runs beside other heavy work. A cold run saw a split site measured while a second
+    split site's four hosts bootstrapped: requests timed out for 10 s.
 
-    Example: ``with engine_work(): client.images.push(ref)``
+    Example: ``with heavy_work(): client.images.push(ref)``
     """
-    with _flocked(MEASURING, fcntl.LOCK_EX):
+    with _flocked(MEASURING, fcntl.LOCK_SH):
         yield
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from rsdeploy.stack.docker.delivery import BUILD_CA_SECRET  # the same contract as builds on hosts
 from rsdeploy.errors import UserError
 from rsdeploy_dev import refapp
-from rsdeploy_dev.engine import engine_work, ensure_engine, ensure_packages, find, machine_lock
+from rsdeploy_dev.engine import ensure_engine, ensure_packages, find, heavy_work, machine_lock
 
 BASE_IMAGE = "rsdeploy/base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -217,7 +217,7 @@ def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -
     """Build one image unless an identical one exists (``no_cache``: rebuild every layer);
     returns the seconds it took. One build at a time on this machine: a second process asking
     for the same image waits, then finds it built. An image found up to date costs no wait
-    for the engine (a site measured under load holds it, see :func:`engine_work`).
+    for the engine (a site measured under load holds it, see :func:`heavy_work`).
     """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"rsdeploy-{spec.name}-") as tmp:
@@ -226,7 +226,7 @@ def build_image(client, spec: ImageSpec, base_id: str, no_cache: bool = False) -
         if not no_cache and _current_hash(client, spec.ref) == digest:
             log(f"{spec.ref}: up to date")
             return time.monotonic() - started
-        with machine_lock("images"), engine_work():
+        with machine_lock("images"), heavy_work():
             return _build_image(client, spec, context, digest, no_cache, started)
 
 

@@ -32,7 +32,7 @@ import bcrypt
 
 from rsdeploy.errors import UserError
 from rsdeploy_dev import images
-from rsdeploy_dev.engine import engine_work, find, machine_lock
+from rsdeploy_dev.engine import find, heavy_work, machine_lock
 
 #: The container, its volume, the name and port hosts reach it at, the login.
 CONTAINER, VOLUME = "rsdeploy-dev-registry", "rsdeploy-dev-registry-data"
@@ -140,10 +140,10 @@ def push(client, names: list[str] | None = None, versions: list[str] | None = No
         image.tag(remote)
         pushed.append(remote)
         if holds(images.registry_path(spec), image.id):
-            images.log(f"{remote}: there already")  # no wait for the engine (see engine_work)
+            images.log(f"{remote}: there already")  # no wait for the engine (see heavy_work)
             continue
         images.log(f"push {spec.ref} -> {remote}")
-        with engine_work():
+        with heavy_work():
             for line in client.images.push(remote, stream=True, decode=True):
                 if "error" in line:
                     raise UserError(f"push {remote}: {line['error']}")

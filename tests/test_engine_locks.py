@@ -1,5 +1,6 @@
 """The test groups' shared use of this machine: a sandbox site measured under load overlaps
-neither another measured site nor an image build or push. (Processes, as the test groups are.)"""
+neither another measured site nor heavy work (an image build or push, hosts bootstrapping),
+while heavy works run side by side. (Processes, as the test groups are.)"""
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def left(proc: subprocess.Popen) -> float:
     return float(out.split()[0])
 
 
-def test_measurements_and_engine_work_take_turns(tmp_path):
+def test_measurements_and_heavy_work_take_turns(tmp_path):
     first = holding(tmp_path, "measuring", 1)
     spans = [(entered(first), None)]
-    second, work = holding(tmp_path, "measuring", 1), holding(tmp_path, "engine_work", 0.5)
+    second, work = holding(tmp_path, "measuring", 1), holding(tmp_path, "heavy_work", 0.5)
     spans[0] = (spans[0][0], left(first))
     spans += [(entered(proc), left(proc)) for proc in (second, work)]
     spans.sort()
@@ -48,10 +49,16 @@ def test_measurements_and_engine_work_take_turns(tmp_path):
         assert began >= done, spans  # one at a time, whichever the lock let in first
 
 
-def test_a_measurement_waits_for_the_engine_work_in_flight(tmp_path):
-    work = holding(tmp_path, "engine_work", 2)
+def test_a_measurement_waits_for_the_heavy_work_in_flight(tmp_path):
+    work = holding(tmp_path, "heavy_work", 2)
     entered(work)
     measurement = holding(tmp_path, "measuring", 0)
     work_done, measured = left(work), entered(measurement)
     measurement.communicate(timeout=60)
     assert measured >= work_done
+
+
+def test_heavy_works_run_side_by_side(tmp_path):
+    first, second = holding(tmp_path, "heavy_work", 2), holding(tmp_path, "heavy_work", 2)
+    began = [entered(first), entered(second)]
+    assert max(began) < min(left(first), left(second)), began  # both in at once

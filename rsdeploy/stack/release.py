@@ -389,7 +389,7 @@ class Switch:
             for unit in waiting:
                 new[unit.service] = self.still_starting(unit, new[unit.service], seconds)
             first = waiting[0]
-            if self.is_ready(first, new[first.service], gates[first.service], seconds):
+            if self.is_ready(first, new[first.service], gates[first.service], started):
                 waiting.pop(0)
             else:
                 time.sleep(PROBE_INTERVAL)
@@ -409,12 +409,16 @@ class Switch:
             raise self.not_ready(unit, instance, looping)
         return instance
 
-    def is_ready(self, unit: ReleaseUnit, instance, gate: Readiness, seconds: float) -> bool:
-        """Probe ``instance`` once, ``seconds`` after it started: True when it is ready;
-        refuses the release when it failed its gate."""
+    def is_ready(self, unit: ReleaseUnit, instance, gate: Readiness, started: float) -> bool:
+        """Probe ``instance`` once (started at ``time.monotonic()`` ``started``): True when it
+        is ready; refuses the release when it failed its gate. The times are the probe's own,
+        not its round's: a loaded host's checks of the others take seconds."""
+        seconds = time.monotonic() - started
         verdict, detail = self.rh.probe(instance, unit.probe, self.probe_timeout)
         if verdict == READY:
-            self.say(f"{instance.name} is ready ({unit.probe.describe()}, after {seconds:.0f} s)")
+            # When it answered: the reported time is never earlier than the moment it was ready.
+            self.say(f"{instance.name} is ready ({unit.probe.describe()}, "
+                      f"after {time.monotonic() - started:.0f} s)")
             return True
         if gate.failed(verdict, seconds):
             raise self.not_ready(unit, instance, detail)

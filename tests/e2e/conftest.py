@@ -23,7 +23,7 @@ from rsdeploy.apply import changed_operations
 from rsdeploy.stack import load_inventory
 from rsdeploy_dev import images, load
 from rsdeploy_dev import sandbox as sandbox_module
-from rsdeploy_dev.engine import ensure_engine
+from rsdeploy_dev.engine import ensure_engine, heavy_work
 
 FIRST_VERSION = "v1.0.0"
 #: Appended to every end-to-end sandbox's prefix (default none): lets a second checkout run the
@@ -138,6 +138,17 @@ class Site:
         # Its summary line (result and seconds) in the test's captured output: pytest -rA.
         print(f"$ rsdeploy {' '.join(args)}: {(proc.stdout.strip().splitlines() or [''])[-1]}")
         return Run(proc.returncode, proc.stdout + proc.stderr, proc.stdout)
+
+    def heavy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
+        """:meth:`rsdeploy` for a step that takes this machine's cores and disk for minutes
+        (several hosts bootstrapping or deploying at once, releases installed or built from
+        PyPI and npm): it waits while another site is measured under load, and no site is
+        measured until it is done (:func:`~rsdeploy_dev.engine.heavy_work`).
+
+        Example: ``site.heavy("bootstrap").check()``
+        """
+        with heavy_work():
+            return self.rsdeploy(*args, inventory=inventory)
 
     def on_host(self, command: str, timeout: float = 120) -> str:
         """A shell command on the sandbox host (as root, through SSH); its output."""

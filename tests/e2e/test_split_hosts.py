@@ -74,8 +74,8 @@ def services_on(site, host) -> set[str]:
 
 
 def test_first_deploy_spreads_the_stack_over_its_hosts(site, hosts, written):
-    site.rsdeploy("bootstrap").check()
-    run = site.rsdeploy("deploy").check()
+    site.heavy("bootstrap").check()
+    run = site.heavy("deploy").check()
     assert site.wait_healthy()["database"] == "connected"
     assert services_on(site, hosts["db"]) >= {"db", "redis"}
     assert not services_on(site, hosts["db"]) & {"backend", "nginx"}

@@ -81,8 +81,8 @@ def missing_services(site, hosts) -> dict[str, set[str]]:
 
 
 def test_first_deploy_spreads_the_stack_over_its_hosts(site, hosts, written):
-    site.rsdeploy("bootstrap").check()
-    run = site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    site.heavy("bootstrap").check()
+    run = site.heavy("deploy", "--version", FIRST_VERSION).check()
     assert site.wait_healthy()["database"] == "connected"
     # Every host runs what its roles need, and the db host runs no app and no nginx.
     assert missing_services(site, hosts) == {h.name: set() for key, h in hosts.items()
@@ -120,8 +120,8 @@ def deliver_ahead(site, hosts, version: str) -> None:
     this machine instead of building, and nothing serves it yet (the site still answers with
     the release it served)."""
     before = serving(site)
-    site.rsdeploy("deliver", "--version", version, "--host", hosts["app1"].name).check()
-    run = site.rsdeploy("deliver", "--version", version).check()
+    site.heavy("deliver", "--version", version, "--host", hosts["app1"].name).check()
+    run = site.heavy("deliver", "--version", version).check()
     assert f"Unpack the build of {version}-" in run.output and f"Build {version} (" not in run.output, \
         run.output[-3000:]
     for key in ("app1", "app2"):

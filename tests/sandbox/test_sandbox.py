@@ -114,9 +114,10 @@ def test_testinfra_connects_with_the_ssh_config(sandbox):
 def test_sandbox_inventory_validates_with_its_secrets(sandbox):
     secrets = sandbox.paths.secrets
     assert secrets.stat().st_mode & 0o777 == 0o600
-    # The random secrets and the stack CA (TLS between hosts), made once.
-    assert set(yaml.safe_load(secrets.read_text())) == \
-        set(sandbox_module.SECRET_BYTES) | {internal_tls.KEY_SECRET, internal_tls.CERT_SECRET}
+    # The random secrets, the stack CA (TLS between hosts), made once, and the password of the
+    # machine's registry the hosts pull from.
+    assert set(yaml.safe_load(secrets.read_text())) == set(sandbox_module.SECRET_BYTES) | {
+        internal_tls.KEY_SECRET, internal_tls.CERT_SECRET, "registry_password"}
     os.environ["RS_SANDBOX_PREFIX"] = sandbox.prefix
     try:
         hosts = load_inventory(str(REPO_ROOT / "inventories" / "sandbox.py"), str(secrets), env={})
