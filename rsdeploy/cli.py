@@ -29,9 +29,11 @@ import os
 import secrets
 import shlex
 import subprocess
+import signal
 import sys
 import re
 import tempfile
+import threading
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -894,7 +896,16 @@ def summary_line(report: dict) -> str:
             f"in {report['duration_seconds']:.0f} s{why}")
 
 
+def interruptible() -> None:
+    """Ctrl-C (SIGINT) stops rsdeploy even when it started with SIGINT ignored (a job a script
+    put in the background): pyinfra, its child, installs its own handler and stops on it with
+    exit code 0, and a run it stopped would read as finished. (Only the main thread can.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    interruptible()
     args = build_parser().parse_args(argv)
     started, reason = time.monotonic(), None
     try:

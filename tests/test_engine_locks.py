@@ -4,8 +4,10 @@ while heavy works run side by side. (Processes, as the test groups are.)"""
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
+import time
 
 from rsdeploy_dev import REPO_ROOT
 
@@ -25,6 +27,20 @@ def holding(directory, lock: str, seconds: float) -> subprocess.Popen:
     script = HOLD.format(directory=str(directory), lock=lock, seconds=seconds)
     return subprocess.Popen([sys.executable, "-c", script],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+
+
+def wait_until_held(directory, name: str) -> None:
+    """Wait until some process holds lock ``name`` (what a waiting measurement holds first)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(directory / f".{name}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        time.sleep(0.05)
+    raise AssertionError(f"nobody took {name} within 30 s")
 
 
 def entered(proc: subprocess.Popen) -> float:
@@ -62,3 +78,16 @@ def test_heavy_works_run_side_by_side(tmp_path):
     first, second = holding(tmp_path, "heavy_work", 2), holding(tmp_path, "heavy_work", 2)
     began = [entered(first), entered(second)]
     assert max(began) < min(left(first), left(second)), began  # both in at once
+
+
+def test_heavy_work_starting_after_a_waiting_measurement_waits_for_it(tmp_path):
+    """Heavy works one after another (image builds) do not keep a measurement waiting."""
+    first = holding(tmp_path, "heavy_work", 2)
+    entered(first)
+    measurement = holding(tmp_path, "measuring", 1)
+    wait_until_held(tmp_path, "measurement-next")  # the measurement waits for the first by now
+    later = holding(tmp_path, "heavy_work", 1)
+    measured, later_began = entered(measurement), entered(later)
+    for proc in (first, measurement, later):
+        proc.communicate(timeout=60)
+    assert later_began > measured + 0.9, (measured, later_began)

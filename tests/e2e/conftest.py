@@ -141,9 +141,10 @@ class Site:
 
     def heavy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
         """:meth:`rsdeploy` for a step that takes this machine's cores and disk for minutes
-        (several hosts bootstrapping or deploying at once, releases installed or built from
-        PyPI and npm): it waits while another site is measured under load, and no site is
-        measured until it is done (:func:`~rsdeploy_dev.engine.heavy_work`).
+        (several hosts bootstrapping or deploying at once): it waits while another site is
+        measured under load, and no site is measured until it is done
+        (:func:`~rsdeploy_dev.engine.heavy_work`). A one-host chain's steps run inside its
+        host's CPU weight and need not wait.
 
         Example: ``site.heavy("bootstrap").check()``
         """

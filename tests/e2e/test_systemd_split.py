@@ -120,8 +120,8 @@ def deliver_ahead(site, hosts, version: str) -> None:
     this machine instead of building, and nothing serves it yet (the site still answers with
     the release it served)."""
     before = serving(site)
-    site.heavy("deliver", "--version", version, "--host", hosts["app1"].name).check()
-    run = site.heavy("deliver", "--version", version).check()
+    site.rsdeploy("deliver", "--version", version, "--host", hosts["app1"].name).check()
+    run = site.rsdeploy("deliver", "--version", version).check()
     assert f"Unpack the build of {version}-" in run.output and f"Build {version} (" not in run.output, \
         run.output[-3000:]
     for key in ("app1", "app2"):
