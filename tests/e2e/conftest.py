@@ -140,11 +140,12 @@ class Site:
         return Run(proc.returncode, proc.stdout + proc.stderr, proc.stdout)
 
     def heavy(self, *args: str, inventory: Path = SANDBOX_INVENTORY) -> Run:
-        """:meth:`rsdeploy` for a step that takes this machine's cores and disk for minutes
-        (several hosts bootstrapping or deploying at once): it waits while another site is
-        measured under load, and no site is measured until it is done
-        (:func:`~rsdeploy_dev.engine.heavy_work`). A one-host chain's steps run inside its
-        host's CPU weight and need not wait.
+        """:meth:`rsdeploy` for a host's first install (bootstrap, first deploy), a step that
+        takes this machine's cores and disk for minutes (packages unpacked, images pulled and
+        extracted, on several hosts at once in the split chains): it waits while another site
+        is measured under load, and no site is measured until it is done
+        (:func:`~rsdeploy_dev.engine.heavy_work`). Two runs saw a split site measured while
+        other sites installed: requests timed out (10 s) with nothing wrong in the site.
 
         Example: ``site.heavy("bootstrap").check()``
         """

@@ -37,8 +37,8 @@ def built_revisions(site, tag: str) -> dict[str, str]:
 
 
 def test_build_delivery_builds_the_tagged_source_on_the_host(site):
-    site.rsdeploy("bootstrap").check()
-    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    site.heavy("bootstrap").check()
+    site.heavy("deploy", "--version", FIRST_VERSION).check()
     assert site.wait_healthy() == {"status": "healthy", "database": "connected"}
     commit = tag_commit(site, FIRST_VERSION)
     assert set(built_revisions(site, FIRST_VERSION).values()) == {commit}

@@ -70,8 +70,8 @@ def challenges_answered_to_pebble(site) -> set[str]:
 
 def test_a_self_signed_site_switches_to_certbot_through_its_running_nginx(site, pebble_root):
     site.tls = "self-signed"  # how many sites start, until their DNS points at them
-    site.rsdeploy("bootstrap").check()
-    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    site.heavy("bootstrap").check()
+    site.heavy("deploy", "--version", FIRST_VERSION).check()
     assert site.wait_healthy()["status"] == "healthy"
     # Air-gapped: the images came as bundles, loaded under their own names, and went.
     images = site.on_host("docker images --format '{{.Repository}}:{{.Tag}}'").split()

@@ -79,8 +79,8 @@ def app_containers(site) -> list[str]:
 
 
 def test_first_release_serves_and_is_recorded(site, written):
-    site.rsdeploy("bootstrap").check()
-    site.rsdeploy("deploy", "--version", FIRST_VERSION).check()
+    site.heavy("bootstrap").check()
+    site.heavy("deploy", "--version", FIRST_VERSION).check()
     assert serving(site)["version"] == FIRST_VERSION
     write_note(site, written, NEXT)
     (attempt,) = history(site)

@@ -50,9 +50,9 @@ def assert_note_survived(site) -> None:
 
 
 def test_bootstrap_and_first_deploy_serve_the_site(site, tmp_path):
-    site.rsdeploy("bootstrap").check()
+    site.heavy("bootstrap").check()
     report = tmp_path / "summary.json"
-    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, "--summary-json", str(report)).check()
+    run = site.heavy("deploy", "--version", FIRST_VERSION, "--summary-json", str(report)).check()
     # For CI: the run ends with one summary line, and the same as JSON.
     last = run.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"rsdeploy: deploy {FIRST_VERSION} on {site.host.name}: ok in \d+ s",

@@ -89,9 +89,9 @@ def started(site) -> dict[str, str]:
 
 
 def test_a_first_release_in_a_crash_loop_is_refused_fast_and_nothing_serves(site, tmp_path):
-    site.rsdeploy("bootstrap").check()
+    site.heavy("bootstrap").check()
     inventory = changed_inventory(tmp_path, "backend", {"extra_env": CRASHING})
-    run = site.rsdeploy("deploy", "--version", FIRST_VERSION, inventory=inventory)
+    run = site.heavy("deploy", "--version", FIRST_VERSION, inventory=inventory)
     assert run.code == 3, run.output[-5000:]
     assert_refused_first_release(site, run.stdout.strip().splitlines()[-1],
                                  f"residency-backend: crash loop: {REPEATED_ERROR} (")
