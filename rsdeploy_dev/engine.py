@@ -67,10 +67,10 @@ def measuring():
 @contextlib.contextmanager
 def heavy_work():
     """Work that takes this machine's two cores for minutes, outside the CPU weight a measured
-    site's hosts get: an image build or push of ours (dockerd compresses the layers), several
-    hosts bootstrapping and deploying at once, a release built on a host. Waits while a site
-    is measured or waits to be; runs beside other heavy work. A cold run saw a split site
-    measured while a second split site's four hosts bootstrapped: requests timed out for 10 s.
+    site's hosts get: an image build or push of ours (dockerd compresses the layers), a
+    sandbox site's first install (bootstrap, first deploy). Waits while a site is measured or
+    waits to be; runs beside other heavy work. A cold run saw a split site measured while a
+    second split site's four hosts bootstrapped: requests timed out for 10 s.
 
     Example: ``with heavy_work(): client.images.push(ref)``
     """
