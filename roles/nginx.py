@@ -199,6 +199,52 @@ def upstream_pin(target: str) -> str:
             f"server {target} max_fails=1 fail_timeout=5s;\n")
 
 
+#: Seconds a graceful reload may take to replace every worker before it counts as failed.
+RELOAD_SECONDS = 30
+
+#: The master's worker processes that serve the configuration it loaded last (an old worker
+#: renames itself "worker process is shutting down" once told to go, and has then closed its
+#: listening sockets). Reads /proc only: any image's shell has what it needs.
+_SERVING_WORKERS = r"""serving_workers() {
+  for proc in /proc/[0-9]*; do
+    { read -r _ _ _ parent _ < "$proc/stat"; } 2>/dev/null || continue
+    [ "$parent" = "$master" ] || continue
+    [ "$(tr -d '\000' < "$proc/cmdline" 2>/dev/null)" = "nginx: worker process" ] \
+      && echo "${proc#/proc/}"
+  done
+}"""
+
+
+def reload_and_wait(send_reload: str, pid_file: str = "/run/nginx.pid",
+                    seconds: int = RELOAD_SECONDS) -> str:
+    """A shell command: reload nginx gracefully with ``send_reload`` and end only once every
+    worker serving runs the new configuration. The reload's signal returns at once, while the
+    master reads its files and starts new workers: a release that drained its old instances
+    meanwhile lost the requests old workers still sent there. Exits 1 with one line if the
+    workers are not replaced within ``seconds`` (a reload nginx did not take).
+
+    Example: ``reload_and_wait("kill -HUP 1")`` (the container's master is its process 1)
+    """
+    return "\n".join([
+        f"master=$(cat {shlex.quote(pid_file)}) || exit 1",
+        _SERVING_WORKERS,
+        'old=" $(serving_workers | tr \'\\n\' \' \') "',
+        send_reload,
+        "tries=0",
+        "while :; do",
+        "  now=$(serving_workers); stale=no",
+        '  for pid in $now; do case "$old" in *" $pid "*) stale=yes;; esac; done',
+        '  [ -n "$now" ] && [ "$stale" = no ] && exit 0',
+        "  tries=$((tries + 1))",
+        f"  if [ \"$tries\" -gt {seconds * 10} ]; then",
+        f'    echo "nginx did not replace its workers within {seconds} s of the reload" >&2',
+        "    exit 1",
+        "  fi",
+        "  sleep 0.1",
+        "done",
+    ])
+
+
 def pinned_targets(text: str) -> set[str]:
     """The targets named by traffic pins or upstream pin files (``text``: their contents)."""
     return set(re.findall(r'^set \$rs_\w+ "([^"]+)";', text, re.MULTILINE)

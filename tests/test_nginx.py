@@ -605,3 +605,61 @@ def test_live_nginx_answers_503_with_the_page_while_it_exists(live_site):
     assert response.status == 200 and json.loads(body)["upstream"] == "frontend"
     response, _, _ = https_get(ports["https_port"], "/.rs-maintenance.html")
     assert response.status == 404
+
+
+# --- a release's reload (roles.nginx.reload_and_wait), on a real nginx --------------------------
+
+
+@pytest.fixture
+def bare_nginx(tmp_path):
+    """A real nginx (two workers) with a minimal configuration; its pid file's path."""
+    pid_file = tmp_path / "nginx.pid"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"worker_processes 2;\npid {pid_file};\nerror_log {tmp_path}/logs/error.log;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ access_log off; server {{ listen 127.0.0.1:{free_port()}; return 204; }} }}\n")
+    subprocess.run(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], check=True)
+    try:
+        yield pid_file
+    finally:
+        subprocess.run(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                        "-s", "stop"], check=False)
+
+
+def taking_requests(pid_file: Path) -> set[int]:
+    """The nginx master's workers that take new requests (not those shutting down)."""
+    master = pid_file.read_text().strip()
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = stat.read_text().split()[3]
+            title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b"").decode()
+        except OSError:
+            continue
+        if parent == master and title == "nginx: worker process":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_release_reload_ends_once_only_new_workers_take_requests(bare_nginx):
+    before = taking_requests(bare_nginx)
+    assert len(before) == 2
+    run = subprocess.run(["sh", "-c", nginx.reload_and_wait('kill -HUP "$master"', str(bare_nginx))],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    after = taking_requests(bare_nginx)  # read at once: the old ones may still be finishing
+    assert len(after) == 2 and not after & before, (before, after)
+
+
+def test_a_reload_nginx_does_not_take_fails_in_one_line(bare_nginx):
+    master = int(bare_nginx.read_text())
+    os.kill(master, 19)  # SIGSTOP: the master never starts new workers
+    try:
+        run = subprocess.run(["sh", "-c", nginx.reload_and_wait('kill -HUP "$master"', str(bare_nginx),
+                                                                seconds=1)],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(master, 18)  # SIGCONT
+    assert run.returncode == 1
+    assert run.stderr == "nginx did not replace its workers within 1 s of the reload\n"

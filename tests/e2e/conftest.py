@@ -505,11 +505,23 @@ def under_load(site, ca_file, *args: str):
         result = site.rsdeploy(*args)
     report = run.report()
     if report.failed:  # shown with the failed assertion: what nginx saw meanwhile
-        seen = site.rsdeploy("logs", "nginx", "--since", "30m", "--grep", "upstream",
-                             "--host", site.host.name)
+        seen = site.rsdeploy("logs", "nginx", "--since", "30m", "--host", site.host.name)
+        upstream = [line for line in seen.output.splitlines() if "upstream" in line
+                    and "rt=" not in line]
+        slow = [line for line in seen.output.splitlines() if slow_or_abandoned(line)]
         print(f"load started {started} UTC; {report.summary()}\nnginx's upstream errors:\n"
-              f"{seen.output[-6000:]}\nrsdeploy {' '.join(args)}:\n{result.output[-8000:]}")
+              + "\n".join(upstream[-40:]) + "\nnginx's slow (3 s or more) or abandoned requests:\n"
+              + "\n".join(slow[-40:]) + f"\nrsdeploy {' '.join(args)}, each host's steps:\n"
+              + "\n".join(line for line in result.output.splitlines()
+                           if line.lstrip().startswith("["))[-8000:])
     return result, report
+
+
+def slow_or_abandoned(access_line: str) -> bool:
+    """An nginx access-log line (the ``timed`` format) of a request that took 3 s or more, or
+    whose client gave up (499). Example: ``... "GET / HTTP/1.1" 499 0 ... rt=10.002 ...``"""
+    took = re.search(r" rt=([\d.]+)", access_line)
+    return bool(took) and (float(took.group(1)) >= 3 or '" 499 ' in access_line)
 
 
 def history(site) -> list[dict]:

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from rsdeploy.roles import nginx
 from rsdeploy.release import CRASH_LOG_LINES, WRONG, CommandProbe, HttpProbe
 from rsdeploy.stack.docker import diagnose
 from rsdeploy.stack.docker.project import app_image, compose_command, compose_files
@@ -245,8 +246,9 @@ class DockerReleaseHost:
 
     def reload_web(self) -> tuple[bool, str]:
         """Check the web server's configuration, then reload it gracefully (in-flight requests
-        finish on the old workers)."""
-        return self._compose("exec", "-T", "nginx", "sh", "-c", "nginx -t -q && kill -HUP 1")
+        finish on the old workers); done once the new workers alone take requests."""
+        return self._compose("exec", "-T", "nginx", "sh", "-c",
+                             "nginx -t -q || exit 1\n" + nginx.reload_and_wait("kill -HUP 1"))
 
 
 

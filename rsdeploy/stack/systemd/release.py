@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rsdeploy.roles import backend, frontend
+from rsdeploy.roles import backend, frontend, nginx
 from rsdeploy.release import CRASH_LOG_LINES, WRONG, CommandProbe, HttpProbe
 from rsdeploy.stack.systemd.delivery import (
     BUILT_MARKER,
@@ -268,8 +268,10 @@ class SystemdReleaseHost:
         return (int(count) if count.strip().isdigit() else 0), log
 
     def reload_web(self) -> tuple[bool, str]:
-        """Check nginx's configuration, then reload it gracefully."""
-        return self.shell("nginx -t -q 2>&1 && systemctl reload nginx 2>&1")
+        """Check nginx's configuration, then reload it gracefully; done once the new workers
+        alone take requests."""
+        return self.shell("nginx -t -q 2>&1 || exit 1\n"
+                          + nginx.reload_and_wait("systemctl reload nginx 2>&1"))
 
     def stop(self, instances: list[Instance], grace: int) -> tuple[bool, str]:
         """Stop instances (SIGTERM, then SIGKILL after ``grace`` seconds), all at once."""
