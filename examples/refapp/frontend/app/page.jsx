@@ -1,9 +1,16 @@
-// Home page: which release runs here (frontend bundle and backend, the latter asked at request time).
+// Home page: which release runs here (this server's version.json, and the backend's, asked at
+// request time).
+import { readFileSync } from "node:fs";
 import { backendUrl } from "../lib/backend";
 
 export const dynamic = "force-dynamic";
 
 const BACKEND_TIMEOUT_MS = 3000;
+
+// The release this server runs: version.json beside server.js (its working directory).
+function frontendVersion() {
+  return JSON.parse(readFileSync("version.json", "utf8")).version;
+}
 
 async function backendVersion() {
   try {
@@ -24,7 +31,7 @@ export default async function Home() {
       <p>A stand-in for the real application, used to test rsdeploy deployments.</p>
       <dl>
         <dt>Frontend version</dt>
-        <dd id="frontend-version">{process.env.NEXT_PUBLIC_APP_VERSION}</dd>
+        <dd id="frontend-version">{frontendVersion()}</dd>
         <dt>Backend version</dt>
         <dd id="backend-version">{await backendVersion()}</dd>
       </dl>
