@@ -634,6 +634,29 @@ def _favour_containers(container) -> None:
             log(f"containers' CPU weight: {CONTAINERS_CPU_SHARES} ({shares})")
 
 
+#: Each container a host's engine runs and its cgroup (cpu controller), read on the host.
+_STACK_CGROUPS = r"""command -v docker >/dev/null || exit 0
+for id in $(docker ps -q); do
+  set -- $(docker inspect -f '{{.Name}} {{.State.Pid}}' "$id")
+  echo "${1#/} $(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' "/proc/$2/cgroup")"
+done"""
+
+
+def _stack_outside(container) -> list[str]:
+    """The containers a sandbox host's engine runs outside the host's own cgroup (cgroup v1's
+    cpu controller): where the host's CPU weight does not reach. Example: ``[]``, or
+    ``["residency-scheduler-nginx-1"]`` on a host whose engine keeps the default parent."""
+    init = container.exec_run(["cat", "/proc/1/cgroup"]).output.decode()
+    own = next((line.split(":", 2)[2] for line in init.splitlines()
+                if "cpu" in line.split(":")[1].split(",")), None)
+    if own is None:  # no cgroup v1 cpu controller: nothing to compare
+        return []
+    own = own.rsplit("/init.scope", 1)[0]
+    listed = container.exec_run(["sh", "-c", _STACK_CGROUPS]).output.decode()
+    return [name for name, _, path in (line.partition(" ") for line in listed.splitlines())
+            if not path.startswith(own + "/")]
+
+
 @contextlib.contextmanager
 def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     """While the block runs, the sandbox's hosts come first on this machine's CPU.
@@ -641,8 +664,9 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     A measurement of a host (requests dropped or slow while a release switches) is of that host,
     as if it were a server of its own; here its containers share two cores with every other
     test group's hosts. Each host container's CPU weight (cgroup ``cpu.shares``) is raised to
-    :data:`MEASURED_CPU_SHARES` (8 times Docker's default) for the block: an idle host costs the
-    others nothing, a busy one is served first. No other site is measured meanwhile, and this
+    :data:`MEASURED_CPU_SHARES` (8 times Docker's default) for the block, the stack's containers
+    included (the host image's engine keeps their cgroups inside the host's; checked first): an
+    idle host costs the others nothing, a busy one is served first. No other site is measured meanwhile, and this
     machine's engine starts no image build or push of the test groups (its layer compression
     runs outside every container's weight; :func:`~rsdeploy_dev.engine.measuring`). Inside a host nothing changes (the release
     build still runs behind the serving processes by its own ``nice``). Example::
@@ -652,6 +676,11 @@ def precedence(sandbox: Sandbox) -> Iterator[Sandbox]:
     """
     containers = [ensure_engine().containers.get(host.name) for host in sandbox.hosts]
     for container in containers:
+        outside = _stack_outside(container)
+        if outside:
+            raise UserError(f"{container.name} runs {', '.join(outside)} outside its own cgroup: "
+                            "its CPU weight would not cover them (a host image older than "
+                            "sandbox-dockerd; rsdeploy sandbox down, then up)")
         container.update(cpu_shares=MEASURED_CPU_SHARES)
     try:
         with measuring():
