@@ -8,6 +8,7 @@ pushed to the machine's registry once, before the groups that use them start (th
 chains and the unit tests need none, and run beside it). Longest first, ``--jobs`` at a time (a
 group in :data:`AFTER` waits for its predecessors). Each group's output goes to
 ``--logs DIR/<group>.log``; a failed group's log is printed whole. The last line sums them up.
+The machine locks' waits and holds go to ``DIR/locks.log`` (``rsdeploy_dev.engine``).
 
     python .ci/pytest_groups.py --jobs 3 --logs /tmp/rsdeploy-tests
 """
@@ -15,6 +16,7 @@ group in :data:`AFTER` waits for its predecessors). Each group's output goes to
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -90,8 +92,9 @@ def run(group: Group, logs: Path, extra: list[str]) -> Group:
     command = group.command or [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                 *group.args, f"--junitxml={report}", *extra]
     with open(logs / f"{group.name}.log", "w") as log:
-        group.code = subprocess.run(command, cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT).returncode
+        group.code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "RS_TEST_GROUP": group.name,
+                                         "RS_LOCK_LOG": str(logs / "locks.log")}).returncode
     group.seconds = time.monotonic() - started
     if group.command:  # no tests of its own: it counts as one that passed or failed
         group.counts = (0, 0, 0) if group.code == 0 else (0, 1, 0)
@@ -139,6 +142,17 @@ class Queue:
                     self.changed.notify_all()
 
 
+def lock_waits(path: Path) -> str:
+    """Seconds each group waited for the machine's locks (its lines in ``path``), longest
+    first. Example: ``"lock waits (s): e2e-test_split_hosts 412, unit 0"``"""
+    waited: dict[str, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        fields = line.split()
+        waited[fields[1]] = waited.get(fields[1], 0.0) + float(fields[fields.index("waited") + 1])
+    ranked = sorted(waited.items(), key=lambda item: -item[1])
+    return "lock waits (s): " + (", ".join(f"{name} {s:.0f}" for name, s in ranked) or "none")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3, help="groups at a time (default 3)")
@@ -146,6 +160,7 @@ def main() -> int:
     args, extra = parser.parse_known_args()
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
+    (logs / "locks.log").unlink(missing_ok=True)
     started = time.monotonic()
     queue = Queue(groups())
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -160,6 +175,7 @@ def main() -> int:
             print((logs / f"{group.name}.log").read_text(), flush=True)
     passed, failed, skipped = (sum(g.counts[i] for g in done) for i in range(3))
     failed_groups = sum(1 for g in done if g.code)
+    print(lock_waits(logs / "locks.log"))
     print(f"test suite took {time.monotonic() - started:.0f} s ({args.jobs} groups at a time)")
     print(f"{passed} passed, {max(failed, failed_groups)} failed, {skipped} skipped")
     return 1 if failed_groups or failed else 0

@@ -80,15 +80,37 @@ def heavy_work():
         yield
 
 
+#: A file each lock's wait and hold are appended to (one line each, when released), for the
+#: suite's time budget: ``.ci/run`` names one in its logs directory. Unset: nothing is written.
+LOCK_LOG_ENV = "RS_LOCK_LOG"
+
+
 @contextlib.contextmanager
 def _flocked(name: str, mode: int):
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOCK_DIR / f".{name}.lock", "w") as handle:
+        asked = time.monotonic()
         fcntl.flock(handle, mode)
+        got = time.monotonic()
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            _log_lock(name, mode, got - asked, time.monotonic() - got)
+
+
+def _log_lock(name: str, mode: int, waited: float, held: float) -> None:
+    """One line in :data:`LOCK_LOG_ENV`'s file: when, who (the test group), which lock, how
+    long it waited and was held. Example: ``12:01:07 e2e-test_split_hosts measuring ex
+    waited 41.2 held 88.0``"""
+    path = os.environ.get(LOCK_LOG_ENV)
+    if not path:
+        return
+    who = os.environ.get("RS_TEST_GROUP", str(os.getpid()))
+    kind = "ex" if mode == fcntl.LOCK_EX else "sh"
+    with contextlib.suppress(OSError), open(path, "a") as log_file:
+        log_file.write(f"{time.strftime('%H:%M:%S')} {who} {name} {kind} "
+                       f"waited {waited:.1f} held {held:.1f}\n")
 
 
 def _sdk():
