@@ -621,6 +621,9 @@ def bare_nginx(tmp_path):
         f"http {{ access_log off; server {{ listen 127.0.0.1:{free_port()}; return 204; }} }}\n")
     subprocess.run(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], check=True)
     try:
+        deadline = time.monotonic() + 30  # the daemon returns before its master starts workers
+        while len(taking_requests(pid_file)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield pid_file
     finally:
         subprocess.run(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
@@ -629,6 +632,8 @@ def bare_nginx(tmp_path):
 
 def taking_requests(pid_file: Path) -> set[int]:
     """The nginx master's workers that take new requests (not those shutting down)."""
+    if not pid_file.is_file():
+        return set()
     master = pid_file.read_text().strip()
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
