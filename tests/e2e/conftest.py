@@ -506,9 +506,9 @@ def under_load(site, ca_file, *args: str):
     report = run.report()
     if report.failed:  # shown with the failed assertion: what nginx saw meanwhile
         seen = site.rsdeploy("logs", "nginx", "--since", "30m", "--host", site.host.name)
-        upstream = [line for line in seen.output.splitlines() if "upstream" in line
-                    and "rt=" not in line]
-        slow = [line for line in seen.output.splitlines() if slow_or_abandoned(line)]
+        lines = seen.output.splitlines()
+        upstream = [line for line in lines if "upstream" in line and "rt=" not in line]
+        slow = [line for line in lines if slow_or_abandoned(line)]
         print(f"load started {started} UTC; {report.summary()}\nnginx's upstream errors:\n"
               + "\n".join(upstream[-40:]) + "\nnginx's slow (3 s or more) or abandoned requests:\n"
               + "\n".join(slow[-40:]) + f"\nrsdeploy {' '.join(args)}, each host's steps:\n"
