@@ -321,7 +321,11 @@ class LoadRun:
         self._scheduler.start()
 
     def stop(self) -> None:
-        """Send no more; wait for the requests in flight (each ends by its timeout)."""
+        """End the load now: the requests due by now go out (late ones too), no others; then
+        wait for those in flight (each ends by its timeout)."""
+        with self._lock:
+            if self._ended is None:
+                self._ended = time.monotonic()
         self._stop.set()
         self._scheduler.join()
         self._pool.shutdown(wait=True)
@@ -338,17 +342,24 @@ class LoadRun:
         return Report.of(samples, end - self._started, self.truncated)
 
     def _schedule(self) -> None:
-        """Request ``n`` goes out at ``n / rate`` seconds, until stopped or a bound is hit."""
+        """Request ``n`` goes out at ``n / rate`` seconds, until stopped or a bound is hit.
+
+        A request this thread could not send on time (a busy machine runs it late) goes out as
+        soon as it can, even once the load is stopped if it was due before it: the load keeps its
+        count over its whole duration, and each request's ``start`` says when it really went out.
+        """
         for number in range(self.max_requests):
             due = number / self.rate
             if due > self.max_seconds:
                 break
-            if self._stop.wait(max(0.0, self._started + due - time.monotonic())):
-                self._ended = time.monotonic()
+            stopped = self._stop.wait(max(0.0, self._started + due - time.monotonic()))
+            if stopped and self._started + due > self._ended:
                 return
             self._pool.submit(self._send, number)
-        self.truncated = True
-        self._ended = time.monotonic()
+        with self._lock:
+            if self._ended is None:  # a bound, not stop(), ended the load
+                self.truncated = True
+                self._ended = time.monotonic()
 
     def _send(self, number: int) -> None:
         kind = self.mix[number % len(self.mix)]
