@@ -34,7 +34,7 @@ SHARED = ("sandbox", "refapp")
 FIRST = ("images", "e2e-test_systemd_layout", "unit", "e2e-test_docker_releases",
          "e2e-test_docker_rollout", "e2e-test_split_hosts", "e2e-test_systemd_split",
          "e2e-test_docker_real_app", "e2e-test_walkthrough", "e2e-test_docker_build",
-         "e2e-test_docker_certbot", "e2e-test_demo", "sandbox", "refapp")
+         "e2e-test_docker_certbot", "sandbox", "refapp")
 #: The groups that need no image of this machine's (they start beside the image build).
 NO_IMAGES = ("unit", "e2e-test_systemd_layout", "e2e-test_systemd_split")
 #: Groups that start only once others are done (besides the image build, see :func:`after`):
