@@ -3,7 +3,9 @@
 
 ``/usr/local/sbin/rs-backup`` writes ``<directory>/<db>-<UTC timestamp>-<version>.dump``, checks
 it with ``pg_restore --list`` and deletes dumps older than ``retention_days``; ``rs-backup.timer``
-runs it. ``/usr/local/sbin/rs-restore DUMP`` puts one back (``rsdeploy db restore``). No
+runs it. Each run, good or failed, is published in the node-exporter textfile directory
+(:data:`METRICS_FILE`): the alerts BackupFailed and BackupStale
+(``templates/prometheus/rules/backup.yml``) read it. ``/usr/local/sbin/rs-restore DUMP`` puts one back (``rsdeploy db restore``). No
 password is involved: pg_dump runs inside the db container over its socket (docker
 layout) or as the postgres superuser with peer authentication (systemd layout).
 """
@@ -17,6 +19,7 @@ from pydantic import Field, field_validator
 
 from rsdeploy.layout import EnableTimer
 from rsdeploy.release import version_file
+from rsdeploy.release_metrics import escape_label_value, metrics_dir, stack_label
 from rsdeploy.render import RenderedFile, template
 from rsdeploy.types import Section
 from rsdeploy.units import UNIT_DIR, unit_safe_path, verify_units
@@ -35,6 +38,8 @@ WRITERS = (("backend", "residency-backend"), ("celery-worker", "residency-celery
            ("celery-beat", "residency-celery-beat"))
 SERVICE = "rs-backup.service"
 TIMER = "rs-backup.timer"
+#: What rs-backup publishes for Prometheus (in ``release_metrics.metrics_dir``).
+METRICS_FILE = "rsdeploy_backup.prom"
 
 
 class Settings(Section):
@@ -63,10 +68,21 @@ def applies(hs: HostSettings) -> bool:
     return hs.has_role("db") and hs.stack.backup.enabled
 
 
+def metrics_labels(hs: HostSettings) -> str:
+    """The labels of every sample rs-backup publishes, in the exposition format.
+
+    Example: ``metrics_labels(hs)`` -> ``'stack="scheduler.example.org",kind="dump"'``
+    """
+    return f'stack="{escape_label_value(stack_label(hs))}",kind="dump"'
+
+
 def render(hs: HostSettings) -> list[RenderedFile]:
     s = hs.stack
     script = template("backup/rs-backup.sh.j2", hs, database=s.postgres.database,
                       db_user=s.postgres.user, version_file=version_file(hs),
+                      metrics_dir=metrics_dir(hs), metrics_file=METRICS_FILE,
+                      metrics_labels=metrics_labels(hs),
+                      max_age_seconds=s.status.backup_max_age_hours * 3600,
                       **hs.layout.script_context(hs))
     restore = template("backup/rs-restore.sh.j2", hs, database=s.postgres.database,
                        db_user=s.postgres.user, backup_script=SCRIPT,

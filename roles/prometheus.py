@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pyinfra.api import deploy
 
-from rsdeploy.roles import log_shipper, loki
+from rsdeploy.roles import backup, log_shipper, loki
 from rsdeploy import apply
 from rsdeploy.roles.backend import serves_metrics, slot_ports
 from rsdeploy.roles.exporters import exporter_applies, node_exporter_listen, systemd_collector
@@ -42,6 +42,8 @@ BACKEND_RULES = "backend.yml"
 #: Prometheus through node-exporter's textfile collector).
 EXPORTER_RULES = {"postgres_exporter": "postgres.yml", "redis_exporter": "redis.yml",
                   "cadvisor": "containers.yml", "node_exporter": "release.yml"}
+#: The backup alerts: rs-backup publishes each run through node-exporter's textfile collector.
+BACKUP_RULES = "backup.yml"
 #: The rules on systemd units need node-exporter's systemd collector on some host.
 SYSTEMD_RULES = "systemd.yml"
 
@@ -184,6 +186,8 @@ def rule_files(hs: HostSettings) -> list[str]:
         chosen.append(SYSTEMD_RULES)
     if serves_metrics(hs):
         chosen.append(BACKEND_RULES)
+    if any(backup.applies(host) and exporter_applies(host, "node_exporter") for host in hosts):
+        chosen.append(BACKUP_RULES)
     return sorted(chosen)
 
 

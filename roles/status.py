@@ -63,7 +63,7 @@ INSPECT_TIMEOUT = 10
 class Settings(Section):
     log_rotate_days: int = Field(default=14, ge=1, le=3650)  # days of paths.log_dir logs logrotate keeps
     certificate_warn_days: int = Field(default=21, ge=1, le=365)  # warn below (certbot renews at 30)
-    backup_max_age_hours: int = Field(default=36, ge=1, le=8760)  # warn when the newest dump is older
+    backup_max_age_hours: int = Field(default=36, ge=1, le=8760)  # status warns, BackupStale fires, past this
     stop_timeout: int = Field(default=30, ge=1, le=3600)  # seconds rs-service gives a container to stop (the guide's 30)
     start_timeout: int = Field(default=180, ge=10, le=3600)  # seconds rs-service waits for a started service to run
     slow_query_seconds: int = Field(default=30, ge=1, le=86400)  # diagnose reports queries running longer

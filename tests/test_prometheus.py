@@ -191,6 +191,20 @@ def test_release_rules_only_where_node_exporter_serves_the_release_metrics():
     assert "release.yml" not in prometheus.rule_files(hs)
 
 
+def test_backup_rules_only_where_a_db_host_publishes_its_backups():
+    from rsdeploy.stack import load_inventory
+
+    from tests.conftest import EXAMPLE_SECRETS, INVENTORIES
+
+    def chosen(overrides: dict) -> list[str]:
+        return prometheus.rule_files(load_inventory(
+            str(INVENTORIES / "example_multi.py"), EXAMPLE_SECRETS, overrides,
+            env={})["mon1.example.org"])
+    assert "backup.yml" in chosen({})
+    assert "backup.yml" not in chosen({"backup": {"enabled": False}})
+    assert "backup.yml" not in chosen({"exporters": {"node_exporter": {"enabled": False}}})
+
+
 def test_command_flags_enable_reload_and_retention_and_systemd_loopback(example):
     _, root, rendered = example
     name, hs, files = _monitoring(rendered)

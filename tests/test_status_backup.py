@@ -163,7 +163,7 @@ def test_logrotate_config_passes_logrotate_debug(tmp_path):
 
 def run_backup(tmp_path, stub_path, restore_rc: int = 0):
     dumps, data, base = tmp_path / "dumps", tmp_path / "data", tmp_path / "base"
-    for d in (dumps, data, base):
+    for d in (dumps, data, base, data / "metrics"):
         d.mkdir(exist_ok=True)
     (data / "version").write_text("v1.0.0\n")
     old = dumps / "residency_scheduler-20200101T000000Z-v0.9.0.dump"
@@ -198,6 +198,52 @@ def test_rs_backup_keeps_no_dump_that_fails_its_check(tmp_path, stub_path):
     proc, dumps = run_backup(tmp_path, stub_path, restore_rc=1)
     assert proc.returncode != 0
     assert not [p for p in dumps.iterdir() if "v1.0.0" in p.name]
+
+
+def published(tmp_path) -> dict[str, float]:
+    """What rs-backup published for node-exporter, checked by ``promtool check metrics``:
+    {metric name: value}, each sample with the host's stack and kind labels."""
+    path = tmp_path / "data" / "metrics" / backup.METRICS_FILE
+    assert path.stat().st_mode & 0o777 == 0o644  # node-exporter runs as another user
+    text = path.read_text()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    samples = re.findall(r'^(\w+)\{stack="scheduler\.example\.org",kind="dump"\} (\S+)$', text,
+                         re.MULTILINE)
+    assert len(samples) == len([line for line in text.splitlines() if not line.startswith("#")])
+    return {name: float(value) for name, value in samples}
+
+
+def test_rs_backup_publishes_each_run_and_keeps_the_last_good_one_through_a_failure(
+        tmp_path, stub_path):
+    before = time.time()
+    proc, dumps = run_backup(tmp_path, stub_path)
+    assert proc.returncode == 0, proc.stderr
+    good = published(tmp_path)
+    (new,) = [p for p in dumps.iterdir() if p.name.endswith("-v1.0.0.dump")]
+    assert good["rsdeploy_backup_last_attempt_success"] == 1
+    assert before - 1 <= good["rsdeploy_backup_last_success_timestamp_seconds"] <= time.time()
+    assert good["rsdeploy_backup_last_success_size_bytes"] == new.stat().st_size
+    assert good["rsdeploy_backup_max_age_seconds"] == 36 * 3600  # status.backup_max_age_hours
+    time.sleep(1.1)  # the failed attempt's own time is later
+    proc, _ = run_backup(tmp_path, stub_path, restore_rc=1)
+    assert proc.returncode != 0
+    failed = published(tmp_path)
+    assert failed["rsdeploy_backup_last_attempt_success"] == 0
+    assert failed["rsdeploy_backup_last_attempt_timestamp_seconds"] > \
+        good["rsdeploy_backup_last_success_timestamp_seconds"]
+    for kept in ("last_success_timestamp_seconds", "last_success_size_bytes",
+                 "last_success_duration_seconds"):
+        assert failed[f"rsdeploy_backup_{kept}"] == good[f"rsdeploy_backup_{kept}"], kept
+
+
+def test_rs_backup_that_never_succeeded_publishes_no_good_backup(tmp_path, stub_path):
+    proc, _ = run_backup(tmp_path, stub_path, restore_rc=1)
+    assert proc.returncode != 0
+    assert set(published(tmp_path)) == {"rsdeploy_backup_last_attempt_success",
+                                        "rsdeploy_backup_last_attempt_timestamp_seconds",
+                                        "rsdeploy_backup_max_age_seconds"}
 
 
 def test_backup_timer_follows_settings(tmp_path):

@@ -6,7 +6,7 @@ unreachable registry after the config went up and carried out in full by the nex
 rollback, refused until --restore-backup puts back the dump taken before it. Rows written before
 each step are all there after it; a concurrent deploy is refused by the lock; ``rsdeploy
 releases`` shows every attempt with its result, and the live Prometheus sees the release the
-host exports.
+host exports, and each backup: a failed one fires BackupFailed until the next good one.
 
 The steps run in file order on one host, as an operator (or CI) would run them.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -244,6 +245,52 @@ def test_the_live_prometheus_sees_the_release_and_the_last_attempt(site):
     info = json.loads(site.on_host("curl -fsS 'http://127.0.0.1:9090/api/v1/query?query="
                                    "rsdeploy_release_info'"))
     assert [r["metric"]["version"] for r in info["data"]["result"]] == [NEXT]
+
+
+def prometheus_query(site, query: str) -> list[dict]:
+    """The live Prometheus' answer to an instant query: its result vector."""
+    answer = site.on_host(f"curl -fsS -G --data-urlencode {shlex.quote('query=' + query)} "
+                          "http://127.0.0.1:9090/api/v1/query")
+    return json.loads(answer)["data"]["result"]
+
+
+def backup_alerts(site) -> dict[str, str]:
+    """The backup alerts the live Prometheus evaluates, by name: their state."""
+    rules = json.loads(site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/rules"))
+    return {rule["name"]: rule["state"] for group in rules["data"]["groups"]
+            if group["name"] == "backup" for rule in group["rules"]}
+
+
+def wait_for(what: str, found, expected, seconds: float = 120):
+    """Poll ``found()`` until it equals ``expected`` (``seconds`` at most)."""
+    deadline = time.monotonic() + seconds
+    while (now := found()) != expected:
+        assert time.monotonic() < deadline, f"{what}: expected {expected}, found {now}"
+        time.sleep(5)
+
+
+def test_the_live_prometheus_sees_each_backup_and_alerts_on_a_failed_one(site):
+    """The dump taken before the last migration reached Prometheus (node-exporter read what
+    rs-backup published); a backup failing for want of disk fires BackupFailed, and the next
+    good one resolves it; BackupStale stays silent throughout."""
+    directory = site.settings().stack.backup.directory
+    newest = int(site.on_host(f"stat -c %Y $(ls -t {directory}/*.dump | head -1)"))
+    (good,) = prometheus_query(site, "rsdeploy_backup_last_success_timestamp_seconds")
+    assert (good["metric"]["instance"], good["metric"]["kind"]) == (site.host.name, "dump")
+    assert abs(float(good["value"][1]) - newest) <= 5, (good, newest)
+    assert backup_alerts(site) == {"BackupFailed": "inactive", "BackupStale": "inactive"}
+    site.on_host(f"mount -t tmpfs -o size=1m rs-full-disk {directory} && "
+                 f"(dd if=/dev/zero of={directory}/filler bs=1M count=2 2>/dev/null || true)")
+    try:
+        assert site.rsdeploy("db", "backup").code != 0
+    finally:
+        site.on_host(f"umount {directory}")
+    wait_for("after a failed backup", lambda: backup_alerts(site)["BackupFailed"], "firing")
+    (kept,) = prometheus_query(site, "rsdeploy_backup_last_success_timestamp_seconds")
+    assert kept["value"][1] == good["value"][1]  # the newest good backup is still that one
+    site.rsdeploy("db", "backup").check()
+    wait_for("after a good backup", lambda: backup_alerts(site),
+             {"BackupFailed": "inactive", "BackupStale": "inactive"})
 
 
 def test_a_second_run_changes_nothing(site):
