@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -522,6 +523,14 @@ def slow_or_abandoned(access_line: str) -> bool:
     whose client gave up (499). Example: ``... "GET / HTTP/1.1" 499 0 ... rt=10.002 ...``"""
     took = re.search(r" rt=([\d.]+)", access_line)
     return bool(took) and (float(took.group(1)) >= 3 or '" 499 ' in access_line)
+
+
+def prometheus_query(site, query: str) -> list[dict]:
+    """The live Prometheus' answer to an instant query on the web host: its result vector.
+    Example: ``prometheus_query(site, "rsdeploy_backup_last_attempt_success")``"""
+    answer = site.on_host(f"curl -fsS -G --data-urlencode {shlex.quote('query=' + query)} "
+                          "http://127.0.0.1:9090/api/v1/query")
+    return json.loads(answer)["data"]["result"]
 
 
 def history(site) -> list[dict]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from tests.e2e.conftest import (
     assert_rows_kept,
     changed_inventory,
     history,
+    prometheus_query,
     ready_site,
     serving,
     site_certificate,
@@ -245,13 +245,6 @@ def test_the_live_prometheus_sees_the_release_and_the_last_attempt(site):
     info = json.loads(site.on_host("curl -fsS 'http://127.0.0.1:9090/api/v1/query?query="
                                    "rsdeploy_release_info'"))
     assert [r["metric"]["version"] for r in info["data"]["result"]] == [NEXT]
-
-
-def prometheus_query(site, query: str) -> list[dict]:
-    """The live Prometheus' answer to an instant query: its result vector."""
-    answer = site.on_host(f"curl -fsS -G --data-urlencode {shlex.quote('query=' + query)} "
-                          "http://127.0.0.1:9090/api/v1/query")
-    return json.loads(answer)["data"]["result"]
 
 
 def backup_alerts(site) -> dict[str, str]:

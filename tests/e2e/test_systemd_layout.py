@@ -3,7 +3,7 @@ a first v1.0.0 whose uvicorn workers crash at start-up (the reference app like t
 with metrics on) refused within 90 s, naming the repeated error, nothing serving -> v1.0.0 ->
 verify -> status (and a stopped unit it catches) -> logs, stop/start, Celery, Flower behind its
 login, diagnose -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
-migration) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
+migration, the dump before it seen by the live Prometheus) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
 ``db restore`` brings back the exact rows -> a host restart brings everything back (PM2
 included) and verify passes -> a backend like the real one (beat writing its schedule 30 s late,
 libraries writing under HOME) deploys with the default start periods, without a read-only
@@ -13,6 +13,8 @@ The steps run in file order on one host, as an operator would run them.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -31,6 +33,7 @@ from tests.e2e.conftest import (
     assert_verified,
     changed_inventory,
     history,
+    prometheus_query,
     ready_after,
     ready_site,
     serving,
@@ -170,6 +173,13 @@ def test_an_upgrade_with_a_migration_drops_no_request(site, written, ca_file):
     # The new release runs in the other slot; the old slot's units are stopped and disabled.
     assert site.on_host("systemctl is-active residency-backend@green residency-backend@blue "
                         "|| true").split() == ["active", "inactive"]
+    # The dump taken before the migration reached the live Prometheus (node-exporter's
+    # textfile collector read what rs-backup published).
+    deadline = time.monotonic() + 120
+    while not (found := prometheus_query(site, "rsdeploy_backup_last_attempt_success == 1")):
+        assert time.monotonic() < deadline, "no successful backup reached Prometheus"
+        time.sleep(5)
+    assert [r["metric"]["instance"] for r in found] == [site.host.name], found
 
 
 def test_rollback_downgrades_and_drops_no_request(site, written, ca_file):
