@@ -1,13 +1,14 @@
-"""The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap ->
-a first v1.0.0 whose uvicorn workers crash at start-up (the reference app like the real backend
+"""The systemd/PM2 layout on a fresh sandbox host, driven through the rsdeploy CLI: bootstrap -> a
+first v1.0.0 whose uvicorn workers crash at start-up (the reference app like the real backend
 with metrics on) refused within 90 s, naming the repeated error, nothing serving -> v1.0.0 ->
 verify -> status (and a stopped unit it catches) -> logs, stop/start, Celery, Flower behind its
 login, diagnose -> a no-op re-run -> a setting change restarts only its reader -> v1.1.0 (a
-migration, the dump before it seen by the live Prometheus) under load -> rollback under load -> v1.2.0-broken refused while v1.0.0 serves ->
-``db restore`` brings back the exact rows -> a host restart brings everything back (PM2
-included) and verify passes -> a backend like the real one (beat writing its schedule 30 s late,
-libraries writing under HOME) deploys with the default start periods, without a read-only
-file system warning. Rows written through the API before each step are all there after it.
+migration, the dump before it seen by the live Prometheus) under load -> rollback under load ->
+v1.2.0-broken refused while v1.0.0 serves -> ``db restore`` brings back the exact rows -> a host
+restart brings everything back (PM2 included) and verify passes -> a backend like the real one
+(beat writing its schedule 30 s late, libraries writing under HOME) deploys with the default
+start periods, without a read-only file system warning. Rows written through the API before each
+step are all there after it.
 
 The steps run in file order on one host, as an operator would run them.
 """
