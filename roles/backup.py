@@ -5,7 +5,8 @@
 it with ``pg_restore --list`` and deletes dumps older than ``retention_days``; ``rs-backup.timer``
 runs it. Each run, good or failed, is published in the node-exporter textfile directory
 (:data:`METRICS_FILE`): the alerts BackupFailed and BackupStale
-(``templates/prometheus/rules/backup.yml``) read it. ``/usr/local/sbin/rs-restore DUMP`` puts one back (``rsdeploy db restore``). No
+(``templates/prometheus/rules/backup.yml``) read it. ``/usr/local/sbin/rs-restore DUMP`` puts
+one back (``rsdeploy db restore``). No
 password is involved: pg_dump runs inside the db container over its socket (docker
 layout) or as the postgres superuser with peer authentication (systemd layout).
 """

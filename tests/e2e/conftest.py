@@ -4,6 +4,7 @@ as an operator would (bootstrap, deploy, verify), and looked at from this machin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -410,6 +411,27 @@ def assert_diagnose_says_start_the_database(site) -> None:
     assert f"rsdeploy start db --host {site.host.name} -i " in db["remedy"], db
 
 
+@contextlib.contextmanager
+def full_disk(site, directory: str):
+    """``directory`` on the host full while the block runs: a small tmpfs over it, filled to
+    the brim (what was there is hidden, and back afterwards)."""
+    site.on_host(f"mount -t tmpfs -o size=8m rs-full-disk {directory} && "
+                 f"(dd if=/dev/zero of={directory}/filler bs=1M count=16 2>/dev/null || true)")
+    try:
+        yield
+    finally:
+        site.on_host(f"umount {directory}")
+
+
+def wait_for(what: str, found, expected, seconds: float = 120):
+    """Poll ``found()`` until it equals ``expected`` (``seconds`` at most).
+    Example: ``wait_for("the alert", lambda: states(site)["BackupFailed"], "firing")``"""
+    deadline = time.monotonic() + seconds
+    while (now := found()) != expected:
+        assert time.monotonic() < deadline, f"{what}: expected {expected}, found {now}"
+        time.sleep(5)
+
+
 def assert_diagnose_finds_a_full_disk(site) -> None:
     """A healthy stack diagnoses without a problem (exit 0); then the backup directory's disk
     filled (a small tmpfs over it, filled to the brim): exit 1, the directory named with a
@@ -418,12 +440,8 @@ def assert_diagnose_finds_a_full_disk(site) -> None:
     assert run.code == 0, run.output[-4000:]
     assert "0 problem(s)" in run.stdout and "check(s) ok" in run.stdout, run.stdout
     directory = site.settings().stack.backup.directory
-    site.on_host(f"mount -t tmpfs -o size=8m rs-full-disk {directory} && "
-                 f"(dd if=/dev/zero of={directory}/filler bs=1M count=16 2>/dev/null || true)")
-    try:
+    with full_disk(site, directory):
         run = site.rsdeploy("diagnose")
-    finally:
-        site.on_host(f"umount {directory}")
     assert run.code == 1, run.output[-3000:]
     lines = run.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("PROBLEM") and directory in line)

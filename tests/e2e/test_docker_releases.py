@@ -36,12 +36,14 @@ from tests.e2e.conftest import (
     assert_restore_gives_back_the_dumped_rows,
     assert_rows_kept,
     changed_inventory,
+    full_disk,
     history,
     prometheus_query,
     ready_site,
     serving,
     site_certificate,
     under_load,
+    wait_for,
     write_note,
 )
 
@@ -232,19 +234,11 @@ def test_releases_lists_every_attempt_with_its_result(site):
 
 
 def test_the_live_prometheus_sees_the_release_and_the_last_attempt(site):
-    query = "rsdeploy_release_last_attempt_info"
-    deadline = time.monotonic() + 120
-    while True:
-        answer = json.loads(site.on_host(
-            f"curl -fsS 'http://127.0.0.1:9090/api/v1/query?query={query}'"))
-        found = {(r["metric"]["version"], r["metric"]["result"]) for r in answer["data"]["result"]}
-        if found == {(NEXT, "ok")}:
-            break
-        assert time.monotonic() < deadline, found
-        time.sleep(5)
-    info = json.loads(site.on_host("curl -fsS 'http://127.0.0.1:9090/api/v1/query?query="
-                                   "rsdeploy_release_info'"))
-    assert [r["metric"]["version"] for r in info["data"]["result"]] == [NEXT]
+    wait_for("the last attempt", lambda: {
+        (r["metric"]["version"], r["metric"]["result"])
+        for r in prometheus_query(site, "rsdeploy_release_last_attempt_info")}, {(NEXT, "ok")})
+    info = prometheus_query(site, "rsdeploy_release_info")
+    assert [r["metric"]["version"] for r in info] == [NEXT]
 
 
 def backup_alerts(site) -> dict[str, str]:
@@ -252,14 +246,6 @@ def backup_alerts(site) -> dict[str, str]:
     rules = json.loads(site.on_host("curl -fsS http://127.0.0.1:9090/api/v1/rules"))
     return {rule["name"]: rule["state"] for group in rules["data"]["groups"]
             if group["name"] == "backup" for rule in group["rules"]}
-
-
-def wait_for(what: str, found, expected, seconds: float = 120):
-    """Poll ``found()`` until it equals ``expected`` (``seconds`` at most)."""
-    deadline = time.monotonic() + seconds
-    while (now := found()) != expected:
-        assert time.monotonic() < deadline, f"{what}: expected {expected}, found {now}"
-        time.sleep(5)
 
 
 def test_the_live_prometheus_sees_each_backup_and_alerts_on_a_failed_one(site):
@@ -272,12 +258,8 @@ def test_the_live_prometheus_sees_each_backup_and_alerts_on_a_failed_one(site):
     assert (good["metric"]["instance"], good["metric"]["kind"]) == (site.host.name, "dump")
     assert abs(float(good["value"][1]) - newest) <= 5, (good, newest)
     assert backup_alerts(site) == {"BackupFailed": "inactive", "BackupStale": "inactive"}
-    site.on_host(f"mount -t tmpfs -o size=1m rs-full-disk {directory} && "
-                 f"(dd if=/dev/zero of={directory}/filler bs=1M count=2 2>/dev/null || true)")
-    try:
+    with full_disk(site, directory):
         assert site.rsdeploy("db", "backup").code != 0
-    finally:
-        site.on_host(f"umount {directory}")
     wait_for("after a failed backup", lambda: backup_alerts(site)["BackupFailed"], "firing")
     (kept,) = prometheus_query(site, "rsdeploy_backup_last_success_timestamp_seconds")
     assert kept["value"][1] == good["value"][1]  # the newest good backup is still that one

@@ -15,8 +15,6 @@ The steps run in file order on one host, as an operator would run them.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.e2e.conftest import (
@@ -40,6 +38,7 @@ from tests.e2e.conftest import (
     serving,
     site_certificate,
     under_load,
+    wait_for,
     write_note,
 )
 
@@ -176,11 +175,10 @@ def test_an_upgrade_with_a_migration_drops_no_request(site, written, ca_file):
                         "|| true").split() == ["active", "inactive"]
     # The dump taken before the migration reached the live Prometheus (node-exporter's
     # textfile collector read what rs-backup published).
-    deadline = time.monotonic() + 120
-    while not (found := prometheus_query(site, "rsdeploy_backup_last_attempt_success == 1")):
-        assert time.monotonic() < deadline, "no successful backup reached Prometheus"
-        time.sleep(5)
-    assert [r["metric"]["instance"] for r in found] == [site.host.name], found
+    wait_for("a good backup", lambda: [
+        r["metric"]["instance"]
+        for r in prometheus_query(site, "rsdeploy_backup_last_attempt_success == 1")],
+        [site.host.name])
 
 
 def test_rollback_downgrades_and_drops_no_request(site, written, ca_file):
